@@ -1,0 +1,73 @@
+"""Heatmap encode (training targets) and decode (PDC, argmax), with one coordinate convention.
+
+Coordinate convention, on both sides of the codec:
+
+* crop space: continuous pixel coordinates of the backbone's input crop, origin at the
+  top-left corner of the top-left pixel, so the centre of pixel ``(i, j)`` is ``(j + 0.5, i + 0.5)``;
+* heatmap space: heatmap cell ``(r, c)`` covers crop pixels ``[c*stride, (c+1)*stride)``, its
+  centre is at crop coordinate ``((c + 0.5) * stride, (r + 0.5) * stride)``.
+
+``encode`` places a Gaussian for each point; ``decode_pdc`` inverts it (round trip tested).
+Heatmaps are arrays of shape ``(..., K, H, W)``; points are ``(..., K, 2)`` as ``(x, y)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_SIGMA = 1.5
+DEFAULT_PDC_THRESHOLD = 0.2
+
+
+def encode(points: np.ndarray, size: tuple[int, int], stride: float, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+    """Gaussian heatmaps (peak 1) for ``points`` (K, 2) in crop space; returns (K, H, W) float32."""
+    points = np.asarray(points, dtype=np.float32)
+    h, w = size
+    centres = points / stride - 0.5  # heatmap index space
+    ys = np.arange(h, dtype=np.float32)[None, :, None]
+    xs = np.arange(w, dtype=np.float32)[None, None, :]
+    dx2 = (xs - centres[:, 0, None, None]) ** 2
+    dy2 = (ys - centres[:, 1, None, None]) ** 2
+    return np.exp(-(dx2 + dy2) / (2.0 * sigma * sigma)).astype(np.float32)
+
+
+def decode_pdc(heatmaps: np.ndarray, stride: float, threshold: float = DEFAULT_PDC_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """Probability Density Centralization (paper, Algorithm 1).
+
+    Values below ``threshold`` are zeroed and the centre of mass of what remains is the
+    landmark. Where no value reaches the threshold (a very weak map), the centre of mass of
+    the positive part is used instead, so every landmark gets a finite position.
+
+    Returns ``(points, scores)``: points (..., K, 2) in crop space, scores (..., K) = map peaks.
+    """
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    h, w = hm.shape[-2:]
+    kept = hm * (hm >= threshold)
+    mass = kept.sum(axis=(-2, -1))
+    weak = mass <= 1e-12
+    if np.any(weak):
+        kept = np.where(weak[..., None, None], np.maximum(hm, 0.0), kept)
+        mass = kept.sum(axis=(-2, -1))
+    flat = mass <= 1e-12  # an all-zero map: centre of the crop
+    safe = np.where(flat, 1.0, mass)
+    cx = kept.sum(axis=-2) @ np.arange(w, dtype=np.float32) / safe
+    cy = kept.sum(axis=-1) @ np.arange(h, dtype=np.float32) / safe
+    if np.any(flat):
+        cx = np.where(flat, (w - 1) / 2.0, cx)
+        cy = np.where(flat, (h - 1) / 2.0, cy)
+    points = (np.stack([cx, cy], axis=-1) + 0.5) * stride
+    scores = hm.reshape(*hm.shape[:-2], -1).max(axis=-1)
+    return points.astype(np.float32), scores.astype(np.float32)
+
+
+def decode_argmax(heatmaps: np.ndarray, stride: float) -> tuple[np.ndarray, np.ndarray]:
+    """Integer argmax of each map (no sub-pixel refinement); same spaces as ``decode_pdc``."""
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    h, w = hm.shape[-2:]
+    flat = hm.reshape(*hm.shape[:-2], -1)
+    idx = flat.argmax(axis=-1)
+    points = (np.stack([idx % w, idx // w], axis=-1).astype(np.float32) + 0.5) * stride
+    return points, flat.max(axis=-1).astype(np.float32)
+
+
+DECODERS = {"pdc": decode_pdc, "argmax": decode_argmax}

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+VIDEOS = SHARED / "videos"
+DATA = SHARED / "data" / "300w_train"
+
+
+def shared_video(name: str = "WDA_KatieHill_000.mp4") -> Path:
+    p = VIDEOS / name
+    if not p.exists():
+        pytest.skip(f"shared clip {p} not available")
+    return p
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
