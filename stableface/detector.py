@@ -1,0 +1,151 @@
+"""Face detection: the ``FaceDetector`` protocol and MediaPipe BlazeFace run by onnxruntime.
+
+Anchor generation, box decoding and weighted NMS follow MediaPipe's
+``face_detection_short_range`` / ``face_detection_full_range`` graphs, in numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from stableface import onnx_util
+from stableface.types import Detection
+
+
+class FaceDetector(Protocol):
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in a BGR frame (H, W, 3) uint8, best first; an empty list when none."""
+
+
+@dataclass(frozen=True)
+class AnchorSpec:
+    size: int
+    strides: tuple[int, ...]
+    per_cell: tuple[int, ...]  # anchors per grid cell for each stride (MediaPipe's layer merging)
+    score_threshold: float = 0.5
+    nms_iou: float = 0.3
+
+
+SHORT_RANGE = AnchorSpec(128, (8, 16), (2, 6))
+FULL_RANGE = AnchorSpec(192, (4,), (1,), score_threshold=0.6)
+
+
+def anchors(spec: AnchorSpec) -> np.ndarray:
+    """Anchor centres (N, 2) in [0, 1] (fixed anchor size 1, as MediaPipe's face graphs)."""
+    out = []
+    for stride, n in zip(spec.strides, spec.per_cell):
+        g = int(np.ceil(spec.size / stride))
+        ys, xs = np.mgrid[0:g, 0:g]
+        centres = np.stack([(xs + 0.5) / g, (ys + 0.5) / g], axis=-1).reshape(-1, 1, 2)
+        out.append(np.repeat(centres, n, axis=1).reshape(-1, 2))
+    return np.concatenate(out).astype(np.float32)
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, iou: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """MediaPipe's blending NMS: overlapping detections are averaged, weighted by score."""
+    order = np.argsort(-scores)
+    boxes, keypoints, scores = boxes[order], keypoints[order], scores[order]
+    alive = np.ones(len(scores), dtype=bool)
+    out = []
+    for i in range(len(scores)):
+        if not alive[i]:
+            continue
+        overlap = _iou(boxes[i], boxes) > iou
+        group = overlap & alive
+        alive &= ~group
+        w = scores[group][:, None]
+        out.append(((boxes[group] * w).sum(0) / w.sum(), (keypoints[group] * w[:, :, None]).sum(0) / w.sum(), float(scores[i])))
+    return out
+
+
+class BlazeFace:
+    """MediaPipe BlazeFace (short- or full-range) from an ONNX file.
+
+    The frame is letterboxed to the model's square input, so boxes keep their aspect.
+    """
+
+    def __init__(self, path: str | Path, spec: AnchorSpec | None = None, device: str = "auto",
+                 score_threshold: float | None = None) -> None:
+        self.session = onnx_util.session(path, device)
+        inp = self.session.get_inputs()[0]
+        size = inp.shape[-1] if isinstance(inp.shape[-1], int) else 128
+        self.spec = spec or (SHORT_RANGE if size == 128 else FULL_RANGE)
+        if self.spec.size != size:
+            raise onnx_util.WeightsError(f"{path}: detector input is {size}px, expected {self.spec.size}px")
+        self.input_name = inp.name
+        self.nchw = inp.shape[1] == 3
+        self.anchors = anchors(self.spec)
+        self.score_threshold = self.spec.score_threshold if score_threshold is None else score_threshold
+        outs = self.session.get_outputs()
+        shapes = {o.name: o.shape[-1] for o in outs}
+        self.reg_name = next(n for n, s in shapes.items() if s == 16)
+        self.cls_name = next(n for n, s in shapes.items() if s == 1)
+        n_anchors = outs[0].shape[1]
+        if isinstance(n_anchors, int) and n_anchors != len(self.anchors):
+            raise onnx_util.WeightsError(f"{path}: {n_anchors} anchors in the model, {len(self.anchors)} expected")
+
+    def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+        h, w = image.shape[:2]
+        s = self.spec.size
+        scale = s / max(h, w)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        canvas = np.zeros((s, s, 3), dtype=np.uint8)
+        px, py = (s - nw) // 2, (s - nh) // 2
+        canvas[py:py + nh, px:px + nw] = resized
+        return canvas, scale, px, py
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        canvas, scale, px, py = self._letterbox(image)
+        x = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0
+        x = x.transpose(2, 0, 1)[None] if self.nchw else x[None]
+        reg, cls = self.session.run([self.reg_name, self.cls_name], {self.input_name: x})
+        reg, cls = reg[0], cls[0, :, 0]
+        scores = 1.0 / (1.0 + np.exp(-np.clip(cls, -80.0, 80.0)))
+        keep = scores >= self.score_threshold
+        if not keep.any():
+            return []
+        reg, scores, anc = reg[keep], scores[keep], self.anchors[keep]
+        s = float(self.spec.size)
+        cx = reg[:, 0] / s + anc[:, 0]
+        cy = reg[:, 1] / s + anc[:, 1]
+        bw, bh = reg[:, 2] / s, reg[:, 3] / s
+        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+        kps = reg[:, 4:16].reshape(-1, 6, 2) / s + anc[:, None, :]
+        out = []
+        for box, kp, score in weighted_nms(boxes, kps, scores, self.spec.nms_iou):
+            # normalised letterbox coordinates -> source pixels
+            b = (box.reshape(2, 2) * s - [px, py]) / scale
+            k = (kp * s - [px, py]) / scale
+            out.append(Detection(box=tuple(float(v) for v in b.reshape(-1)), score=score, keypoints=k.astype(np.float32)))
+        return out
+
+
+class MultiRangeDetector:
+    """Short-range BlazeFace first; the full-range model when it finds nothing (small/far faces)."""
+
+    def __init__(self, detectors: list[FaceDetector]) -> None:
+        self.detectors = detectors
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        for d in self.detectors:
+            found = d.detect(image)
+            if found:
+                return found
+        return []

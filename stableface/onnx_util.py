@@ -1,0 +1,81 @@
+"""onnxruntime sessions: execution providers for ``--device``, metadata, clear errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(Exception):
+    """A weights file is missing, unreadable or not what the pipeline expects."""
+
+
+def providers(device: str = "auto") -> list[str]:
+    """Execution providers for ``auto`` (CUDA when onnxruntime sees it), ``cpu`` or ``cuda``."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "auto" and sys.platform.startswith("linux") and not Path("/dev/nvidiactl").exists():
+        available = [p for p in available if p != "CUDAExecutionProvider"]  # no NVIDIA driver here
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device not in ("auto", "cuda"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session(path: str | Path, device: str = "auto", threads: int = 0):
+    """An ``InferenceSession`` for ``path``; WeightsError naming the file on any failure."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    wanted = providers(device)
+    try:
+        if "CUDAExecutionProvider" in wanted:
+            ort.set_default_logger_severity(4)  # a failed CUDA start is reported once, below, in one line
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+        if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+            _warn_once("CUDA was asked for but onnxruntime cannot use it here: running on the CPU")
+        return sess
+    except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def metadata(sess) -> dict[str, object]:
+    """The model's ``metadata_props`` with JSON values decoded where they parse."""
+    raw = sess.get_modelmeta().custom_metadata_map
+    out: dict[str, object] = {}
+    for k, v in raw.items():
+        try:
+            out[k] = json.loads(v)
+        except (ValueError, TypeError):
+            out[k] = v
+    return out
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
