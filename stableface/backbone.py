@@ -1,0 +1,60 @@
+"""The heatmap backbone: any ONNX model mapping face crops to K heatmaps, run by onnxruntime.
+
+Metadata read from the model (``metadata_props``, all optional for a user's own export):
+``input_size`` (crop side, px), ``mean``/``std`` (per channel, 0-255 scale), ``color``
+(``rgb`` or ``bgr``), ``stride`` (crop px per heatmap cell), ``num_landmarks``,
+``landmark_scheme``, ``crop_scale`` (crop side / landmark box side).
+Without them the input size comes from the input shape, the stride from the output shape,
+and the input is taken as 0-255 RGB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stableface import onnx_util
+from stableface.crop import CROP_SCALE
+from stableface.onnx_util import WeightsError
+
+
+class HeatmapBackbone:
+    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0) -> None:
+        self.path = Path(path)
+        self.session = onnx_util.session(self.path, device, threads)
+        meta = onnx_util.metadata(self.session)
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        if len(inp.shape) != 4 or len(out.shape) != 4:
+            raise WeightsError(f"{self.path}: expected a 4-D image input and a 4-D heatmap output (N, K, H, W), "
+                               f"got input {inp.shape} and output {out.shape}")
+        self.input_name, self.output_name = inp.name, out.name
+        size = meta.get("input_size", inp.shape[-1])
+        if not isinstance(size, int):
+            raise WeightsError(f"{self.path}: input size unknown (dynamic shape and no 'input_size' metadata)")
+        self.size = int(size)
+        k = meta.get("num_landmarks", out.shape[1])
+        hm = out.shape[-1]
+        stride = meta.get("stride", self.size / hm if isinstance(hm, int) else None)
+        if not isinstance(k, int) or stride is None:
+            raise WeightsError(f"{self.path}: number of heatmaps or stride unknown: add 'num_landmarks' and 'stride' metadata")
+        self.k, self.stride = int(k), float(stride)
+        self.heatmap_size = int(round(self.size / self.stride))
+        self.scheme = str(meta.get("landmark_scheme", "ibug68" if self.k == 68 else f"custom{self.k}"))
+        self.crop_scale = float(meta.get("crop_scale", CROP_SCALE))
+        self.rgb = str(meta.get("color", "rgb")).lower() == "rgb"
+        self.mean = np.asarray(meta.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(meta.get("std", [1.0, 1.0, 1.0]), dtype=np.float32).reshape(1, 3, 1, 1)
+        self.meta = meta
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 BGR crops -> (N, K, H, W) float32 heatmaps."""
+        if crops.ndim != 4 or crops.shape[1:] != (self.size, self.size, 3):
+            raise ValueError(f"crops must be (N, {self.size}, {self.size}, 3), got {crops.shape}")
+        x = crops[..., ::-1] if self.rgb else crops
+        x = x.transpose(0, 3, 1, 2).astype(np.float32)
+        x = (x - self.mean) / self.std
+        hm = self.session.run([self.output_name], {self.input_name: x})[0]
+        if hm.ndim != 4 or hm.shape[1] != self.k:
+            raise WeightsError(f"{self.path}: output has shape {hm.shape}, expected (N, {self.k}, H, W)")
+        return hm

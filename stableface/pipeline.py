@@ -1,0 +1,205 @@
+"""The stream: source -> detector -> tracker -> crop -> backbone -> stabilizer -> decode -> uncrop -> sinks.
+
+    from stableface import Pipeline
+    pipe = Pipeline.from_weights()            # shipped weights, ConvLSTM stabilizer
+    result = pipe.update(frame)               # one Frame -> FrameResult
+    for result in pipe.track("clip.mp4"):     # a whole source
+        ...
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stableface import codec, crop as C
+from stableface.backbone import HeatmapBackbone
+from stableface.detector import BlazeFace, FaceDetector, MultiRangeDetector
+from stableface.sinks import Sink
+from stableface.stabilizer import (ConvLSTMStabilizer, ConvLSTMStep, Decoder, NoStabilizer, OneEuroStabilizer,
+                                   Stabilizer)
+from stableface.tracker import Tracker
+from stableface.types import Face, Frame, FrameResult
+from stableface.video import Source, open_source
+from stableface.weights import resolve
+
+STABILIZERS = ("convlstm", "none", "one-euro")
+
+
+class Timer:
+    """Accumulates seconds per stage (for benchmarks and ``-v``)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = defaultdict(float)
+        self.count: dict[str, int] = defaultdict(int)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.total[stage] += seconds
+        self.count[stage] += 1
+
+    def stage(self, name: str) -> _Stage:
+        return _Stage(self, name)
+
+
+class _Stage:
+    def __init__(self, timer: Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.add(self.name, time.perf_counter() - self.t0)
+
+
+class _TimedDecoder(Decoder):
+    def __init__(self, timer: Timer, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.timer = timer
+
+    def __call__(self, heatmaps: np.ndarray, crop: C.CropBox) -> tuple[np.ndarray, np.ndarray]:
+        with self.timer.stage("pdc"):
+            return super().__call__(heatmaps, crop)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    stabilizer: str = "convlstm"
+    max_faces: int = 1
+    redetect_every: int = 10  # frames between detections while tracks live (0: never)
+    decoder: str = "pdc"
+    pdc_threshold: float = codec.DEFAULT_PDC_THRESHOLD
+    one_euro_min_cutoff: float = 1.0
+    one_euro_beta: float = 0.05
+    rotate_crops: bool = True
+    start_score: float = 0.55  # mean heatmap peak needed to start a track from a detection
+    min_score: float = 0.3  # a track whose mean heatmap peak falls below this ends
+
+
+class Pipeline:
+    """Frame-by-frame face landmark tracking with per-face stabilizer state."""
+
+    def __init__(self, detector: FaceDetector, backbone: HeatmapBackbone, config: PipelineConfig = PipelineConfig(),
+                 stabilizer_step: ConvLSTMStep | None = None) -> None:
+        if config.stabilizer not in STABILIZERS:
+            raise ValueError(f"unknown stabilizer {config.stabilizer!r}: use one of {', '.join(STABILIZERS)}")
+        if config.stabilizer == "convlstm":
+            if stabilizer_step is None:
+                raise ValueError("the convlstm stabilizer needs a ConvLSTM step model")
+            stabilizer_step.check(backbone.k, backbone.heatmap_size, f"backbone {backbone.path}")
+        self.detector, self.backbone, self.config, self.step = detector, backbone, config, stabilizer_step
+        self.timer = Timer()
+        self.decoder = _TimedDecoder(self.timer, backbone.size, backbone.stride, config.decoder, config.pdc_threshold)
+        self.tracker = Tracker(self.new_stabilizer, max_faces=config.max_faces, crop_scale=backbone.crop_scale,
+                               rotate=config.rotate_crops, min_score=config.min_score)
+        self.reset()
+
+    @classmethod
+    def from_weights(cls, weights: str | Path | None = None, stabilizer_weights: str | Path | None = None,
+                     device: str = "auto", config: PipelineConfig = PipelineConfig(), threads: int = 0) -> Pipeline:
+        """Build from shipped weights (default) or a folder / backbone ``.onnx`` given by the user."""
+        ws = resolve(weights, stabilizer_weights)
+        backbone = HeatmapBackbone(ws.backbone, device, threads)
+        dets: list[FaceDetector] = [BlazeFace(ws.detector, device=device)]
+        if ws.detector_full is not None:
+            dets.append(BlazeFace(ws.detector_full, device=device))
+        step = ConvLSTMStep(ws.stabilizer, device, threads) if config.stabilizer == "convlstm" else None
+        return cls(MultiRangeDetector(dets), backbone, config, step)
+
+    @property
+    def scheme(self) -> str:
+        return self.backbone.scheme
+
+    def new_stabilizer(self) -> Stabilizer:
+        """The factory the tracker calls for every new face: state is never shared."""
+        if self.config.stabilizer == "convlstm":
+            assert self.step is not None
+            return ConvLSTMStabilizer(self.step, self.decoder)
+        if self.config.stabilizer == "one-euro":
+            return OneEuroStabilizer(self.decoder, self.config.one_euro_min_cutoff, self.config.one_euro_beta)
+        return NoStabilizer(self.decoder)
+
+    def reset(self) -> None:
+        """Forget every track (call between unrelated sources)."""
+        self.tracker.reset()
+        self.last_detect = None
+        self.last_timestamp = None
+        self._frame_count = 0
+        self._t0 = time.monotonic()
+
+    def _crops(self, image: np.ndarray, boxes: list[C.CropBox]) -> np.ndarray:
+        with self.timer.stage("crop"):
+            return np.stack([C.warp(image, b, self.backbone.size) for b in boxes])
+
+    def _heatmaps(self, crops: np.ndarray) -> np.ndarray:
+        with self.timer.stage("backbone"):
+            return self.backbone(crops)
+
+    def update(self, frame: Frame | np.ndarray, timestamp_ms: float | None = None) -> FrameResult:
+        """Process one frame (a ``Frame`` or a BGR image) and return its faces."""
+        if not isinstance(frame, Frame):
+            if timestamp_ms is None:  # live use without timestamps: the wall clock
+                timestamp_ms = (time.monotonic() - self._t0) * 1000.0
+            frame = Frame(np.ascontiguousarray(frame), self._frame_count, float(timestamp_ms))
+        if self.last_timestamp is not None and frame.timestamp_ms <= self.last_timestamp:
+            raise ValueError(f"timestamps must increase: got {frame.timestamp_ms} ms after {self.last_timestamp} ms "
+                             "(call reset() before starting another video)")
+        self.last_timestamp = frame.timestamp_ms
+        image, tracker = frame.image, self.tracker
+        self._frame_count += 1
+        n = self._frame_count
+        every = self.config.redetect_every
+        if not tracker.tracks or self.last_detect is None or (every and n - self.last_detect >= every):
+            with self.timer.stage("detect"):
+                detections = self.detector.detect(image)
+            self.last_detect = n
+            fresh = tracker.associate(detections)
+            if fresh:
+                new = [tracker.start(d) for d in fresh]
+                # a first pass from the detector's box places the landmark crop
+                hm = self._heatmaps(self._crops(image, [t.crop for t in new]))
+                for t, h in zip(new, hm):
+                    pts, scores = self.decoder(h, t.crop)
+                    if float(np.mean(scores)) < self.config.start_score:
+                        tracker.end(t)  # a detector false positive: no face-like heatmaps
+                        continue
+                    t.crop = C.box_from_landmarks(pts, self.backbone.crop_scale, rotate=self.config.rotate_crops)
+        faces: list[Face] = []
+        tracks = list(tracker.tracks)
+        if tracks:
+            hm = self._heatmaps(self._crops(image, [t.crop for t in tracks]))
+            for t, h in zip(tracks, hm):
+                with self.timer.stage("stabilizer"):
+                    pts, scores = t.stabilizer.update(h, t.crop, frame.timestamp_ms)
+                if tracker.observe(t, pts, scores):
+                    faces.append(Face(t.id, t.box, t.score, pts, scores))
+        live = {t.id for t in tracker.tracks}
+        faces = sorted((f for f in faces if f.id in live), key=lambda f: f.id)
+        return FrameResult(frame.index, frame.timestamp_ms, tuple(faces))
+
+    def stream(self, source: Source, on_frame: Callable[[Frame, FrameResult], None] | None = None) -> Iterator[tuple[Frame, FrameResult]]:
+        """(frame, result) for every frame of an open source; resets tracks first."""
+        self.reset()
+        for frame in source:
+            result = self.update(frame)
+            if on_frame:
+                on_frame(frame, result)
+            yield frame, result
+
+    def track(self, source: str | Source, sinks: list[Sink] | None = None) -> Iterator[FrameResult]:
+        """Results for every frame of ``source`` (a path, URL, camera index or open Source), written to ``sinks``."""
+        src = open_source(source) if isinstance(source, str) else source
+        try:
+            for frame, result in self.stream(src):
+                for s in sinks or []:
+                    with self.timer.stage("write"):
+                        s.write(result, frame.image if s.needs_image else None)
+                yield result
+        finally:
+            if isinstance(source, str):
+                src.close()

@@ -1,0 +1,222 @@
+"""Per-track landmark stabilizers with explicit state: ConvLSTM (the paper), One Euro, none.
+
+Every stabilizer has ``update(heatmaps, crop, timestamp_ms) -> (points, scores)`` and
+``reset()``; ``points`` (K, 2) are in source pixels, ``scores`` (K,) are the raw heatmap peaks.
+One instance holds the state of one face: the tracker builds them with a factory.
+
+The ConvLSTM (Eq. 1, ``h_t, c_t, s_t = ConvLSTM(h_{t-1}, c_{t-1}, o_t)``) is per landmark:
+for each of the K heatmaps, a 3x3 convolution over ``[o_t^k, h_{t-1}^k]`` gives the i, f, g, o
+gates of ``hidden`` channels; ``s_t^k`` is a 1x1 convolution over ``[o_t^k, h_t^k]``
+(grouped convolutions, groups = K). The state lives in the coordinates of the crop it was
+computed in: when the tracker moves the crop, the state is resampled into the new crop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from stableface import codec, onnx_util
+from stableface.crop import CropBox, invert, to_source
+from stableface.onnx_util import WeightsError
+
+
+class Stabilizer(Protocol):
+    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def reset(self) -> None: ...
+
+
+class Decoder:
+    """PDC (or argmax) decoding followed by the uncrop to source pixels."""
+
+    def __init__(self, crop_size: int, stride: float, method: str = "pdc", threshold: float = codec.DEFAULT_PDC_THRESHOLD) -> None:
+        if method not in codec.DECODERS:
+            raise ValueError(f"unknown decoder {method!r}")
+        self.crop_size, self.stride, self.method, self.threshold = crop_size, stride, method, threshold
+
+    def __call__(self, heatmaps: np.ndarray, crop: CropBox) -> tuple[np.ndarray, np.ndarray]:
+        if self.method == "pdc":
+            pts, scores = codec.decode_pdc(heatmaps, self.stride, self.threshold)
+        else:
+            pts, scores = codec.decode_argmax(heatmaps, self.stride)
+        return to_source(pts, crop, self.crop_size).astype(np.float32), scores
+
+
+class NoStabilizer:
+    """The raw backbone: decode each frame on its own."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+
+    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
+        return self.decoder(heatmaps, crop)
+
+    def reset(self) -> None:
+        pass
+
+
+class OneEuro:
+    """The One Euro filter (Casiez et al. 2012) on arrays, driven by timestamps in ms."""
+
+    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.05, d_cutoff: float = 1.0) -> None:
+        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
+        self.reset()
+
+    def reset(self) -> None:
+        self.x: np.ndarray | None = None
+        self.dx: np.ndarray | None = None
+        self.t: float | None = None
+
+    @staticmethod
+    def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
+        tau = 1.0 / (2 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    def __call__(self, x: np.ndarray, timestamp_ms: float) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if self.x is None or self.t is None or timestamp_ms <= self.t:
+            self.x, self.dx, self.t = x.copy(), np.zeros_like(x), timestamp_ms
+            return x.copy()
+        dt = (timestamp_ms - self.t) / 1000.0
+        dx = (x - self.x) / dt
+        a_d = self._alpha(self.d_cutoff, dt)
+        self.dx = a_d * dx + (1 - a_d) * self.dx
+        cutoff = self.min_cutoff + self.beta * np.abs(self.dx)
+        a = self._alpha(cutoff, dt)
+        self.x = a * x + (1 - a) * self.x
+        self.t = timestamp_ms
+        return self.x.copy()
+
+
+class OneEuroStabilizer:
+    """Raw backbone + PDC, then a One Euro filter on the source-pixel landmarks.
+
+    ``min_cutoff`` (Hz) and ``beta`` (per px/s) are scaled by the face size so that one setting
+    serves small and large faces: the filter sees coordinates in units of the crop side / 100.
+    """
+
+    def __init__(self, decoder: Decoder, min_cutoff: float = 1.0, beta: float = 0.05) -> None:
+        self.decoder = decoder
+        self.filter = OneEuro(min_cutoff, beta)
+
+    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
+        pts, scores = self.decoder(heatmaps, crop)
+        unit = crop.side / 100.0
+        return (self.filter(pts / unit, timestamp_ms) * unit).astype(np.float32), scores
+
+    def reset(self) -> None:
+        self.filter.reset()
+
+
+def warp_maps(maps: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Resample maps (C, H, W) so that ``out[:, q] = maps[:, matrix @ q]`` (bilinear, edges replicated).
+
+    ``matrix`` (2x3) maps output cell-centre index coordinates to input ones.
+    """
+    c, h, w = maps.shape
+    m = np.asarray(matrix, dtype=np.float64)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # index coordinates are OpenCV's pixel centres
+    hwc = np.ascontiguousarray(maps.transpose(1, 2, 0))
+    out = np.empty_like(hwc)
+    for i in range(0, c, 4):  # OpenCV warps at most 4 channels at a time
+        part = cv2.warpAffine(hwc[:, :, i:i + 4], m, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        out[:, :, i:i + 4] = part.reshape(h, w, -1)
+    return out.transpose(2, 0, 1)
+
+
+def crop_change(old: CropBox, new: CropBox, crop_size: int, stride: float) -> np.ndarray:
+    """2x3 matrix: heatmap index coordinates in ``new`` -> the same source point's in ``old``."""
+    def index_to_crop(s: float) -> np.ndarray:  # q -> p = (q + 0.5) * s
+        return np.array([[s, 0, 0.5 * s], [0, s, 0.5 * s], [0, 0, 1]])
+    to_src_new = np.vstack([invert(new.matrix(crop_size)), [0, 0, 1]])
+    to_old = np.vstack([old.matrix(crop_size), [0, 0, 1]])
+    m = np.linalg.inv(index_to_crop(stride)) @ to_old @ to_src_new @ index_to_crop(stride)
+    return m[:2]
+
+
+class ConvLSTMStep:
+    """One ConvLSTM step from an ONNX export (inputs o, h, c -> outputs s, h, c)."""
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0) -> None:
+        self.path = Path(path)
+        self.session = onnx_util.session(self.path, device, threads)
+        meta = onnx_util.metadata(self.session)
+        names = [i.name for i in self.session.get_inputs()]
+        if names != ["o", "h", "c"]:
+            raise WeightsError(f"{self.path}: not a stableface ConvLSTM step (inputs {names}, expected o, h, c)")
+        self.k = int(meta.get("num_landmarks", 0))
+        self.hidden = int(meta.get("hidden", 0))
+        self.heatmap_size = int(meta.get("heatmap_size", 0))
+        if not (self.k and self.hidden and self.heatmap_size):
+            raise WeightsError(f"{self.path}: missing num_landmarks/hidden/heatmap_size metadata")
+        self.meta = meta
+
+    def check(self, k: int, heatmap_size: int, backbone: str = "backbone") -> None:
+        if (k, heatmap_size) != (self.k, self.heatmap_size):
+            raise WeightsError(f"{self.path}: stabilizer expects {self.k} heatmaps of {self.heatmap_size}x{self.heatmap_size}, "
+                               f"but the {backbone} gives {k} of {heatmap_size}x{heatmap_size}")
+
+    def zeros(self, n: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        shape = (n, self.k * self.hidden, self.heatmap_size, self.heatmap_size)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def __call__(self, o: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s, h, c = self.session.run(None, {"o": onnx_util.as_float32(o), "h": h, "c": c})
+        return s, h, c
+
+
+class ConvLSTMStabilizer:
+    """The paper's stabilizer: ConvLSTM over the backbone heatmaps, then PDC, then uncrop."""
+
+    def __init__(self, step: ConvLSTMStep, decoder: Decoder) -> None:
+        self.step, self.decoder = step, decoder
+        self.reset()
+
+    def reset(self) -> None:
+        self.h: np.ndarray | None = None
+        self.c: np.ndarray | None = None
+        self.crop: CropBox | None = None
+
+    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.h is None or self.c is None:
+            self.h, self.c = self.step.zeros(1)
+        elif self.crop is not None and crop != self.crop:
+            m = crop_change(self.crop, crop, self.decoder.crop_size, self.decoder.stride)
+            self.h = warp_maps(self.h[0], m)[None]
+            self.c = warp_maps(self.c[0], m)[None]
+        self.crop = crop
+        s, self.h, self.c = self.step(heatmaps[None], self.h, self.c)
+        pts, _ = self.decoder(s[0], crop)
+        raw_scores = heatmaps.reshape(heatmaps.shape[0], -1).max(axis=-1)
+        return pts, raw_scores.astype(np.float32)
+
+
+StabilizerFactory = Callable[[], Stabilizer]
+
+
+def convlstm_reference(o: np.ndarray, h: np.ndarray, c: np.ndarray, w_gates: np.ndarray, b_gates: np.ndarray,
+                       w_out: np.ndarray, b_out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Numpy reference of one step for one face, for parity tests.
+
+    o (K, H, W); h, c (K*hid, H, W); w_gates (K*4*hid, 1+hid, 3, 3); w_out (K, 1+hid, 1, 1).
+    """
+    k, hh, ww = o.shape
+    hid = h.shape[0] // k
+    z = np.concatenate([o[:, None], h.reshape(k, hid, hh, ww)], axis=1)  # (K, 1+hid, H, W)
+    zp = np.pad(z, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(zp, (3, 3), axis=(2, 3))  # (K, 1+hid, H, W, 3, 3)
+    wg = w_gates.reshape(k, 4 * hid, 1 + hid, 3, 3)
+    gates = np.einsum("kchwab,kocab->kohw", win, wg) + b_gates.reshape(k, 4 * hid, 1, 1)
+    i, f, g, og = np.split(gates, 4, axis=1)
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    c_new = sig(f) * c.reshape(k, hid, hh, ww) + sig(i) * np.tanh(g)
+    h_new = sig(og) * np.tanh(c_new)
+    zo = np.concatenate([o[:, None], h_new], axis=1)
+    s = np.einsum("kchw,kc->khw", zo, w_out.reshape(k, 1 + hid)) + b_out.reshape(k, 1, 1)
+    return s, h_new.reshape(k * hid, hh, ww), c_new.reshape(k * hid, hh, ww)

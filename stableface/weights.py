@@ -1,0 +1,65 @@
+"""Named weights -> files, checksums. Nothing is ever downloaded: everything loads from disk.
+
+The default weights ship inside the package (``stableface/weights``, the repository's
+``weights/`` folder). ``--weights`` takes either a folder holding the four files below or a
+path to a backbone ``.onnx`` (then the default detector and stabilizer are used with it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from stableface.onnx_util import WeightsError
+
+FILES = {
+    "backbone": "backbone.onnx",
+    "stabilizer": "stabilizer.onnx",
+    "detector": "face_detection_short_range.onnx",
+    "detector_full": "face_detection_full_range.onnx",
+}
+
+
+def default_dir() -> Path:
+    """The shipped weights: the installed package data, or the repository's ``weights/``."""
+    try:
+        import stableface.weights_data as pkg  # installed wheel / editable install
+
+        return Path(pkg.__file__).parent
+    except ImportError:
+        return Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class WeightSet:
+    backbone: Path
+    stabilizer: Path
+    detector: Path
+    detector_full: Path | None
+
+
+def resolve(weights: str | Path | None = None, stabilizer: str | Path | None = None) -> WeightSet:
+    base = default_dir()
+    backbone = base / FILES["backbone"]
+    if weights not in (None, "", "default"):
+        p = Path(weights)
+        if p.is_dir():
+            base, backbone = p, p / FILES["backbone"]
+        elif p.suffix.lower() == ".onnx" or p.exists():
+            backbone = p
+        else:
+            raise WeightsError(f"{weights}: no such weights file or folder")
+    stab = Path(stabilizer) if stabilizer else base / FILES["stabilizer"]
+    det = base / FILES["detector"] if (base / FILES["detector"]).exists() else default_dir() / FILES["detector"]
+    full = base / FILES["detector_full"]
+    full = full if full.exists() else default_dir() / FILES["detector_full"]
+    return WeightSet(backbone, stab, det, full if full.exists() else None)
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from stableface.crop import CropBox
+from stableface.stabilizer import OneEuro, convlstm_reference, crop_change, warp_maps
+
+
+def test_one_euro_still_input_gives_still_output():
+    f = OneEuro(1.0, 0.05)
+    x = np.array([[3.0, 4.0]])
+    outs = [f(x, t * 40.0) for t in range(10)]
+    assert all(np.array_equal(o, x) for o in outs)
+
+
+def test_one_euro_smooths_a_step_and_converges():
+    f = OneEuro(min_cutoff=1.0, beta=0.0)
+    f(np.zeros(1), 0.0)
+    first = f(np.ones(1), 40.0)[0]
+    # alpha = 1 / (1 + tau/dt), tau = 1/(2 pi), dt = 0.04
+    assert first == pytest.approx(1 / (1 + (1 / (2 * np.pi)) / 0.04))
+    for t in range(2, 200):
+        last = f(np.ones(1), t * 40.0)[0]
+    assert last == pytest.approx(1.0, abs=1e-6)
+
+
+def test_one_euro_restarts_on_non_increasing_time():
+    f = OneEuro()
+    f(np.zeros(1), 100.0)
+    assert f(np.ones(1), 100.0)[0] == 1.0
+
+
+def test_warp_maps_identity_and_shift():
+    maps = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    assert np.allclose(warp_maps(maps, ident), maps)
+    shift = np.array([[1.0, 0, 2], [0, 1.0, 0]])  # out[x] = in[x + 2]
+    assert np.allclose(warp_maps(maps, shift)[:, :, :6], maps[:, :, 2:])
+
+
+def test_crop_change_maps_the_same_source_point():
+    old, new = CropBox(100, 100, 64, 0.0), CropBox(108, 96, 72, 0.1)
+    m = crop_change(old, new, 128, 4.0)
+    from stableface.crop import to_crop, to_source
+
+    q_new = np.array([[10.0, 20.0]])  # heatmap index coordinates in the new crop
+    src = to_source((q_new + 0.5) * 4.0, new, 128)
+    q_old = to_crop(src, old, 128) / 4.0 - 0.5
+    assert np.allclose(q_new @ m[:, :2].T + m[:, 2], q_old)
+    assert np.allclose(crop_change(old, old, 128, 4.0), [[1, 0, 0], [0, 1, 0]])
+
+
+torch = pytest.importorskip("torch")
+
+
+def test_numpy_torch_onnx_parity_over_steps(tmp_path):
+    from stableface.stabilizer import ConvLSTMStep
+    from stableface.training.convlstm import ConvLSTM, export
+
+    torch.manual_seed(0)
+    k, hid, size = 5, 2, 12
+    model = ConvLSTM(k, hid)
+    with torch.no_grad():  # leave the identity start: random weights exercise every term
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    export(model, tmp_path / "s.onnx", size)
+    step = ConvLSTMStep(tmp_path / "s.onnx", device="cpu")
+    assert (step.k, step.hidden, step.heatmap_size) == (k, hid, size)
+    params = model.numpy_params()
+    rng = np.random.default_rng(0)
+    th, tc = model.zeros(1, size)
+    nh, nc = th[0].numpy(), tc[0].numpy()
+    oh, oc = step.zeros(1)
+    for _ in range(4):
+        o = rng.random((k, size, size), dtype=np.float32)
+        with torch.no_grad():
+            ts, th, tc = model(torch.from_numpy(o)[None], th, tc)
+        ns, nh, nc = convlstm_reference(o, nh, nc, **params)
+        os_, oh, oc = step(o[None], oh, oc)
+        assert np.abs(ts[0].numpy() - ns).max() < 1e-5
+        assert np.abs(os_[0] - ns).max() < 1e-5
+        assert np.abs(oh[0] - nh).max() < 1e-5 and np.abs(oc[0] - nc).max() < 1e-5
+
+
+def test_fresh_convlstm_is_the_identity():
+    from stableface.training.convlstm import ConvLSTM
+
+    m = ConvLSTM(3, 2)
+    o = torch.rand(2, 3, 8, 8)
+    h, c = m.zeros(2, 8)
+    s, _, _ = m(o, h, c)
+    assert torch.allclose(s, o)
