@@ -1,0 +1,236 @@
+"""``stableface finetune``: train the ConvLSTM stabilizer over a frozen ONNX backbone with the Jitter loss.
+
+The backbone runs in onnxruntime (any heatmap model: K and heatmap size are read from it).
+Sequences are synthesised from still annotated images (``sequences.py``); the backbone's
+heatmaps for every frame are computed once and cached, then the ConvLSTM is trained on them,
+state reset at every sequence.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stableface import codec, ibug
+from stableface.backbone import HeatmapBackbone
+from stableface.training import data as D
+from stableface.training.convlstm import ConvLSTM, export
+from stableface.training.losses import geman_mcclure, jitter_loss, pdc
+from stableface.training.sequences import SequenceSpec, make_sequence
+
+
+@dataclass
+class FinetuneConfig:
+    data: str
+    backbone: str
+    out: str
+    hidden: int = 2
+    sequences_per_image: int = 1
+    min_length: int = 5
+    max_length: int = 8
+    epochs: int = 8
+    batch: int = 24
+    lr: float = 1e-3
+    loss: str = "jitter"  # or "l2" (ablation)
+    theta: float = 1.0
+    xi: float = 0.01
+    pdc_threshold: float = codec.DEFAULT_PDC_THRESHOLD
+    pixel_weight: float = 0.1
+    sigma: float = codec.DEFAULT_SIGMA
+    seed: int = 0
+    limit: int = 0
+    val_sequences: int = 1  # still + moving sequences per validation image
+    val_length: int = 30
+    device: str = "cpu"
+    threads: int = 0
+
+
+def _heatmaps(backbone: HeatmapBackbone, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    return np.concatenate([backbone(frames[i:i + batch]) for i in range(0, len(frames), batch)]).astype(np.float16)
+
+
+def build_cache(samples: list[D.Sample], backbone: HeatmapBackbone, spec: SequenceSpec, per_image: int, seed: int,
+                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Backbone heatmaps (N, T, K, H, W) float16 and ground truth (N, T, K, 2) in crop pixels."""
+    rng = np.random.default_rng(seed)
+    hms, pts, kinds = [], [], []
+    total = len(samples) * per_image
+    for i, s in enumerate(samples):
+        for _ in range(per_image):
+            frames, p, kind = make_sequence(s, spec, rng)
+            hms.append(_heatmaps(backbone, frames))
+            pts.append(p)
+            kinds.append(kind)
+            if progress:
+                progress(len(hms), total)
+    return np.stack(hms), np.stack(pts), kinds
+
+
+def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> torch.Tensor:
+    """Gaussian heatmaps (..., K, H, W) for points (..., K, 2) in crop pixels (same as codec.encode)."""
+    c = points / stride - 0.5
+    grid = torch.arange(size, dtype=points.dtype, device=points.device)
+    gx = torch.exp(-((grid - c[..., 0:1]) ** 2) / (2 * sigma * sigma))
+    gy = torch.exp(-((grid - c[..., 1:2]) ** 2) / (2 * sigma * sigma))
+    return gy[..., :, None] * gx[..., None, :]
+
+
+def run_sequences(model: ConvLSTM, hms: torch.Tensor) -> torch.Tensor:
+    """Stabilized heatmaps for (B, T, K, H, W) inputs, state from zero."""
+    b, t, k, h, w = hms.shape
+    hs, cs = model.zeros(b, h, hms.device)
+    out = []
+    for i in range(t):
+        s, hs, cs = model(hms[:, i], hs, cs)
+        out.append(s)
+    return torch.stack(out, dim=1)
+
+
+def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, gt: torch.Tensor, stride: float) -> torch.Tensor:
+    size = s.shape[-1]
+    tgt = targets(gt, size, stride, cfg.sigma)
+    if cfg.loss == "l2":
+        return ((s - tgt) ** 2).mean()
+    u = pdc(s, cfg.pdc_threshold, stride)
+    loss = s.new_zeros(())
+    for t in range(1, s.shape[1]):
+        loss = loss + jitter_loss(s[:, t], tgt[:, t], u[:, t], u[:, t - 1], gt[:, t], gt[:, t - 1], cfg.theta, cfg.xi)
+    loss = loss / (s.shape[1] - 1)
+    if cfg.pixel_weight:
+        loss = loss + cfg.pixel_weight * geman_mcclure(s, tgt, cfg.theta).mean()
+    return loss
+
+
+def sequence_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """pred, gt (N, T, K, 2): NME, jitter (std over time of the error) and jitter error, all % IOD."""
+    n = gt.shape[0]
+    iod = ibug.interocular(gt.mean(axis=1)).reshape(n, 1, 1) if gt.shape[2] == ibug.K else np.ones((n, 1, 1))
+    err = pred - gt
+    nme = (np.linalg.norm(err, axis=-1) / iod).mean()  # (N, T, K) / (N, 1, 1)
+    dev = err - err.mean(axis=1, keepdims=True)
+    std = np.sqrt((dev ** 2).sum(-1).mean(axis=1))  # (N, K): std over time of the error
+    jit = (std / iod[:, 0]).mean()
+    step = np.linalg.norm(np.diff(pred, axis=1) - np.diff(gt, axis=1), axis=-1)
+    jerr = (step / iod).mean()
+    return {"nme": float(nme * 100), "jitter": float(jit * 100), "jitter_error": float(jerr * 100)}
+
+
+@torch.no_grad()
+def validate(model: ConvLSTM, val: dict[str, tuple[np.ndarray, np.ndarray]], stride: float, threshold: float,
+             device: str) -> dict[str, float]:
+    model.eval()
+    out: dict[str, float] = {}
+    for name, (hms, gt) in val.items():
+        raw, stab = [], []
+        for i in range(0, len(hms), 16):
+            x = torch.from_numpy(hms[i:i + 16].astype(np.float32)).to(device)
+            stab.append(pdc(run_sequences(model, x), threshold, stride).cpu().numpy())
+            raw.append(codec.decode_pdc(hms[i:i + 16].astype(np.float32), stride, threshold)[0])
+        for tag, pred in (("raw", np.concatenate(raw)), ("stab", np.concatenate(stab))):
+            for k, v in sequence_metrics(pred, gt).items():
+                out[f"{name}_{tag}_{k}"] = v
+    model.train()
+    return out
+
+
+def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = print,
+          on_step: Callable[[int, int, dict], None] | None = None) -> dict[str, float]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    backbone = HeatmapBackbone(cfg.backbone, device="auto")
+    files = D.list_annotated(cfg.data)
+    if not files:
+        raise ValueError(f"{cfg.data}: no images with .pts annotations found")
+    if backbone.k != ibug.K:
+        log(f"backbone gives K={backbone.k} heatmaps; annotations must have the same K")
+    train_files, val_files = D.split(files)
+    if cfg.limit:
+        train_files, val_files = train_files[:cfg.limit], val_files[:max(2, cfg.limit // 4)]
+    log(f"backbone {cfg.backbone}: K={backbone.k}, heatmaps {backbone.heatmap_size}x{backbone.heatmap_size}, "
+        f"crop {backbone.size}px; {len(train_files)} training / {len(val_files)} validation images")
+    train_set, val_set = D.load(train_files), D.load(val_files)
+    size = backbone.size
+    spec = SequenceSpec(length=cfg.max_length, size=size, crop_scale=backbone.crop_scale)
+    t0 = time.perf_counter()
+    hms, gts, _ = build_cache(train_set, backbone, spec, cfg.sequences_per_image, cfg.seed,
+                              (lambda i, n: on_step(0, 1, {"epoch": 0, "loss": 0.0, "seq_s": i / (time.perf_counter() - t0)})) if on_step else None)
+    val = {}
+    for kind, noise in (("still", (10.0, 10.0)), ("drift", (5.0, 5.0))):
+        vspec = SequenceSpec(length=cfg.val_length, size=size, crop_scale=backbone.crop_scale, noise=noise, blur=0.0,
+                             motion=kind, max_speed=1.0)
+        vh, vg, _ = build_cache(val_set, backbone, vspec, cfg.val_sequences, cfg.seed + 999)
+        val[kind] = (vh, vg)
+    log(f"cached backbone heatmaps for {len(hms)} training sequences and {sum(len(v[0]) for v in val.values())} "
+        f"validation sequences in {time.perf_counter() - t0:.0f} s")
+
+    model = ConvLSTM(backbone.k, cfg.hidden).to(cfg.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(hms) / cfg.batch)
+    total = cfg.epochs * steps_per_epoch
+    start_epoch, history = 0, []
+    last = out / "last.pt"
+    if resume and last.exists():
+        ck = torch.load(last, map_location=cfg.device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start_epoch, history = ck["epoch"], ck["history"]
+        log(f"resumed from {last} at epoch {start_epoch}")
+    if start_epoch == 0:
+        m0 = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.device)
+        log("before training (identity ConvLSTM = raw): " + _summary(m0))
+    for epoch in range(start_epoch, cfg.epochs):
+        rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+        order = rng.permutation(len(hms))
+        t_ep, seen, run = time.perf_counter(), 0, 0.0
+        for b in range(steps_per_epoch):
+            idx = np.sort(order[b * cfg.batch:(b + 1) * cfg.batch])
+            length = int(rng.integers(cfg.min_length, cfg.max_length + 1))
+            x = torch.from_numpy(hms[idx, :length].astype(np.float32)).to(cfg.device)
+            g = torch.from_numpy(gts[idx, :length]).to(cfg.device)
+            step = epoch * steps_per_epoch + b
+            for grp in opt.param_groups:
+                grp["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = sequence_loss(cfg, run_sequences(model, x), g, backbone.stride)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            run += float(loss.detach()) * len(idx)
+            if on_step:
+                on_step(step + 1, total, {"epoch": epoch + 1, "loss": run / seen, "seq_s": seen / (time.perf_counter() - t_ep)})
+        metrics = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.device)
+        metrics.update(epoch=epoch + 1, loss=run / seen)
+        history.append(metrics)
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": history,
+                 "config": asdict(cfg), "k": backbone.k, "heatmap_size": backbone.heatmap_size}
+        torch.save(state, out / "last.tmp")
+        (out / "last.tmp").replace(last)
+        log(f"epoch {epoch + 1}/{cfg.epochs} loss {run / seen:.5f}: " + _summary(metrics))
+    return history[-1] if history else {}
+
+
+def _summary(m: dict[str, float]) -> str:
+    return (f"still jitter {m['still_raw_jitter']:.2f}% -> {m['still_stab_jitter']:.2f}%, "
+            f"still NME {m['still_raw_nme']:.2f}% -> {m['still_stab_nme']:.2f}%, "
+            f"drift NME {m['drift_raw_nme']:.2f}% -> {m['drift_stab_nme']:.2f}%, "
+            f"drift jitter error {m['drift_raw_jitter_error']:.2f}% -> {m['drift_stab_jitter_error']:.2f}%")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict:
+    ck = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    cfg = ck["config"]
+    model = ConvLSTM(ck["k"], cfg["hidden"])
+    model.load_state_dict(ck["model"])
+    meta = {"loss": cfg["loss"], "theta": cfg["theta"], "xi": cfg["xi"], "pdc_threshold": cfg["pdc_threshold"],
+            "validation": ck["history"][-1] if ck.get("history") else {}}
+    diff = export(model, out, ck["heatmap_size"], meta)
+    return {"max_abs_diff": diff, "path": str(out)}
