@@ -34,12 +34,15 @@ class FinetuneConfig:
     sequences_per_image: int = 1
     min_length: int = 5
     max_length: int = 8
-    epochs: int = 8
-    batch: int = 24
-    lr: float = 1e-3
+    burn_in: int = 8  # up to this many frames run without gradient first, so longer-lived states are trained too
+    noise: tuple[float, float] = (0.0, 20.0)
+    val_images: int = 100
+    epochs: int = 4
+    batch: int = 12
+    lr: float = 2e-3
     loss: str = "jitter"  # or "l2" (ablation)
     theta: float = 1.0
-    xi: float = 0.01
+    xi: float = 1.0  # crop pixels: about the per-frame jitter of the raw backbone
     pdc_threshold: float = codec.DEFAULT_PDC_THRESHOLD
     pixel_weight: float = 0.1
     sigma: float = codec.DEFAULT_SIGMA
@@ -81,15 +84,17 @@ def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> tor
     return gy[..., :, None] * gx[..., None, :]
 
 
-def run_sequences(model: ConvLSTM, hms: torch.Tensor) -> torch.Tensor:
-    """Stabilized heatmaps for (B, T, K, H, W) inputs, state from zero."""
+def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  return_state: bool = False):
+    """Stabilized heatmaps for (B, T, K, H, W) inputs, from ``state`` (zero: a new sequence)."""
     b, t, k, h, w = hms.shape
-    hs, cs = model.zeros(b, h, hms.device)
+    hs, cs = state if state is not None else model.zeros(b, h, hms.device)
     out = []
     for i in range(t):
         s, hs, cs = model(hms[:, i], hs, cs)
         out.append(s)
-    return torch.stack(out, dim=1)
+    stacked = torch.stack(out, dim=1)
+    return (stacked, (hs, cs)) if return_state else stacked
 
 
 def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, gt: torch.Tensor, stride: float) -> torch.Tensor:
@@ -157,9 +162,10 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         train_files, val_files = train_files[:cfg.limit], val_files[:max(2, cfg.limit // 4)]
     log(f"backbone {cfg.backbone}: K={backbone.k}, heatmaps {backbone.heatmap_size}x{backbone.heatmap_size}, "
         f"crop {backbone.size}px; {len(train_files)} training / {len(val_files)} validation images")
-    train_set, val_set = D.load(train_files), D.load(val_files)
+    train_set, val_set = D.load(train_files), D.load(val_files[:cfg.val_images] if cfg.val_images else val_files)
     size = backbone.size
-    spec = SequenceSpec(length=cfg.max_length, size=size, crop_scale=backbone.crop_scale)
+    spec = SequenceSpec(length=cfg.max_length + cfg.burn_in, size=size, crop_scale=backbone.crop_scale, noise=cfg.noise,
+                        max_speed=1.0)
     t0 = time.perf_counter()
     hms, gts, _ = build_cache(train_set, backbone, spec, cfg.sequences_per_image, cfg.seed,
                               (lambda i, n: on_step(0, 1, {"epoch": 0, "loss": 0.0, "seq_s": i / (time.perf_counter() - t0)})) if on_step else None)
@@ -194,12 +200,18 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         for b in range(steps_per_epoch):
             idx = np.sort(order[b * cfg.batch:(b + 1) * cfg.batch])
             length = int(rng.integers(cfg.min_length, cfg.max_length + 1))
-            x = torch.from_numpy(hms[idx, :length].astype(np.float32)).to(cfg.device)
-            g = torch.from_numpy(gts[idx, :length]).to(cfg.device)
+            burn = int(rng.integers(0, cfg.burn_in + 1))
+            x = torch.from_numpy(hms[idx, burn:burn + length].astype(np.float32)).to(cfg.device)
+            g = torch.from_numpy(gts[idx, burn:burn + length]).to(cfg.device)
+            state = None
+            if burn:
+                with torch.no_grad():
+                    _, state = run_sequences(model, torch.from_numpy(hms[idx, :burn].astype(np.float32)).to(cfg.device),
+                                             return_state=True)
             step = epoch * steps_per_epoch + b
             for grp in opt.param_groups:
                 grp["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = sequence_loss(cfg, run_sequences(model, x), g, backbone.stride)
+            loss = sequence_loss(cfg, run_sequences(model, x, state), g, backbone.stride)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
