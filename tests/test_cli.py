@@ -1,0 +1,146 @@
+"""The CLI through CliRunner and through a real subprocess: exit codes, outputs, light import."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from stableface import __version__
+from stableface.cli import main
+
+from .conftest import shared_video
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_version_and_help():
+    r = run_cli("--version")
+    assert r.exit_code == 0 and __version__ in r.output
+    r = run_cli("track", "--help")
+    assert r.exit_code == 0 and "Examples:" in r.output and "--stabilizer" in r.output
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert run_cli("track").exit_code == 2  # no source
+    r = run_cli("track", "x.mp4", "-o", str(tmp_path / "out.txt"))
+    assert r.exit_code == 2 and "unknown output format" in r.output
+    r = run_cli("track", "a.mp4", "b.mp4", "-o", str(tmp_path / "o.json"))
+    assert r.exit_code == 2 and "--out-dir" in r.output
+    assert run_cli("track", "x.mp4", "--stabilizer", "kalman").exit_code == 2
+
+
+def test_missing_source_is_one_clear_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "stableface", "track", str(tmp_path / "nope.mp4"), "-o",
+                        str(tmp_path / "o.json")], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"stableface: error: {tmp_path / 'nope.mp4'}: no such file or folder"]
+    assert "Traceback" not in r.stderr and not (tmp_path / "o.json").exists()
+
+
+def test_bad_weights_exit_2_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not onnx")
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), np.zeros((32, 32, 3), np.uint8))
+    r = run_cli("track", str(img), "--weights", str(bad))
+    assert r.exit_code == 2 and str(bad) in r.output and "not a loadable ONNX model" in r.output
+
+
+def test_batch_continues_after_a_failure_and_summarises(tmp_path):
+    good = tmp_path / "blank.png"
+    cv2.imwrite(str(good), np.full((64, 64, 3), 90, np.uint8))
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("this is text")
+    out = tmp_path / "out"
+    r = run_cli("track", str(good), str(fake), "--out-dir", str(out), "--stabilizer", "none")
+    assert r.exit_code == 1
+    assert "1 of 2 sources failed" in r.output and "fake.mp4: not a readable video" in r.output
+    doc = json.loads((out / "blank.json").read_text())
+    assert doc["frames"] == [{"frame": 0, "timestamp_ms": 0.0, "faces": []}]
+
+
+def test_light_import_does_not_load_torch():
+    code = ("import sys, stableface, stableface.cli, stableface.pipeline, stableface.sinks, stableface.video;"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+@pytest.mark.slow
+def test_track_subprocess_jsonl_stdout_and_files(tmp_path):
+    clip = shared_video()
+    # first 12 frames of a real clip
+    cap = cv2.VideoCapture(str(clip))
+    short = tmp_path / "short.avi"
+    w = cv2.VideoWriter(str(short), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (512, 512))
+    for _ in range(12):
+        ok, f = cap.read()
+        w.write(f)
+    w.release()
+    code = ("import sys, stableface.cli as c; sys.argv=['stableface'] + sys.argv[1:]; "
+            "import runpy; c.main()")
+    r = subprocess.run([sys.executable, "-c", code, "track", str(short), "-o", "-", "-o", str(tmp_path / "t.csv"),
+                        "-o", str(tmp_path / "t.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    frames = [json.loads(x) for x in lines]
+    assert [f["frame"] for f in frames] == list(range(12))
+    assert all(len(f["faces"]) == 1 and len(f["faces"][0]["landmarks"]) == 68 for f in frames)
+    assert {f["faces"][0]["id"] for f in frames} == {0}
+    assert frames[1]["timestamp_ms"] == pytest.approx(40.0)
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["stabilizer"] == "convlstm" and len(doc["frames"]) == 12
+    rows = (tmp_path / "t.csv").read_text().splitlines()
+    assert len(rows) == 13 and rows[1].split(",")[4] == "1"
+    # the torch-free promise holds for a real run too
+    r2 = subprocess.run([sys.executable, "-c",
+                         "import sys; from stableface.cli import main; sys.argv=['s','track',%r,'-q','--stabilizer','none'];"
+                         "\ntry:\n  main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)" % str(short)],
+                        capture_output=True, text=True)
+    assert r2.stdout.strip().endswith("False"), r2.stderr
+
+
+def test_webcam_records_a_live_stream_without_window(tmp_path):
+    from .mjpeg_server import MJPEGServer
+
+    out = tmp_path / "live.jsonl"
+    with MJPEGServer(fps=30, max_frames=45) as server:
+        r = subprocess.run([sys.executable, "-m", "stableface", "webcam", "--camera", server.url, "--no-show", "-q",
+                            "--stabilizer", "none", "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    frames = [json.loads(x) for x in out.read_text().splitlines()]
+    assert 1 <= len(frames) <= 45
+    assert [f["frame"] for f in frames] == list(range(len(frames)))
+    assert all(f["faces"] == [] and f["source"] == server.url for f in frames)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signals_leave_valid_outputs(tmp_path, sig, code):
+    import signal
+    import time
+
+    clip = shared_video()
+    out_json, out_csv = tmp_path / "o.json", tmp_path / "o.csv"
+    p = subprocess.Popen([sys.executable, "-m", "stableface", "track", str(clip), "-q", "-o", str(out_json),
+                          "-o", str(out_csv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "o.json.partial").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    assert "Traceback" not in err
+    doc = json.loads(out_json.read_text())
+    n = len(doc["frames"])
+    assert 0 < n < 200 and [f["frame"] for f in doc["frames"]] == list(range(n))
+    rows = out_csv.read_text().splitlines()
+    assert len(rows) == n + 1
+    assert not list(tmp_path.glob("*.partial"))

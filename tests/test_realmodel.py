@@ -1,0 +1,86 @@
+"""Real weights on a real face (a shared clip): detector, backbone, stabilizer, end to end."""
+
+import cv2
+import numpy as np
+import pytest
+
+from stableface import ibug
+from stableface.detector import FULL_RANGE, SHORT_RANGE, BlazeFace, anchors, weighted_nms
+from stableface.pipeline import Pipeline, PipelineConfig
+from stableface.types import Frame
+from stableface.weights import resolve
+
+from .conftest import shared_video
+
+
+def test_anchor_counts_match_mediapipe():
+    assert anchors(SHORT_RANGE).shape == (896, 2)
+    assert anchors(FULL_RANGE).shape == (2304, 2)
+    a = anchors(SHORT_RANGE)
+    assert np.allclose(a[0], [0.5 / 16, 0.5 / 16]) and np.allclose(a[512], [0.5 / 8, 0.5 / 8])
+
+
+def test_weighted_nms_blends_overlaps_and_keeps_separate_faces():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], float)
+    kps = np.zeros((3, 6, 2))
+    scores = np.array([0.9, 0.6, 0.8])
+    out = weighted_nms(boxes, kps, scores, 0.3)
+    assert len(out) == 2
+    assert out[0][0][0] == pytest.approx(0.6 / 1.5) and out[0][2] == 0.9
+    assert out[1][0].tolist() == [50, 50, 60, 60]
+
+
+def first_frames(n):
+    cap = cv2.VideoCapture(str(shared_video()))
+    frames = []
+    for _ in range(n):
+        ok, f = cap.read()
+        assert ok
+        frames.append(f)
+    return frames
+
+
+@pytest.mark.slow
+def test_detector_finds_the_face_and_not_in_blank():
+    ws = resolve()
+    det = BlazeFace(ws.detector, device="cpu")
+    img = first_frames(1)[0]
+    found = det.detect(img)
+    assert len(found) == 1 and found[0].score > 0.7
+    x0, y0, x1, y1 = found[0].box
+    assert 60 < x1 - x0 < 400 and 0 <= x0 < x1 <= 512
+    assert det.detect(np.full((256, 256, 3), 127, np.uint8)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stabilizer", ["convlstm", "none", "one-euro"])
+def test_landmarks_fall_in_the_face_in_anatomical_order(stabilizer):
+    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer=stabilizer))
+    det = BlazeFace(resolve().detector, device="cpu")
+    frames = first_frames(8)
+    results = [pipe.update(Frame(f, i, i * 40.0)) for i, f in enumerate(frames)]
+    assert all(len(r.faces) == 1 and r.faces[0].id == 0 for r in results)
+    x0, y0, x1, y1 = det.detect(frames[-1])[0].box
+    p = results[-1].faces[0].landmarks
+    assert p.shape == (68, 2)
+    eyes, mouth = p[36:48], p[48:68]
+    for group in (eyes, mouth, p[27:36]):
+        assert np.all((group[:, 0] > x0) & (group[:, 0] < x1) & (group[:, 1] > y0) & (group[:, 1] < y1))
+    right_eye, left_eye = p[36:42].mean(0), p[42:48].mean(0)  # the subject's right eye is on image left
+    assert right_eye[0] < left_eye[0]
+    assert max(right_eye[1], left_eye[1]) < p[30, 1] < p[48:68, 1].mean() < p[8, 1]  # eyes, nose tip, mouth, chin
+    assert p[48, 0] < p[54, 0] and p[36, 0] < p[39, 0] < p[42, 0] < p[45, 0]
+    iod = ibug.interocular(p)
+    assert 0.25 * (x1 - x0) < iod < 0.9 * (x1 - x0)
+
+
+@pytest.mark.slow
+def test_reset_equals_fresh():
+    frames = first_frames(4)
+    pipe = Pipeline.from_weights(device="cpu")
+    a = [pipe.update(Frame(f, i, i * 40.0)).faces[0].landmarks for i, f in enumerate(frames)]
+    pipe.reset()
+    b = [pipe.update(Frame(f, i, i * 40.0)).faces[0].landmarks for i, f in enumerate(frames)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="timestamps must increase"):
+        pipe.update(Frame(frames[0], 0, 0.0))
