@@ -1,0 +1,61 @@
+"""Per-face model latency through onnxruntime: backbone and one ConvLSTM step.
+
+    python benchmarks/model_speed.py [--runs 300]
+
+Each figure is the median of many runs after warm-up. A fixed reference op (a 256x256 float32
+matrix product in numpy, single call) is timed in the same run, so the ratio column can be
+compared across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+from stableface.backbone import HeatmapBackbone
+from stableface.stabilizer import ConvLSTMStep
+from stableface.weights import resolve
+
+
+def median_ms(fn, runs: int) -> float:
+    for _ in range(10):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1000)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    args = ap.parse_args()
+    ws = resolve()
+    rng = np.random.default_rng(0)
+    a = rng.random((256, 256), dtype=np.float32)
+    ref = median_ms(lambda: a @ a, args.runs)
+    bb = HeatmapBackbone(ws.backbone, "cpu", args.threads)
+    crop = rng.integers(0, 255, size=(1, bb.size, bb.size, 3), dtype=np.uint8)
+    t_bb = median_ms(lambda: bb(crop), args.runs)
+    step = ConvLSTMStep(ws.stabilizer, "cpu", args.threads)
+    o = rng.random((1, step.k, step.heatmap_size, step.heatmap_size), dtype=np.float32)
+    h, c = step.zeros(1)
+    t_st = median_ms(lambda: step(o, h, c), args.runs)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime threads "
+          f"{args.threads or 'default'}; median of {args.runs} runs")
+    print("| model | ms per face | ratio to reference op |")
+    print("|---|---|---|")
+    print(f"| reference: 256x256 float32 matmul (numpy) | {ref:.3f} | 1.0 |")
+    print(f"| backbone {bb.size}x{bb.size} -> {bb.k}x{bb.heatmap_size}x{bb.heatmap_size} | {t_bb:.2f} | {t_bb / ref:.1f} |")
+    print(f"| ConvLSTM step (hidden {step.hidden} per landmark) | {t_st:.2f} | {t_st / ref:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
