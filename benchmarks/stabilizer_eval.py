@@ -23,7 +23,8 @@ import numpy as np
 
 from stableface import codec
 from stableface.backbone import HeatmapBackbone
-from stableface.stabilizer import ConvLSTMStep, OneEuro
+from stableface.crop import CropBox
+from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder, OneEuro
 from stableface.training import data as D
 from stableface.training.finetune import sequence_metrics
 from stableface.training.sequences import SequenceSpec, make_sequence
@@ -44,15 +45,14 @@ def sequences(samples, backbone, kind, noise, n_frames, seed):
     return np.stack(hms), np.stack(gts)
 
 
-def run_convlstm(step: ConvLSTMStep, hms: np.ndarray, stride: float) -> np.ndarray:
+def run_convlstm(step: ConvLSTMStep, hms: np.ndarray, size: int, stride: float, compensate: bool = True) -> np.ndarray:
+    """The runtime stabilizer class on a fixed crop whose coordinates are the crop's own."""
+    box = CropBox(size / 2, size / 2, float(size))
+    stab = ConvLSTMStabilizer(step, Decoder(size, stride), motion_compensation=compensate)
     out = []
     for seq in hms:
-        h, c = step.zeros(1)
-        pts = []
-        for o in seq:
-            s, h, c = step(o[None], h, c)
-            pts.append(codec.decode_pdc(s[0], stride)[0])
-        out.append(np.stack(pts))
+        stab.reset()
+        out.append(np.stack([stab.update(o, box, t * 40.0)[0] for t, o in enumerate(seq)]))
     return np.stack(out)
 
 
@@ -82,7 +82,8 @@ def main() -> None:
             "drift": sequences(samples, bb, "drift", 5.0, args.frames, 2),
             "shake": sequences(samples, bb, "shake", 5.0, args.frames, 3)}
     raw = {k: codec.decode_pdc(h, bb.stride)[0] for k, (h, _) in sets.items()}
-    lstm = {k: run_convlstm(step, h, bb.stride) for k, (h, _) in sets.items()}
+    lstm = {k: run_convlstm(step, h, bb.size, bb.stride) for k, (h, _) in sets.items()}
+    plain = {k: run_convlstm(step, h, bb.size, bb.stride, compensate=False) for k, (h, _) in sets.items()}
     # tune One Euro honestly on the same sequences
     best, best_cost = None, float("inf")
     for mc, beta in itertools.product([0.3, 0.5, 1.0, 2.0, 4.0], [0.0, 0.01, 0.05, 0.2, 1.0]):
@@ -96,6 +97,7 @@ def main() -> None:
     table = {}
     for k, (_, gt) in sets.items():
         table[k] = {"raw": sequence_metrics(raw[k], gt), "one-euro": sequence_metrics(euro[k], gt),
+                    "convlstm (no motion compensation)": sequence_metrics(plain[k], gt),
                     "convlstm": sequence_metrics(lstm[k], gt)}
     print(f"{len(samples)} validation images x {args.frames} frames per set; One Euro tuned: min_cutoff={best[0]}, beta={best[1]}")
     print("| set | method | NME % | jitter % | jitter error % |")

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from stableface import codec, onnx_util
-from stableface.crop import CropBox, invert, to_source
+from stableface.crop import CropBox, invert, to_crop, to_source
 from stableface.onnx_util import WeightsError
 
 
@@ -101,7 +101,7 @@ class OneEuroStabilizer:
     serves small and large faces: the filter sees coordinates in units of the crop side / 100.
     """
 
-    def __init__(self, decoder: Decoder, min_cutoff: float = 1.0, beta: float = 0.05) -> None:
+    def __init__(self, decoder: Decoder, min_cutoff: float = 4.0, beta: float = 1.0) -> None:
         self.decoder = decoder
         self.filter = OneEuro(min_cutoff, beta)
 
@@ -172,29 +172,59 @@ class ConvLSTMStep:
 
 
 class ConvLSTMStabilizer:
-    """The paper's stabilizer: ConvLSTM over the backbone heatmaps, then PDC, then uncrop."""
+    """The paper's stabilizer: ConvLSTM over the backbone heatmaps, then PDC, then uncrop.
 
-    def __init__(self, step: ConvLSTMStep, decoder: Decoder) -> None:
-        self.step, self.decoder = step, decoder
+    With ``motion_compensation`` the state is shifted, before each step, by the face's
+    translation since the previous frame (the median displacement of the raw landmarks), so
+    the ConvLSTM averages away per-landmark noise without lagging behind head or camera motion.
+    """
+
+    min_shift = 0.1  # heatmap cells (0.4 crop px at stride 4): above the noise of a 68-point median
+
+    def __init__(self, step: ConvLSTMStep, decoder: Decoder, motion_compensation: bool = True) -> None:
+        self.step, self.decoder, self.motion_compensation = step, decoder, motion_compensation
         self.reset()
 
     def reset(self) -> None:
         self.h: np.ndarray | None = None
         self.c: np.ndarray | None = None
         self.crop: CropBox | None = None
+        self.raw: np.ndarray | None = None
 
     def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
+        raw = codec.decode_pdc(heatmaps, self.decoder.stride, self.decoder.threshold)[0] if self.motion_compensation else None
         if self.h is None or self.c is None:
             self.h, self.c = self.step.zeros(1)
-        elif self.crop is not None and crop != self.crop:
-            m = crop_change(self.crop, crop, self.decoder.crop_size, self.decoder.stride)
-            self.h = warp_maps(self.h[0], m)[None]
-            self.c = warp_maps(self.c[0], m)[None]
+        else:
+            m = None
+            if self.crop is not None and crop != self.crop:
+                m = crop_change(self.crop, crop, self.decoder.crop_size, self.decoder.stride)
+                if self.raw is not None:  # previous raw landmarks, moved into the new crop
+                    self.raw = to_crop(to_source(self.raw, self.crop, self.decoder.crop_size), crop, self.decoder.crop_size)
+            if raw is not None and self.raw is not None:
+                # displacement since the last shift; below the noise of the median, wait
+                d = np.median(raw - self.raw, axis=0) / self.decoder.stride  # heatmap cells
+                if np.hypot(*d) > self.min_shift:
+                    shift = np.array([[1.0, 0.0, -d[0]], [0.0, 1.0, -d[1]]])
+                    m = shift if m is None else _compose(m, shift)
+                    self.raw = raw
+            if m is not None:
+                n = self.h.shape[1]
+                both = warp_maps(np.concatenate([self.h[0], self.c[0]]), m)
+                self.h, self.c = both[None, :n], both[None, n:]
         self.crop = crop
+        if self.raw is None:
+            self.raw = raw
         s, self.h, self.c = self.step(heatmaps[None], self.h, self.c)
         pts, _ = self.decoder(s[0], crop)
         raw_scores = heatmaps.reshape(heatmaps.shape[0], -1).max(axis=-1)
         return pts, raw_scores.astype(np.float32)
+
+
+def _compose(first: np.ndarray, then: np.ndarray) -> np.ndarray:
+    """2x3 maps applied as ``first(then(q))`` (both map output coordinates to input ones)."""
+    a = np.vstack([first, [0, 0, 1]]) @ np.vstack([then, [0, 0, 1]])
+    return a[:2]
 
 
 StabilizerFactory = Callable[[], Stabilizer]

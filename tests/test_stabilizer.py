@@ -89,3 +89,43 @@ def test_fresh_convlstm_is_the_identity():
     h, c = m.zeros(2, 8)
     s, _, _ = m(o, h, c)
     assert torch.allclose(s, o)
+
+
+def test_ema_initialisation_averages_heatmaps():
+    from stableface import codec
+    from stableface.training.convlstm import ConvLSTM
+
+    torch.manual_seed(0)
+    m = ConvLSTM(1, 2, init="ema", alpha=0.4)
+    a = torch.from_numpy(codec.encode(np.array([[62.0, 64.0]]), (32, 32), 4))[None]
+    b = torch.from_numpy(codec.encode(np.array([[66.0, 64.0]]), (32, 32), 4))[None]
+    h, c = m.zeros(1, 32)
+    xs = []
+    with torch.no_grad():
+        for t in range(40):  # a landmark jittering +-2 px around x = 64
+            s, h, c = m(a if t % 2 else b, h, c)
+            xs.append(codec.decode_pdc(s[0].numpy(), 4, 0.2)[0][0, 0])
+    late = np.array(xs[20:])
+    assert abs(late.mean() - 64.0) < 0.3
+    assert np.abs(np.diff(late)).mean() < 0.5 * 4.0  # the raw input jumps 4 px every frame
+
+
+def test_motion_compensation_removes_lag_on_a_moving_face(tmp_path):
+    from stableface import codec
+    from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
+    from stableface.training.convlstm import ConvLSTM, export
+
+    torch.manual_seed(0)
+    export(ConvLSTM(3, 2, init="ema", alpha=0.4), tmp_path / "ema.onnx", 32)
+    step = ConvLSTMStep(tmp_path / "ema.onnx", device="cpu")
+    box = CropBox(64.0, 64.0, 128.0)  # crop coordinates = source coordinates
+    base = np.array([[40.0, 50.0], [60.0, 70.0], [80.0, 50.0]])
+    errors = {}
+    for comp in (False, True):
+        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), motion_compensation=comp)
+        for t in range(25):  # the face moves 1.5 px per frame to the right
+            truth = base + [1.5 * t, 0.0]
+            pts, _ = stab.update(codec.encode(truth, (32, 32), 4), box, t * 40.0)
+        errors[comp] = float(np.abs(pts - truth)[:, 0].mean())
+    assert errors[False] > 1.5  # a plain moving average trails the face
+    assert errors[True] < 0.5
