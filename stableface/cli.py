@@ -444,6 +444,8 @@ def _format_metrics(metrics: dict) -> str:
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
 @click.option("--hidden", type=click.IntRange(1, 16), default=2, show_default=True, help="Hidden channels per landmark.")
 @click.option("--loss", type=click.Choice(["jitter", "l2"]), default="jitter", show_default=True)
+@click.option("--init", "init", type=click.Choice(["ema", "identity"]), default="ema", show_default=True,
+              help="Start as a moving average of the heatmaps (ema) or as the raw backbone (identity).")
 @click.option("--theta", type=click.FloatRange(0), default=1.0, show_default=True, help="Theta of the Jitter loss (Eq. 3, 7).")
 @click.option("--xi", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
               help="xi of Eq. 3, in crop pixels; of the order of the raw per-frame jitter, so still faces get a jitter gradient.")
@@ -454,7 +456,7 @@ def _format_metrics(metrics: dict) -> str:
 @click.option("--limit", type=click.IntRange(0), default=0, help="Use only this many training images (smoke tests).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
 @click.option("-q", "--quiet", is_flag=True)
-def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, theta, xi, pdc_threshold, pixel_weight,
+def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, init, theta, xi, pdc_threshold, pixel_weight,
              sequences_per_image, limit, resume, quiet):
     """Train the ConvLSTM stabilizer with the Jitter loss over a frozen ONNX backbone; needs the [train] extra."""
     try:
@@ -463,7 +465,7 @@ def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, theta, 
         _fail(f"finetune needs torch: pip install 'stableface[train]' ({exc})", 2)
     runs = output.with_name(output.name + ".runs")
     cfg = FinetuneConfig(data=str(dataset), backbone=str(backbone), out=str(runs), epochs=epochs, batch=batch, lr=lr,
-                         hidden=hidden, loss=loss, theta=theta, xi=xi, pdc_threshold=pdc_threshold,
+                         hidden=hidden, loss=loss, init=init, theta=theta, xi=xi, pdc_threshold=pdc_threshold,
                          pixel_weight=pixel_weight, sequences_per_image=sequences_per_image, limit=limit)
     with _training_progress(quiet, "finetune") as on_step:
         metrics = train(cfg, resume=resume, log=lambda s: click.echo(s, err=True), on_step=on_step)

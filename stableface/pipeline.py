@@ -74,8 +74,8 @@ class PipelineConfig:
     redetect_every: int = 10  # frames between detections while tracks live (0: never)
     decoder: str = "pdc"
     pdc_threshold: float = codec.DEFAULT_PDC_THRESHOLD
-    one_euro_min_cutoff: float = 1.0
-    one_euro_beta: float = 0.05
+    one_euro_min_cutoff: float = 4.0  # tuned by benchmarks/stabilizer_eval.py
+    one_euro_beta: float = 1.0
     rotate_crops: bool = True
     start_score: float = 0.55  # mean heatmap peak needed to start a track from a detection
     min_score: float = 0.3  # a track whose mean heatmap peak falls below this ends
@@ -108,7 +108,8 @@ class Pipeline:
         dets: list[FaceDetector] = [BlazeFace(ws.detector, device=device)]
         if ws.detector_full is not None:
             dets.append(BlazeFace(ws.detector_full, device=device))
-        step = ConvLSTMStep(ws.stabilizer, device, threads) if config.stabilizer == "convlstm" else None
+        # the step is tiny: one thread beats two on small CPUs (benchmarks/model_speed.py)
+        step = ConvLSTMStep(ws.stabilizer, device, threads or 1) if config.stabilizer == "convlstm" else None
         return cls(MultiRangeDetector(dets), backbone, config, step)
 
     @property

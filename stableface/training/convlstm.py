@@ -17,7 +17,15 @@ from torch import nn
 
 
 class ConvLSTM(nn.Module):
-    def __init__(self, k: int, hidden: int = 2, kernel: int = 3) -> None:
+    """Per-landmark ConvLSTM step.
+
+    ``init="identity"`` starts as ``s = o`` (the raw backbone). ``init="ema"`` starts as an
+    exponential moving average of the heatmaps (rate ``alpha``) in the first hidden channel:
+    training then only has to learn when to follow faster (motion) instead of discovering
+    temporal smoothing from scratch.
+    """
+
+    def __init__(self, k: int, hidden: int = 2, kernel: int = 3, init: str = "identity", alpha: float = 0.4) -> None:
         super().__init__()
         self.k, self.hidden = k, hidden
         self.gates = nn.Conv2d(k * (1 + hidden), k * 4 * hidden, kernel, padding=kernel // 2, groups=k)
@@ -27,8 +35,24 @@ class ConvLSTM(nn.Module):
             b.zero_()
             b[:, 1] = 1.0  # forget gate open
             self.out.weight.zero_()
-            self.out.weight.view(k, 1 + hidden)[:, 0] = 1.0  # start as the identity: s = o
             self.out.bias.zero_()
+            if init == "identity":
+                self.out.weight.view(k, 1 + hidden)[:, 0] = 1.0  # s = o
+            elif init == "ema":
+                logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+                w = self.gates.weight.view(k, 4, hidden, 1 + hidden, kernel, kernel)
+                w.mul_(0.1)  # small random weights everywhere else
+                w[:, :, 0] = 0.0
+                c = kernel // 2
+                w[:, 2, 0, 0, c, c] = 0.5  # g = tanh(0.5 o): nearly linear on [0, 1]
+                b[:, 0, 0] = logit(alpha)  # input gate
+                b[:, 1, 0] = logit(1 - alpha)  # forget gate
+                b[:, 3, 0] = 4.0  # output gate open
+                # undo the two tanh squashes at the peak: 1 -> tanh(0.5) -> tanh(.) * sigmoid(4)
+                gain = 1.0 / (np.tanh(np.tanh(0.5)) * (1 / (1 + np.exp(-4.0))))
+                self.out.weight.view(k, 1 + hidden)[:, 1] = float(gain)
+            else:
+                raise ValueError(f"unknown init {init!r}: identity or ema")
 
     def _interleave(self, o: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         n, k, hh, ww = o.shape

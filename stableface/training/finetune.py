@@ -31,6 +31,8 @@ class FinetuneConfig:
     backbone: str
     out: str
     hidden: int = 2
+    init: str = "ema"
+    init_alpha: float = 0.4
     sequences_per_image: int = 1
     min_length: int = 5
     max_length: int = 8
@@ -178,7 +180,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
     log(f"cached backbone heatmaps for {len(hms)} training sequences and {sum(len(v[0]) for v in val.values())} "
         f"validation sequences in {time.perf_counter() - t0:.0f} s")
 
-    model = ConvLSTM(backbone.k, cfg.hidden).to(cfg.device)
+    model = ConvLSTM(backbone.k, cfg.hidden, init=cfg.init, alpha=cfg.init_alpha).to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = math.ceil(len(hms) / cfg.batch)
     total = cfg.epochs * steps_per_epoch
@@ -192,7 +194,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         log(f"resumed from {last} at epoch {start_epoch}")
     if start_epoch == 0:
         m0 = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.device)
-        log("before training (identity ConvLSTM = raw): " + _summary(m0))
+        log(f"before training ({cfg.init} initialisation): " + _summary(m0))
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
         order = rng.permutation(len(hms))
