@@ -139,7 +139,7 @@ def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | N
 
 
 def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
-                show: bool = False, live_fps: bool = False) -> tuple[int, int]:
+                show: bool = False) -> tuple[int, int]:
     """Track one source into its outputs; returns (frames, faces). Raises SourceError/SinkError."""
     from stableface.sinks import VideoSink, open_sink
     from stableface.video import open_source
@@ -173,7 +173,7 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
             fps_ema = inst if fps_ema == 0 else 0.9 * fps_ema + 0.1 * inst
             last = now
             for s in sinks:
-                if live_fps and isinstance(s, VideoSink):
+                if isinstance(s, VideoSink):
                     s.fps_text = f"{fps_ema:.1f} fps"
                 with pipe.timer.stage("write"):
                     s.write(result, frame.image if s.needs_image else None)
@@ -190,6 +190,8 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
                 key = cv2.waitKey(1) & 0xFF
                 if key in (ord("q"), 27):
                     break
+        if progress is not None:  # containers can announce more frames than they hold
+            progress.update(task, total=frames, completed=frames)
         if window is not None:
             import cv2
 
@@ -280,7 +282,7 @@ def webcam(camera, show, outputs, weights, stabilizer, stabilizer_weights, devic
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
     try:
         with _signals():
-            frames, _ = _run_source(pipe, camera, list(outputs), False, False, stabilizer, show=show, live_fps=True)
+            frames, _ = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show)
     except (SourceError, SinkError) as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:

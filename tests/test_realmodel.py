@@ -84,3 +84,20 @@ def test_reset_equals_fresh():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="timestamps must increase"):
         pipe.update(Frame(frames[0], 0, 0.0))
+
+
+@pytest.mark.slow
+def test_crop_box_jitters_less_than_the_landmarks():
+    from stableface.video import open_source
+
+    pipe = Pipeline.from_weights(device="cpu")
+    crops, centroids = [], []
+    with open_source(str(shared_video("WDA_BobMenendez_000.mp4"))) as src:
+        for i, (_, res) in enumerate(pipe.stream(src)):
+            crops.append([pipe.tracker.tracks[0].crop.cx, pipe.tracker.tracks[0].crop.cy])
+            centroids.append(res.faces[0].landmarks.mean(0))
+            if i == 60:
+                break
+    step = lambda a: np.linalg.norm(np.diff(np.array(a), axis=0), axis=1)  # noqa: E731
+    assert (step(crops) > 0).mean() < 0.25  # the crop holds still most of the time
+    assert step(crops).mean() <= step(centroids).mean()
