@@ -18,7 +18,7 @@ import numpy as np
 from stableface import codec, ibug, metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import box_from_landmarks, to_source, warp
-from stableface.video import IMAGE_EXTS, open_source, read_image
+from stableface.video import open_source, read_image
 
 
 @dataclass
@@ -37,9 +37,9 @@ class ImageReport:
 
 
 def annotated_images(root: Path, every: int = 0) -> list[Path]:
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.with_suffix(".pts").exists()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    return [f for i, f in enumerate(files) if i % every == 0] if every else files
+    """Annotated images under ``root``: all, or the validation split (every ``every``-th)."""
+    files = ibug.list_annotated(root)
+    return ibug.split(files, every)[1] if every else files
 
 
 def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "gt", pipeline_factory=None,

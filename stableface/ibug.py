@@ -57,6 +57,34 @@ def write_pts(path: str | Path, points: np.ndarray) -> None:
     Path(path).write_text(f"version: 1\nn_points: {len(pts)}\n{{\n{body}\n}}\n")
 
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def list_annotated(root: str | Path) -> list[Path]:
+    """Every image under ``root`` that has a ``.pts`` beside it, sorted by relative path."""
+    root = Path(root)
+    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.with_suffix(".pts").exists()]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def split(files: list[Path], every: int = 10) -> tuple[list[Path], list[Path]]:
+    """The fixed validation split: every ``every``-th file (index 0, 10, 20, ...) of the sorted list."""
+    val = [f for i, f in enumerate(files) if i % every == 0]
+    train = [f for i, f in enumerate(files) if i % every != 0]
+    return train, val
+
+
+def training_split(root: str | Path, limit: int = 0) -> tuple[list[Path], list[Path]]:
+    """(train, validation) files of an annotated folder; ``limit`` keeps a few (smoke tests)."""
+    files = list_annotated(root)
+    if not files:
+        raise ValueError(f"{root}: no images with .pts annotations found")
+    train, val = split(files)
+    if limit:
+        train, val = train[:limit], val[:max(2, limit // 4)]
+    return train, val
+
+
 def interocular(points: np.ndarray) -> np.ndarray:
     """Outer-eye-corner distance of (..., 68, 2) points."""
     p = np.asarray(points)

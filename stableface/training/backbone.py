@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stableface import codec, ibug
+from stableface import codec, ibug, metrics
 from stableface.training import data as D
 from stableface.training.losses import pdc, weighted_mse
 from stableface.training.models import IMAGENET_MEAN, IMAGENET_STD, HeatmapNet
@@ -80,8 +80,8 @@ def evaluate(net: HeatmapNet, samples: list[D.Sample], size: int, device: str, t
         e = np.array(e)
         out[f"nme_{name}"] = float(e.mean() * 100)
         out[f"median_{name}"] = float(np.median(e) * 100)
-        out[f"fr8_{name}"] = float((e > 0.08).mean() * 100)
-        out[f"fr10_{name}"] = float((e > 0.10).mean() * 100)
+        out[f"fr8_{name}"] = metrics.failure_rate(e, 0.08) * 100
+        out[f"fr10_{name}"] = metrics.failure_rate(e, 0.10) * 100
     return out
 
 
@@ -93,12 +93,7 @@ def train(cfg: BackboneConfig, resume: bool = False, log: Callable[[str], None] 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    files = D.list_annotated(cfg.data)
-    if not files:
-        raise ValueError(f"{cfg.data}: no images with .pts annotations found")
-    train_files, val_files = D.split(files)
-    if cfg.limit:
-        train_files, val_files = train_files[:cfg.limit], val_files[:max(1, cfg.limit // 4)]
+    train_files, val_files = ibug.training_split(cfg.data, cfg.limit)
     log(f"data: {len(train_files)} training, {len(val_files)} validation images (every 10th file)")
     train_set, val_set = D.load(train_files), D.load(val_files)
 

@@ -11,7 +11,7 @@ import numpy as np
 from stableface import ibug
 from stableface.crop import CROP_SCALE, CropBox, box_from_landmarks, to_crop, warp
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+list_annotated, split = ibug.list_annotated, ibug.split
 
 
 @dataclass
@@ -19,20 +19,6 @@ class Sample:
     name: str
     image: np.ndarray  # (H, W, 3) uint8 BGR
     points: np.ndarray  # (K, 2) float32, source pixel coordinates
-
-
-def list_annotated(root: str | Path) -> list[Path]:
-    """Every image under ``root`` that has a ``.pts`` beside it, sorted by relative path."""
-    root = Path(root)
-    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.with_suffix(".pts").exists()]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-def split(files: list[Path], every: int = 10) -> tuple[list[Path], list[Path]]:
-    """The fixed validation split: every ``every``-th file (index 0, 10, 20, ...) of the sorted list."""
-    val = [f for i, f in enumerate(files) if i % every == 0]
-    train = [f for i, f in enumerate(files) if i % every != 0]
-    return train, val
 
 
 def load(files: list[Path]) -> list[Sample]:

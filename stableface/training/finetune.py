@@ -154,14 +154,9 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     backbone = HeatmapBackbone(cfg.backbone, device="auto")
-    files = D.list_annotated(cfg.data)
-    if not files:
-        raise ValueError(f"{cfg.data}: no images with .pts annotations found")
     if backbone.k != ibug.K:
         log(f"backbone gives K={backbone.k} heatmaps; annotations must have the same K")
-    train_files, val_files = D.split(files)
-    if cfg.limit:
-        train_files, val_files = train_files[:cfg.limit], val_files[:max(2, cfg.limit // 4)]
+    train_files, val_files = ibug.training_split(cfg.data, cfg.limit)
     log(f"backbone {cfg.backbone}: K={backbone.k}, heatmaps {backbone.heatmap_size}x{backbone.heatmap_size}, "
         f"crop {backbone.size}px; {len(train_files)} training / {len(val_files)} validation images")
     train_set, val_set = D.load(train_files), D.load(val_files[:cfg.val_images] if cfg.val_images else val_files)
