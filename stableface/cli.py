@@ -205,8 +205,41 @@ def _print_timings(pipe, frames: int) -> None:
         log.info("per frame: %s", parts)
 
 
+# --jobs: each worker process builds its pipeline once
+_WORKER: dict = {}
+
+
+def _worker_init(build_args: tuple, sequence: bool, stabilizer: str) -> None:
+    import signal as _signal
+
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the parent decides; it terminates the pool
+    _WORKER.update(pipe=_build_pipeline(*build_args), sequence=sequence, stabilizer=stabilizer)
+
+
+def _worker_run(job: tuple[str, list[str]]) -> tuple[str, int, int, str | None]:
+    from stableface.sinks import SinkError
+    from stableface.video import SourceError
+
+    spec, outs = job
+    with _signals():
+        try:
+            frames, faces = _run_source(_WORKER["pipe"], spec, outs, _WORKER["sequence"], False, _WORKER["stabilizer"])
+            return spec, frames, faces, None
+        except (SourceError, SinkError) as exc:
+            return spec, 0, 0, str(exc)
+
+
+def _read_source_list(path: str) -> list[str]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
 @main.command(epilog=EXAMPLES_TRACK)
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
+@click.option("--from-file", "from_file", default=None, metavar="PATH|-",
+              help="Read more sources from a file, one per line ('-': standard input; '#' starts a comment).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Sources processed in parallel processes.")
 @click.option("-o", "--output", "outputs", multiple=True, metavar="OUT",
               help="Output file; format from the extension: .json .jsonl .csv .mp4 .avi; '-' is JSONL on stdout. Repeatable.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -215,15 +248,25 @@ def _print_timings(pipe, frames: int) -> None:
               help="File format for --out-dir.")
 @click.option("--sequence", is_flag=True, help="A folder is the frames of one video (default: a batch of sources).")
 @model_options
-def track(sources, outputs, out_dir, fmt, sequence, weights, stabilizer, stabilizer_weights, device, max_faces,
-          redetect_every, quiet, verbose):
+def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, weights, stabilizer, stabilizer_weights, device,
+          max_faces, redetect_every, quiet, verbose):
     """Landmarks for video files, images, image folders, camera indices or URLs."""
     from stableface.sinks import SinkError
     from stableface.video import SourceError, expand
 
     _setup_logging(verbose, quiet)
+    sources = list(sources)
+    if from_file is not None:
+        try:
+            sources += _read_source_list(from_file)
+        except OSError as exc:
+            _fail(f"{from_file}: cannot read the source list ({exc.strerror})", 2)
+    if not sources:
+        raise click.UsageError("no SOURCE given (as arguments or with --from-file)")
+    if jobs > 1 and "-" in outputs:
+        raise click.UsageError("-o - (JSONL on stdout) needs --jobs 1, so that lines stay in order")
     try:
-        specs = expand(list(sources), sequence=sequence)
+        specs = expand(sources, sequence=sequence)
     except SourceError as exc:
         _fail(str(exc), 1)
     plans = _output_plan(specs, outputs, out_dir, fmt)
@@ -234,7 +277,12 @@ def track(sources, outputs, out_dir, fmt, sequence, weights, stabilizer, stabili
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             _fail(f"{out_dir}: cannot create output folder ({exc.strerror})", 1)
-    pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
+    build_args = (weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
+    if jobs > 1 and len(specs) > 1:
+        _build_pipeline(*build_args)  # bad weights: one clear error before any worker starts
+        _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
+        return
+    pipe = _build_pipeline(*build_args)
     show_progress = _progress_enabled(quiet)
     failures: list[str] = []
     total_frames = 0
@@ -259,12 +307,56 @@ def track(sources, outputs, out_dir, fmt, sequence, weights, stabilizer, stabili
         sys.stderr.close()
         sys.exit(0)
     _print_timings(pipe, total_frames)
+    _summarise(failures, len(specs))
+
+
+def _summarise(failures: list[str], n: int) -> None:
     if failures:
-        if len(specs) > 1:
-            click.echo(f"stableface: {len(failures)} of {len(specs)} sources failed:", err=True)
+        if n > 1:
+            click.echo(f"stableface: {len(failures)} of {n} sources failed:", err=True)
             for f in failures:
                 click.echo(f"  - {f}", err=True)
         sys.exit(1)
+
+
+def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet) -> None:
+    """Sources in ``jobs`` worker processes; progress counts finished sources."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    failures: list[str] = []
+    ctx = mp.get_context("spawn")  # no inherited onnxruntime threads
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=ctx, initializer=_worker_init,
+                               initargs=(build_args, sequence, stabilizer))
+    progress = None
+    try:
+        with _signals(), ExitStack() as stack:
+            if _progress_enabled(quiet):
+                from rich.console import Console
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                progress = stack.enter_context(Progress(TextColumn("[bold]sources"), BarColumn(), MofNCompleteColumn(),
+                                                        TimeRemainingColumn(), console=Console(stderr=True)))
+                task = progress.add_task("sources", total=len(specs))
+            futures = [pool.submit(_worker_run, (spec, outs)) for spec, outs in zip(specs, plans)]
+            for fut in as_completed(futures):
+                spec, frames, faces, error = fut.result()
+                if error:
+                    failures.append(error)
+                    click.echo(f"stableface: error: {error}", err=True)
+                elif not quiet and progress is None:
+                    log.info("%s: %d frames, %d faces", spec, frames, faces)
+                if progress is not None:
+                    progress.update(task, advance=1)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        code = exc.code if isinstance(exc, Interrupted) else 130
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()  # SIGTERM: each worker closes its outputs up to its last frame
+        pool.shutdown(wait=True, cancel_futures=True)
+        click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
+        sys.exit(code)
+    pool.shutdown(wait=True)
+    _summarise(failures, len(specs))
 
 
 @main.command()
@@ -448,6 +540,8 @@ def _format_metrics(metrics: dict) -> str:
 @click.option("--loss", type=click.Choice(["jitter", "l2"]), default="jitter", show_default=True)
 @click.option("--init", "init", type=click.Choice(["ema", "identity"]), default="ema", show_default=True,
               help="Start as a moving average of the heatmaps (ema) or as the raw backbone (identity).")
+@click.option("--init-alpha", type=click.FloatRange(0.05, 0.95), default=0.3, show_default=True,
+              help="Rate of the moving average that --init ema starts from.")
 @click.option("--theta", type=click.FloatRange(0), default=1.0, show_default=True, help="Theta of the Jitter loss (Eq. 3, 7).")
 @click.option("--xi", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
               help="xi of Eq. 3, in crop pixels; of the order of the raw per-frame jitter, so still faces get a jitter gradient.")
@@ -458,7 +552,7 @@ def _format_metrics(metrics: dict) -> str:
 @click.option("--limit", type=click.IntRange(0), default=0, help="Use only this many training images (smoke tests).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
 @click.option("-q", "--quiet", is_flag=True)
-def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, init, theta, xi, pdc_threshold, pixel_weight,
+def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, init, init_alpha, theta, xi, pdc_threshold, pixel_weight,
              sequences_per_image, limit, resume, quiet):
     """Train the ConvLSTM stabilizer with the Jitter loss over a frozen ONNX backbone; needs the [train] extra."""
     try:
@@ -467,7 +561,7 @@ def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, init, t
         _fail(f"finetune needs torch: pip install 'stableface[train]' ({exc})", 2)
     runs = output.with_name(output.name + ".runs")
     cfg = FinetuneConfig(data=str(dataset), backbone=str(backbone), out=str(runs), epochs=epochs, batch=batch, lr=lr,
-                         hidden=hidden, loss=loss, init=init, theta=theta, xi=xi, pdc_threshold=pdc_threshold,
+                         hidden=hidden, loss=loss, init=init, init_alpha=init_alpha, theta=theta, xi=xi, pdc_threshold=pdc_threshold,
                          pixel_weight=pixel_weight, sequences_per_image=sequences_per_image, limit=limit)
     with _training_progress(quiet, "finetune") as on_step:
         metrics = train(cfg, resume=resume, log=lambda s: click.echo(s, err=True), on_step=on_step)

@@ -144,3 +144,26 @@ def test_signals_leave_valid_outputs(tmp_path, sig, code):
     rows = out_csv.read_text().splitlines()
     assert len(rows) == n + 1
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_jobs_and_from_file_stdin(tmp_path):
+    names = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        cv2.imwrite(str(p), np.full((40, 40, 3), 60 * i, np.uint8))
+        names.append(str(p))
+    listing = "\n".join(["# footage", names[0], "", names[1], str(tmp_path / "gone.mp4")]) + "\n"
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "stableface", "track", names[2], "--from-file", "-", "--jobs", "2",
+                        "--out-dir", str(out), "--format", "jsonl", "-q", "--stabilizer", "none"],
+                       input=listing, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert sorted(p.name for p in out.iterdir()) == ["img0.jsonl", "img1.jsonl", "img2.jsonl"]
+    assert "1 of 4 sources failed" in r.stderr and "gone.mp4: no such file or folder" in r.stderr
+    line = json.loads((out / "img1.jsonl").read_text())
+    assert line["frame"] == 0 and line["faces"] == [] and line["source"] == names[1]
+
+
+def test_jobs_refuse_stdout_jsonl():
+    r = run_cli("track", "a.png", "b.png", "--jobs", "2", "-o", "-")
+    assert r.exit_code == 2 and "--jobs 1" in r.output
