@@ -101,3 +101,27 @@ def test_crop_box_jitters_less_than_the_landmarks():
     step = lambda a: np.linalg.norm(np.diff(np.array(a), axis=0), axis=1)  # noqa: E731
     assert (step(crops) > 0).mean() < 0.25  # the crop holds still most of the time
     assert step(crops).mean() <= step(centroids).mean()
+
+
+def test_stabilizer_that_does_not_match_the_backbone_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from stableface.cli import main
+    from stableface.training.convlstm import ConvLSTM, export
+    from click.testing import CliRunner
+
+    export(ConvLSTM(5, 2), tmp_path / "k5.onnx", 32)
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), np.zeros((32, 32, 3), np.uint8))
+    r = CliRunner().invoke(main, ["track", str(img), "--stabilizer-weights", str(tmp_path / "k5.onnx")])
+    assert r.exit_code == 2
+    assert "k5.onnx: stabilizer expects 5 heatmaps of 32x32, but the backbone" in r.output
+    assert "gives 68 of 32x32" in r.output
+
+
+def test_missing_weights_file_names_it(tmp_path):
+    from click.testing import CliRunner
+
+    from stableface.cli import main
+
+    r = CliRunner().invoke(main, ["track", "x.png", "--weights", str(tmp_path / "none.onnx")])
+    assert r.exit_code == 2 and "none.onnx: weights file not found" in r.output

@@ -91,3 +91,29 @@ def test_video_sink_writes_frames(tmp_path):
             s.write(r, np.zeros((48, 64, 3), np.uint8))
     cap = cv2.VideoCapture(str(p))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+
+
+def test_disk_full_removes_the_partial_output(tmp_path, monkeypatch):
+    import errno
+
+    from stableface.sinks import SinkError
+
+    s = JsonSink(tmp_path / "out.json", INFO, "x", "none")
+    s.write(results()[0])
+
+    def full(_text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(s.fh, "write", full)
+    with pytest.raises(SinkError, match=r"cannot write \(No space left on device\); partial output removed"):
+        s.write(results()[1])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_destination_is_a_clear_error(tmp_path):
+    from stableface.sinks import SinkError
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")  # even root cannot create files inside a regular file
+    with pytest.raises(SinkError, match=r"not_a_folder/a.csv: cannot write \(Not a directory\)"):
+        CsvSink(blocker / "a.csv", 2)

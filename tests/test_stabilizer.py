@@ -129,3 +129,28 @@ def test_motion_compensation_removes_lag_on_a_moving_face(tmp_path):
         errors[comp] = float(np.abs(pts - truth)[:, 0].mean())
     assert errors[False] > 1.5  # a plain moving average trails the face
     assert errors[True] < 0.5
+
+
+def test_training_compensation_matches_the_runtime(tmp_path):
+    """The torch twin used in finetune gives the runtime's stabilized landmarks."""
+    from stableface import codec
+    from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
+    from stableface.training.convlstm import ConvLSTM, export
+    from stableface.training.finetune import run_sequences
+    from stableface.training.losses import pdc
+
+    torch.manual_seed(0)
+    model = ConvLSTM(3, 2, init="ema", alpha=0.4)
+    export(model, tmp_path / "m.onnx", 32)
+    base = np.array([[40.0, 50.0], [60.0, 70.0], [80.0, 50.0]])
+    rng = np.random.default_rng(0)
+    truth = [base + [1.2 * t, -0.7 * t] + rng.normal(0, 0.3, size=(3, 2)) for t in range(10)]
+    hms = np.stack([codec.encode(p, (32, 32), 4) for p in truth]).astype(np.float32)
+    raw = codec.decode_pdc(hms, 4.0)[0]
+    stab = ConvLSTMStabilizer(ConvLSTMStep(tmp_path / "m.onnx", device="cpu"), Decoder(128, 4.0))
+    box = CropBox(64.0, 64.0, 128.0)
+    runtime = np.stack([stab.update(h, box, t * 40.0)[0] for t, h in enumerate(hms)])
+    with torch.no_grad():
+        s = run_sequences(model, torch.from_numpy(hms)[None], raw=torch.from_numpy(raw)[None], stride=4.0)
+    trained = pdc(s, 0.2, 4.0)[0].numpy()
+    assert np.abs(runtime - trained).max() < 1e-3
