@@ -139,14 +139,14 @@ def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | N
 
 
 def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
-                show: bool = False) -> tuple[int, int]:
+                show: bool = False, reconnect: int = 0) -> tuple[int, int]:
     """Track one source into its outputs; returns (frames, faces). Raises SourceError/SinkError."""
     from stableface.sinks import VideoSink, open_sink
     from stableface.video import open_source
 
     frames = faces = 0
     with ExitStack() as stack:
-        src = stack.enter_context(open_source(spec, sequence=sequence))
+        src = stack.enter_context(open_source(spec, sequence=sequence, reconnect=reconnect))
         sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, stabilizer, pipe.backbone.k)) for o in outs]
         progress = None
         if show_progress:
@@ -247,8 +247,10 @@ def _read_source_list(path: str) -> list[str]:
 @click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "csv"]), default="json", show_default=True,
               help="File format for --out-dir.")
 @click.option("--sequence", is_flag=True, help="A folder is the frames of one video (default: a batch of sources).")
+@click.option("--reconnect", type=click.IntRange(0), default=0, show_default=True, metavar="N",
+              help="Camera or stream sources: reopen after a drop, up to N times.")
 @model_options
-def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, weights, stabilizer, stabilizer_weights, device,
+def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, weights, stabilizer, stabilizer_weights, device,
           max_faces, redetect_every, quiet, verbose):
     """Landmarks for video files, images, image folders, camera indices or URLs."""
     from stableface.sinks import SinkError
@@ -290,7 +292,7 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, weights, st
         with _signals():
             for spec, outs in zip(specs, plans):
                 try:
-                    frames, faces = _run_source(pipe, spec, outs, sequence, show_progress, stabilizer)
+                    frames, faces = _run_source(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
                     total_frames += frames
                     if not quiet and not show_progress:
                         log.info("%s: %d frames, %d faces", spec, frames, faces)
@@ -363,8 +365,11 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
 @click.option("--camera", default="0", show_default=True, metavar="INDEX|URL", help="Camera index or stream URL.")
 @click.option("--show/--no-show", default=True, show_default=True, help="Live window with the overlay; q or Esc quits.")
 @click.option("-o", "--output", "outputs", multiple=True, metavar="OUT", help="Record to .json/.jsonl/.csv/.mp4; repeatable.")
+@click.option("--reconnect", type=click.IntRange(0), default=0, show_default=True, metavar="N",
+              help="Reopen a stream that drops, up to N times (1 s apart).")
 @model_options
-def webcam(camera, show, outputs, weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
+def webcam(camera, show, outputs, reconnect, weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every,
+           quiet, verbose):
     """Live landmarks from a camera or stream, newest frame first (stale frames are dropped)."""
     from stableface.sinks import SinkError
     from stableface.video import SourceError
@@ -374,7 +379,8 @@ def webcam(camera, show, outputs, weights, stabilizer, stabilizer_weights, devic
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
     try:
         with _signals():
-            frames, _ = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show)
+            frames, _ = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,
+                                    reconnect=reconnect)
     except (SourceError, SinkError) as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:

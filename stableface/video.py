@@ -145,8 +145,10 @@ class VideoSource(Source):
 class LiveSource(Source):
     """A camera or stream: a reader thread keeps the newest frame only (no backlog)."""
 
-    def __init__(self, spec: str | int, name: str, open_timeout_s: float = 10.0, stall_timeout_s: float = 5.0) -> None:
+    def __init__(self, spec: str | int, name: str, stall_timeout_s: float = 5.0, reconnect: int = 0,
+                 reconnect_delay_s: float = 1.0) -> None:
         self.spec, self.stall_timeout_s = spec, stall_timeout_s
+        self.reconnects_left, self.reconnect_delay_s, self.reconnected = reconnect, reconnect_delay_s, 0
         self.cap = cv2.VideoCapture(spec)
         if not self.cap.isOpened():
             self.cap.release()
@@ -170,9 +172,23 @@ class LiveSource(Source):
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
+    def _reopen(self) -> bool:
+        """After the stream ended or broke: try again, ``reconnect`` times at most."""
+        while self.reconnects_left > 0 and not self._stop:
+            self.reconnects_left -= 1
+            time.sleep(self.reconnect_delay_s)
+            self.cap.release()
+            self.cap = cv2.VideoCapture(self.spec)
+            if self.cap.isOpened():
+                self.reconnected += 1
+                return True
+        return False
+
     def _read(self) -> None:
         while not self._stop:
             ok, img = self.cap.read()
+            if (not ok or img is None) and self._reopen():
+                continue
             with self._lock:
                 if not ok or img is None:
                     self._ended = True
@@ -189,7 +205,9 @@ class LiveSource(Source):
         while True:
             with self._lock:
                 if self._latest is None and not self._ended:
-                    self._lock.wait(timeout=self.stall_timeout_s)
+                    # a stall longer than the timeout ends the run, unless a reconnect may still come
+                    timeout = self.stall_timeout_s + (self.reconnect_delay_s + self.stall_timeout_s) * self.reconnects_left
+                    self._lock.wait(timeout=timeout)
                 if self._latest is None:
                     return  # ended, or stalled longer than the timeout
                 img, stamp = self._latest, self._stamp
@@ -222,12 +240,15 @@ def expand(specs: list[str], sequence: bool = False) -> list[str]:
     return out
 
 
-def open_source(spec: str, sequence: bool = False) -> Source:
-    """Open one source: a camera index, a URL, an image, a video, or a folder of frames."""
+def open_source(spec: str, sequence: bool = False, reconnect: int = 0) -> Source:
+    """Open one source: a camera index, a URL, an image, a video, or a folder of frames.
+
+    ``reconnect``: for cameras and streams, how many times to reopen after the stream drops.
+    """
     if spec.isdigit():
-        return LiveSource(int(spec), f"camera {spec}")
+        return LiveSource(int(spec), f"camera {spec}", reconnect=reconnect)
     if is_url(spec):
-        return LiveSource(spec, spec)
+        return LiveSource(spec, spec, reconnect=reconnect)
     p = Path(spec)
     if not p.exists():
         raise SourceError(f"{spec}: no such file or folder")

@@ -11,9 +11,10 @@ import numpy as np
 
 
 class MJPEGServer:
-    def __init__(self, fps: float = 50.0, max_frames: int = 400, size: int = 96) -> None:
+    def __init__(self, fps: float = 50.0, max_frames: int = 400, size: int = 96, connections: int = 1000) -> None:
         self.fps, self.max_frames, self.size = fps, max_frames, size
         self.sent = 0
+        self.connections = connections  # connections served; later ones are refused
         self.stop_event = threading.Event()
         outer = self
 
@@ -22,6 +23,10 @@ class MJPEGServer:
                 pass
 
             def do_GET(self):
+                if outer.connections <= 0:
+                    self.send_error(503)
+                    return
+                outer.connections -= 1
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()

@@ -86,3 +86,17 @@ def test_refused_url_is_a_source_error():
     s.close()  # nothing listens there now
     with pytest.raises(SourceError, match="cannot open"):
         open_source(f"http://127.0.0.1:{port}/x.mjpg")
+
+
+def test_reconnect_resumes_a_dropped_stream():
+    # each connection serves 15 frames then drops; the server accepts 3 connections
+    with MJPEGServer(fps=30, max_frames=15, connections=3) as server:
+        plain = LiveSource(server.url, server.url, stall_timeout_s=2.0)
+        n_plain = sum(1 for _ in plain)
+        plain.close()
+        again = LiveSource(server.url, server.url, stall_timeout_s=2.0, reconnect=3, reconnect_delay_s=0.2)
+        n_again = sum(1 for _ in again)
+        again.close()
+    assert 1 <= n_plain <= 15
+    assert again.reconnected == 1  # the third connection is the last one served
+    assert n_again > 15

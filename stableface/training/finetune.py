@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from stableface import codec, ibug
 from stableface.backbone import HeatmapBackbone
+from stableface.stabilizer import ConvLSTMStabilizer
 from stableface.training import data as D
 from stableface.training.convlstm import ConvLSTM, export
 from stableface.training.losses import geman_mcclure, jitter_loss, pdc
@@ -32,7 +34,8 @@ class FinetuneConfig:
     out: str
     hidden: int = 2
     init: str = "ema"
-    init_alpha: float = 0.4
+    init_alpha: float = 0.3
+    motion_compensation: bool = True  # as at run time: the state follows the raw landmarks' median motion
     sequences_per_image: int = 1
     min_length: int = 5
     max_length: int = 8
@@ -62,19 +65,20 @@ def _heatmaps(backbone: HeatmapBackbone, frames: np.ndarray, batch: int = 64) ->
 
 def build_cache(samples: list[D.Sample], backbone: HeatmapBackbone, spec: SequenceSpec, per_image: int, seed: int,
                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Backbone heatmaps (N, T, K, H, W) float16 and ground truth (N, T, K, 2) in crop pixels."""
+    """Backbone heatmaps (N, T, K, H, W) float16, ground truth and raw PDC landmarks (N, T, K, 2) in crop pixels."""
     rng = np.random.default_rng(seed)
-    hms, pts, kinds = [], [], []
+    hms, pts, kinds, raws = [], [], [], []
     total = len(samples) * per_image
     for i, s in enumerate(samples):
         for _ in range(per_image):
             frames, p, kind = make_sequence(s, spec, rng)
             hms.append(_heatmaps(backbone, frames))
+            raws.append(codec.decode_pdc(hms[-1].astype(np.float32), backbone.stride)[0])
             pts.append(p)
             kinds.append(kind)
             if progress:
                 progress(len(hms), total)
-    return np.stack(hms), np.stack(pts), kinds
+    return np.stack(hms), np.stack(pts), np.stack(raws)
 
 
 def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> torch.Tensor:
@@ -86,17 +90,49 @@ def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> tor
     return gy[..., :, None] * gx[..., None, :]
 
 
-def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  return_state: bool = False):
-    """Stabilized heatmaps for (B, T, K, H, W) inputs, from ``state`` (zero: a new sequence)."""
+MIN_SHIFT = ConvLSTMStabilizer.min_shift
+
+
+def compensate(hs: torch.Tensor, cs: torch.Tensor, raw: torch.Tensor, anchor: torch.Tensor, stride: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch twin of the runtime's motion compensation: shift the state by the median raw-landmark
+    displacement since the last shift, when it exceeds ``MIN_SHIFT`` heatmap cells."""
+    d = torch.quantile(raw - anchor, 0.5, dim=1) / stride  # (B, 2) cells, like numpy's median
+    move = torch.linalg.vector_norm(d, dim=1) > MIN_SHIFT
+    if not bool(move.any()):
+        return hs, cs, anchor
+    d = d * move[:, None].to(d.dtype)
+    b, n, h, w = hs.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=hs.dtype, device=hs.device),
+                            torch.arange(w, dtype=hs.dtype, device=hs.device), indexing="ij")
+    gx = (2 * (xs[None] - d[:, 0, None, None] + 0.5) / w) - 1  # sample at q - d: out[q] = in[q - d]
+    gy = (2 * (ys[None] - d[:, 1, None, None] + 0.5) / h) - 1
+    both = F.grid_sample(torch.cat([hs, cs], 1), torch.stack([gx, gy], dim=-1), mode="bilinear",
+                         padding_mode="border", align_corners=False)
+    anchor = torch.where(move[:, None, None], raw, anchor)
+    return both[:, :n], both[:, n:], anchor
+
+
+def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple | None = None, raw: torch.Tensor | None = None,
+                  stride: float = 4.0, return_state: bool = False):
+    """Stabilized heatmaps for (B, T, K, H, W) inputs, from ``state`` (None: a new sequence).
+
+    With ``raw`` (B, T, K, 2), the raw landmarks in crop pixels, the state is motion-compensated
+    before every step as at run time.
+    """
     b, t, k, h, w = hms.shape
-    hs, cs = state if state is not None else model.zeros(b, h, hms.device)
+    hs, cs, anchor = state if state is not None else (*model.zeros(b, h, hms.device), None)
     out = []
     for i in range(t):
+        if raw is not None:
+            if anchor is None:
+                anchor = raw[:, i]
+            else:
+                hs, cs, anchor = compensate(hs, cs, raw[:, i], anchor, stride)
         s, hs, cs = model(hms[:, i], hs, cs)
         out.append(s)
     stacked = torch.stack(out, dim=1)
-    return (stacked, (hs, cs)) if return_state else stacked
+    return (stacked, (hs, cs, anchor)) if return_state else stacked
 
 
 def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, gt: torch.Tensor, stride: float) -> torch.Tensor:
@@ -129,15 +165,16 @@ def sequence_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def validate(model: ConvLSTM, val: dict[str, tuple[np.ndarray, np.ndarray]], stride: float, threshold: float,
-             device: str) -> dict[str, float]:
+def validate(model: ConvLSTM, val: dict[str, tuple], stride: float, threshold: float,
+             device: str, compensate_motion: bool = True) -> dict[str, float]:
     model.eval()
     out: dict[str, float] = {}
-    for name, (hms, gt) in val.items():
+    for name, (hms, gt, rp) in val.items():
         raw, stab = [], []
         for i in range(0, len(hms), 16):
             x = torch.from_numpy(hms[i:i + 16].astype(np.float32)).to(device)
-            stab.append(pdc(run_sequences(model, x), threshold, stride).cpu().numpy())
+            r = torch.from_numpy(rp[i:i + 16]).to(device) if compensate_motion else None
+            stab.append(pdc(run_sequences(model, x, raw=r, stride=stride), threshold, stride).cpu().numpy())
             raw.append(codec.decode_pdc(hms[i:i + 16].astype(np.float32), stride, threshold)[0])
         for tag, pred in (("raw", np.concatenate(raw)), ("stab", np.concatenate(stab))):
             for k, v in sequence_metrics(pred, gt).items():
@@ -164,14 +201,13 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
     spec = SequenceSpec(length=cfg.max_length + cfg.burn_in, size=size, crop_scale=backbone.crop_scale, noise=cfg.noise,
                         max_speed=1.0)
     t0 = time.perf_counter()
-    hms, gts, _ = build_cache(train_set, backbone, spec, cfg.sequences_per_image, cfg.seed,
+    hms, gts, raws = build_cache(train_set, backbone, spec, cfg.sequences_per_image, cfg.seed,
                               (lambda i, n: on_step(0, 1, {"epoch": 0, "loss": 0.0, "seq_s": i / (time.perf_counter() - t0)})) if on_step else None)
     val = {}
     for kind, noise in (("still", (10.0, 10.0)), ("drift", (5.0, 5.0))):
         vspec = SequenceSpec(length=cfg.val_length, size=size, crop_scale=backbone.crop_scale, noise=noise, blur=0.0,
                              motion=kind, max_speed=1.0)
-        vh, vg, _ = build_cache(val_set, backbone, vspec, cfg.val_sequences, cfg.seed + 999)
-        val[kind] = (vh, vg)
+        val[kind] = build_cache(val_set, backbone, vspec, cfg.val_sequences, cfg.seed + 999)
     log(f"cached backbone heatmaps for {len(hms)} training sequences and {sum(len(v[0]) for v in val.values())} "
         f"validation sequences in {time.perf_counter() - t0:.0f} s")
 
@@ -188,7 +224,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         start_epoch, history = ck["epoch"], ck["history"]
         log(f"resumed from {last} at epoch {start_epoch}")
     if start_epoch == 0:
-        m0 = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.device)
+        m0 = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.device, cfg.motion_compensation)
         log(f"before training ({cfg.init} initialisation): " + _summary(m0))
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
@@ -200,15 +236,18 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             burn = int(rng.integers(0, cfg.burn_in + 1))
             x = torch.from_numpy(hms[idx, burn:burn + length].astype(np.float32)).to(cfg.device)
             g = torch.from_numpy(gts[idx, burn:burn + length]).to(cfg.device)
+            r = torch.from_numpy(raws[idx, :burn + length]).to(cfg.device) if cfg.motion_compensation else None
             state = None
             if burn:
                 with torch.no_grad():
                     _, state = run_sequences(model, torch.from_numpy(hms[idx, :burn].astype(np.float32)).to(cfg.device),
+                                             raw=None if r is None else r[:, :burn], stride=backbone.stride,
                                              return_state=True)
             step = epoch * steps_per_epoch + b
             for grp in opt.param_groups:
                 grp["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = sequence_loss(cfg, run_sequences(model, x, state), g, backbone.stride)
+            out_s = run_sequences(model, x, state, raw=None if r is None else r[:, burn:], stride=backbone.stride)
+            loss = sequence_loss(cfg, out_s, g, backbone.stride)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -216,7 +255,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             run += float(loss.detach()) * len(idx)
             if on_step:
                 on_step(step + 1, total, {"epoch": epoch + 1, "loss": run / seen, "seq_s": seen / (time.perf_counter() - t_ep)})
-        metrics = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.device)
+        metrics = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.device, cfg.motion_compensation)
         metrics.update(epoch=epoch + 1, loss=run / seen)
         history.append(metrics)
         state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": history,
