@@ -48,10 +48,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clip", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "videos" / "WDA_KatieHill_000.mp4")
     ap.add_argument("--short", type=int, default=1000)
-    ap.add_argument("--long", type=int, default=10000)
+    ap.add_argument("--long", type=int, default=10000, help="45000 = a 30-minute clip at 25 fps")
     args = ap.parse_args()
-    print("| frames | peak RSS (MB) | wall (s) | fps | exit |")
-    print("|---|---|---|---|---|")
+    print("| frames | frames written | lost | peak RSS (MB) | wall (s) | fps | exit |")
+    print("|---|---|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (args.short, args.long):
@@ -61,7 +61,10 @@ def main() -> None:
                    "-o", str(Path(tmp) / f"o{n}.csv")]
             rss, wall, code = peak_rss(cmd)
             rows.append(rss)
-            print(f"| {n} | {rss:.1f} | {wall:.1f} | {n / wall:.1f} | {code} |")
+            with open(Path(tmp) / f"o{n}.csv") as fh:
+                written = len({line.split(",", 1)[0] for line in fh} - {"frame"})
+            print(f"| {n} | {written} | {n - written} | {rss:.1f} | {wall:.1f} | {n / wall:.1f} | {code} |")
+            (Path(tmp) / f"o{n}.json").unlink(missing_ok=True)
     print(f"\npeak RSS difference, {args.long} vs {args.short} frames: {rows[1] - rows[0]:+.1f} MB")
 
 

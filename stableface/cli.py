@@ -50,7 +50,19 @@ def _signals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _quiet_opencv() -> None:
+    """OpenCV logs its own warnings (e.g. a missing camera) to stderr; our one-line errors replace them."""
+    try:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except (ImportError, AttributeError):
+        pass
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
+    if verbose < 2:
+        _quiet_opencv()
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="stableface: %(message)s", stream=sys.stderr, force=True)
 
@@ -213,6 +225,7 @@ def _worker_init(build_args: tuple, sequence: bool, stabilizer: str) -> None:
     import signal as _signal
 
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the parent decides; it terminates the pool
+    _quiet_opencv()
     _WORKER.update(pipe=_build_pipeline(*build_args), sequence=sequence, stabilizer=stabilizer)
 
 

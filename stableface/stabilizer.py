@@ -180,6 +180,7 @@ class ConvLSTMStabilizer:
     """
 
     min_shift = 0.1  # heatmap cells (0.4 crop px at stride 4): above the noise of a 68-point median
+    prime_steps = 4  # a new track starts from the state of a face that has been still for a while
 
     def __init__(self, step: ConvLSTMStep, decoder: Decoder, motion_compensation: bool = True) -> None:
         self.step, self.decoder, self.motion_compensation = step, decoder, motion_compensation
@@ -195,6 +196,8 @@ class ConvLSTMStabilizer:
         raw = codec.decode_pdc(heatmaps, self.decoder.stride, self.decoder.threshold)[0] if self.motion_compensation else None
         if self.h is None or self.c is None:
             self.h, self.c = self.step.zeros(1)
+            for _ in range(self.prime_steps):
+                _, self.h, self.c = self.step(heatmaps[None], self.h, self.c)
         else:
             m = None
             if self.crop is not None and crop != self.crop:

@@ -121,7 +121,14 @@ def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple | None = None
     before every step as at run time.
     """
     b, t, k, h, w = hms.shape
-    hs, cs, anchor = state if state is not None else (*model.zeros(b, h, hms.device), None)
+    if state is None:  # a new sequence: primed like the runtime primes a new track
+        hs, cs = model.zeros(b, h, hms.device)
+        with torch.no_grad():
+            for _ in range(ConvLSTMStabilizer.prime_steps):
+                _, hs, cs = model(hms[:, 0], hs, cs)
+        anchor = None
+    else:
+        hs, cs, anchor = state
     out = []
     for i in range(t):
         if raw is not None:
