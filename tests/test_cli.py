@@ -167,3 +167,28 @@ def test_jobs_and_from_file_stdin(tmp_path):
 def test_jobs_refuse_stdout_jsonl():
     r = run_cli("track", "a.png", "b.png", "--jobs", "2", "-o", "-")
     assert r.exit_code == 2 and "--jobs 1" in r.output
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_webcam_signals_leave_valid_recordings(tmp_path, sig, code):
+    import signal
+    import time
+
+    from .mjpeg_server import MJPEGServer
+
+    out = tmp_path / "live.json"
+    with MJPEGServer(fps=30, max_frames=3000) as server:
+        p = subprocess.Popen([sys.executable, "-m", "stableface", "webcam", "--camera", server.url, "--no-show", "-q",
+                              "--stabilizer", "none", "-o", str(out), "-o", str(tmp_path / "live.csv")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while server.sent < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p.send_signal(getattr(signal, sig))
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    assert "Traceback" not in err
+    doc = json.loads(out.read_text())
+    n = len(doc["frames"])
+    assert n > 0 and [f["frame"] for f in doc["frames"]] == list(range(n))
+    assert len((tmp_path / "live.csv").read_text().splitlines()) == n + 1
