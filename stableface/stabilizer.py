@@ -130,6 +130,22 @@ def warp_maps(maps: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return out.transpose(2, 0, 1)
 
 
+def shift_maps(maps: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """``out[:, y, x] = maps[:, y - dy, x - dx]``, bilinear, edges replicated (``warp_maps`` of a translation)."""
+    c, h, w = maps.shape
+
+    def taps(n: int, d: float) -> tuple[np.ndarray, np.ndarray, float]:
+        src = np.arange(n) - d
+        i0 = np.floor(src)
+        f = float(src[0] - i0[0])
+        return np.clip(i0, 0, n - 1).astype(np.intp), np.clip(i0 + 1, 0, n - 1).astype(np.intp), f
+
+    y0, y1, fy = taps(h, dy)
+    x0, x1, fx = taps(w, dx)
+    rows = maps[:, y0] * (1 - fy) + maps[:, y1] * fy
+    return (rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx).astype(maps.dtype, copy=False)
+
+
 def crop_change(old: CropBox, new: CropBox, crop_size: int, stride: float) -> np.ndarray:
     """2x3 matrix: heatmap index coordinates in ``new`` -> the same source point's in ``old``."""
     def index_to_crop(s: float) -> np.ndarray:  # q -> p = (q + 0.5) * s
@@ -199,7 +215,7 @@ class ConvLSTMStabilizer:
             for _ in range(self.prime_steps):
                 _, self.h, self.c = self.step(heatmaps[None], self.h, self.c)
         else:
-            m = None
+            m, shift = None, None
             if self.crop is not None and crop != self.crop:
                 m = crop_change(self.crop, crop, self.decoder.crop_size, self.decoder.stride)
                 if self.raw is not None:  # previous raw landmarks, moved into the new crop
@@ -208,12 +224,15 @@ class ConvLSTMStabilizer:
                 # displacement since the last shift; below the noise of the median, wait
                 d = np.median(raw - self.raw, axis=0) / self.decoder.stride  # heatmap cells
                 if np.hypot(*d) > self.min_shift:
-                    shift = np.array([[1.0, 0.0, -d[0]], [0.0, 1.0, -d[1]]])
-                    m = shift if m is None else _compose(m, shift)
+                    shift = d
+                    if m is not None:
+                        m = _compose(m, np.array([[1.0, 0.0, -d[0]], [0.0, 1.0, -d[1]]]))
                     self.raw = raw
-            if m is not None:
+            if m is not None or shift is not None:
                 n = self.h.shape[1]
-                both = warp_maps(np.concatenate([self.h[0], self.c[0]]), m)
+                both = np.concatenate([self.h[0], self.c[0]])
+                # the common case, a face moving inside a still crop, is a plain translation
+                both = warp_maps(both, m) if m is not None else shift_maps(both, float(shift[0]), float(shift[1]))
                 self.h, self.c = both[None, :n], both[None, n:]
         self.crop = crop
         if self.raw is None:

@@ -154,3 +154,22 @@ def test_training_compensation_matches_the_runtime(tmp_path):
         s = run_sequences(model, torch.from_numpy(hms)[None], raw=torch.from_numpy(raw)[None], stride=4.0)
     trained = pdc(s, 0.2, 4.0)[0].numpy()
     assert np.abs(runtime - trained).max() < 1e-3
+
+
+@pytest.mark.parametrize("dx,dy", [(0.0, 0.0), (0.3, -0.7), (-2.5, 1.25), (4.0, 0.0), (0.99, 10.5)])
+def test_shift_maps_is_exact_bilinear_translation(dx, dy):
+    from stableface.stabilizer import shift_maps
+
+    maps = np.random.default_rng(3).random((2, 12, 16)).astype(np.float32)
+    want = np.zeros_like(maps)
+    for y in range(12):
+        for x in range(16):  # sample at (x - dx, y - dy), edges replicated
+            sx, sy = np.clip(x - dx, 0, 15), np.clip(y - dy, 0, 11)
+            x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+            x1, y1 = min(x0 + 1, 15), min(y0 + 1, 11)
+            fx, fy = sx - x0, sy - y0
+            want[:, y, x] = ((1 - fy) * ((1 - fx) * maps[:, y0, x0] + fx * maps[:, y0, x1])
+                             + fy * ((1 - fx) * maps[:, y1, x0] + fx * maps[:, y1, x1]))
+    assert np.abs(shift_maps(maps, dx, dy) - want).max() < 1e-5
+    # OpenCV's warp (used for rotated / scaled crop moves) agrees to its fixed-point precision
+    assert np.abs(warp_maps(maps, np.array([[1.0, 0, -dx], [0, 1.0, -dy]])) - want).max() < 0.02
