@@ -8,7 +8,7 @@ mkdir -p "$out"
 
 # One CSV per source; a source that fails is listed by stableface and the others still complete.
 status=0
-stableface track "$in" --out-dir "$out" --format csv -q || status=$?
+stableface track "$in" --out-dir "$out" --format csv --overwrite -q || status=$?
 
 # Summary: frames, frames with a face, mean confidence, from the CSVs with standard tools.
 echo "file,rows,faces_found,mean_confidence" > "$out/summary.csv"

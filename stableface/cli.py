@@ -126,7 +126,8 @@ def main() -> None:
     """
 
 
-def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | None, fmt: str) -> list[list[str]]:
+def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | None, fmt: str,
+                 overwrite: bool = False) -> list[list[str]]:
     from stableface.sinks import kind_of
 
     for o in outputs:
@@ -147,6 +148,11 @@ def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | N
             name = stem if n == 0 else f"{stem}-{n}"
             outs.append(str(out_dir / f"{name}.{fmt}"))
         plans.append(outs)
+    if not overwrite:
+        existing = sorted({o for outs in plans for o in outs if o != "-" and Path(o).exists()})
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise click.UsageError(f"{existing[0]}{more} already exists: use --overwrite to replace it")
     return plans
 
 
@@ -262,8 +268,9 @@ def _read_source_list(path: str) -> list[str]:
 @click.option("--sequence", is_flag=True, help="A folder is the frames of one video (default: a batch of sources).")
 @click.option("--reconnect", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="Camera or stream sources: reopen after a drop, up to N times.")
+@click.option("--overwrite", is_flag=True, help="Replace output files that already exist (default: refuse).")
 @model_options
-def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, weights, stabilizer, stabilizer_weights, device,
+def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, overwrite, weights, stabilizer, stabilizer_weights, device,
           max_faces, redetect_every, quiet, verbose):
     """Landmarks for video files, images, image folders, camera indices or URLs."""
     from stableface.sinks import SinkError
@@ -284,7 +291,7 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
         specs = expand(sources, sequence=sequence)
     except SourceError as exc:
         _fail(str(exc), 1)
-    plans = _output_plan(specs, outputs, out_dir, fmt)
+    plans = _output_plan(specs, outputs, out_dir, fmt, overwrite)
     if not any(plans):
         log.warning("no output given (-o or --out-dir): results are computed but not saved")
     if out_dir is not None:
@@ -380,15 +387,16 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
 @click.option("-o", "--output", "outputs", multiple=True, metavar="OUT", help="Record to .json/.jsonl/.csv/.mp4; repeatable.")
 @click.option("--reconnect", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="Reopen a stream that drops, up to N times (1 s apart).")
+@click.option("--overwrite", is_flag=True, help="Replace output files that already exist (default: refuse).")
 @model_options
-def webcam(camera, show, outputs, reconnect, weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every,
+def webcam(camera, show, outputs, reconnect, overwrite, weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every,
            quiet, verbose):
     """Live landmarks from a camera or stream, newest frame first (stale frames are dropped)."""
     from stableface.sinks import SinkError
     from stableface.video import SourceError
 
     _setup_logging(verbose, quiet)
-    _output_plan([camera], outputs, None, "json")
+    _output_plan([camera], outputs, None, "json", overwrite)
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
     try:
         with _signals():

@@ -192,3 +192,35 @@ def test_webcam_signals_leave_valid_recordings(tmp_path, sig, code):
     n = len(doc["frames"])
     assert n > 0 and [f["frame"] for f in doc["frames"]] == list(range(n))
     assert len((tmp_path / "live.csv").read_text().splitlines()) == n + 1
+
+
+def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.full((48, 48, 3), 80, np.uint8))
+    out = tmp_path / "face.json"
+    out.write_text("precious")
+    r = run_cli("track", str(img), "-o", str(out), "--stabilizer", "none")
+    assert r.exit_code == 2 and "already exists: use --overwrite" in r.output
+    assert out.read_text() == "precious"
+    r = run_cli("track", str(img), "-o", str(out), "--stabilizer", "none", "--overwrite")
+    assert r.exit_code == 0 and json.loads(out.read_text())["frames"][0]["faces"] == []
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "face.csv").write_text("x")
+    r = run_cli("track", str(img), "--out-dir", str(tmp_path / "dir"), "--format", "csv")
+    assert r.exit_code == 2 and "face.csv already exists" in r.output
+
+
+def test_backbone_with_the_wrong_output_shape_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Flat(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))  # (N, 3): no heatmaps
+
+    bad = tmp_path / "flat.onnx"
+    torch.onnx.export(Flat(), (torch.zeros(1, 3, 64, 64),), str(bad), input_names=["image"], dynamo=False)
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), np.zeros((32, 32, 3), np.uint8))
+    r = run_cli("track", str(img), "--weights", str(bad), "--stabilizer", "none")
+    assert r.exit_code == 2
+    assert "flat.onnx: expected a 4-D image input and a 4-D heatmap output (N, K, H, W)" in r.output
