@@ -85,14 +85,20 @@ def evaluate(net: HeatmapNet, samples: list[D.Sample], size: int, device: str, t
     return out
 
 
+def start_run(out: str, threads: int, seed: int) -> Path:
+    """The checkpoint folder (created), torch threads and seed of a training run."""
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return path
+
+
 def train(cfg: BackboneConfig, resume: bool = False, log: Callable[[str], None] = print,
           on_step: Callable[[int, int, dict], None] | None = None) -> dict[str, float]:
     """Train; checkpoints ``last.pt`` every epoch and ``best.pt`` on the best validation NME."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    out = start_run(cfg.out, cfg.threads, cfg.seed)
     train_files, val_files = ibug.training_split(cfg.data, cfg.limit)
     log(f"data: {len(train_files)} training, {len(val_files)} validation images (every 10th file)")
     train_set, val_set = D.load(train_files), D.load(val_files)

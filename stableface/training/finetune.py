@@ -22,6 +22,7 @@ from stableface import codec, ibug
 from stableface.backbone import HeatmapBackbone
 from stableface.stabilizer import ConvLSTMStabilizer
 from stableface.training import data as D
+from stableface.training.backbone import start_run
 from stableface.training.convlstm import ConvLSTM, export
 from stableface.training.losses import geman_mcclure, jitter_loss, pdc
 from stableface.training.sequences import SequenceSpec, make_sequence
@@ -192,11 +193,7 @@ def validate(model: ConvLSTM, val: dict[str, tuple], stride: float, threshold: f
 
 def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = print,
           on_step: Callable[[int, int, dict], None] | None = None) -> dict[str, float]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    out = start_run(cfg.out, cfg.threads, cfg.seed)
     backbone = HeatmapBackbone(cfg.backbone, device="auto")
     if backbone.k != ibug.K:
         log(f"backbone gives K={backbone.k} heatmaps; annotations must have the same K")
