@@ -209,7 +209,10 @@ class ConvLSTMStabilizer:
         self.raw: np.ndarray | None = None
 
     def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
-        raw = codec.decode_pdc(heatmaps, self.decoder.stride, self.decoder.threshold)[0] if self.motion_compensation else None
+        if self.motion_compensation:
+            raw, raw_scores = codec.decode_pdc(heatmaps, self.decoder.stride, self.decoder.threshold)
+        else:
+            raw, raw_scores = None, heatmaps.reshape(heatmaps.shape[0], -1).max(axis=-1)
         if self.h is None or self.c is None:
             self.h, self.c = self.step.zeros(1)
             for _ in range(self.prime_steps):
@@ -239,7 +242,6 @@ class ConvLSTMStabilizer:
             self.raw = raw
         s, self.h, self.c = self.step(heatmaps[None], self.h, self.c)
         pts, _ = self.decoder(s[0], crop)
-        raw_scores = heatmaps.reshape(heatmaps.shape[0], -1).max(axis=-1)
         return pts, raw_scores.astype(np.float32)
 
 
