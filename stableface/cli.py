@@ -159,6 +159,9 @@ def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | N
 def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
                 show: bool = False, reconnect: int = 0) -> tuple[int, int]:
     """Track one source into its outputs; returns (frames, faces). Raises SourceError/SinkError."""
+    import cv2
+
+    from stableface.draw import draw_result
     from stableface.sinks import VideoSink, open_sink
     from stableface.video import open_source
 
@@ -168,19 +171,18 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
         sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, stabilizer, pipe.backbone.k)) for o in outs]
         progress = None
         if show_progress:
+            from rich.console import Console
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                        TimeRemainingColumn)
 
             progress = stack.enter_context(Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[fps]:>6.1f} fps"), TimeRemainingColumn(), transient=False,
-                console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True)))
+                console=Console(stderr=True)))
             task = progress.add_task(Path(spec).name if "://" not in spec else spec, total=src.info.frame_count, fps=0.0)
         t0 = time.perf_counter()
         window = None
         if show:
-            import cv2
-
             window = "stableface"
             cv2.namedWindow(window, cv2.WINDOW_NORMAL)
         fps_ema = 0.0
@@ -200,10 +202,6 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
             if progress is not None:
                 progress.update(task, advance=1, fps=frames / max(now - t0, 1e-6))
             if window is not None:
-                import cv2
-
-                from stableface.draw import draw_result
-
                 cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
                 key = cv2.waitKey(1) & 0xFF
                 if key in (ord("q"), 27):
@@ -211,8 +209,6 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
         if progress is not None:  # containers can announce more frames than they hold
             progress.update(task, total=frames, completed=frames)
         if window is not None:
-            import cv2
-
             cv2.destroyWindow(window)
     return frames, faces
 
