@@ -19,6 +19,19 @@ def run_cli(*args):
     return CliRunner().invoke(main, list(args))
 
 
+def assert_closed_after_signal(p, code, json_path, csv_path) -> int:
+    """The signalled run exited with ``code``, no traceback, and left a valid JSON and CSV of the
+    same frames 0..n-1; returns n (> 0)."""
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    assert "Traceback" not in err
+    doc = json.loads(json_path.read_text())
+    n = len(doc["frames"])
+    assert n > 0 and [f["frame"] for f in doc["frames"]] == list(range(n))
+    assert len(csv_path.read_text().splitlines()) == n + 1
+    return n
+
+
 def test_version_and_help():
     r = run_cli("--version")
     assert r.exit_code == 0 and __version__ in r.output
@@ -135,14 +148,8 @@ def test_signals_leave_valid_outputs(tmp_path, sig, code):
         time.sleep(0.05)
     time.sleep(0.5)
     p.send_signal(getattr(signal, sig))
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == code, err
-    assert "Traceback" not in err
-    doc = json.loads(out_json.read_text())
-    n = len(doc["frames"])
-    assert 0 < n < 200 and [f["frame"] for f in doc["frames"]] == list(range(n))
-    rows = out_csv.read_text().splitlines()
-    assert len(rows) == n + 1
+    n = assert_closed_after_signal(p, code, out_json, out_csv)
+    assert n < 200
     assert not list(tmp_path.glob("*.partial"))
 
 
@@ -185,13 +192,7 @@ def test_webcam_signals_leave_valid_recordings(tmp_path, sig, code):
         while server.sent < 30 and time.monotonic() < deadline:
             time.sleep(0.05)
         p.send_signal(getattr(signal, sig))
-        _, err = p.communicate(timeout=60)
-    assert p.returncode == code, err
-    assert "Traceback" not in err
-    doc = json.loads(out.read_text())
-    n = len(doc["frames"])
-    assert n > 0 and [f["frame"] for f in doc["frames"]] == list(range(n))
-    assert len((tmp_path / "live.csv").read_text().splitlines()) == n + 1
+        assert_closed_after_signal(p, code, out, tmp_path / "live.csv")
 
 
 def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
