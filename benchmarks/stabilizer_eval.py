@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stableface import codec
+from stableface import codec, ibug
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import CropBox
 from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder, OneEuro
@@ -75,7 +75,7 @@ def main() -> None:
     ws = resolve()
     bb = HeatmapBackbone(ws.backbone, "cpu")
     step = ConvLSTMStep(ws.stabilizer, "cpu")
-    _, val_files = D.split(D.list_annotated(args.data))
+    _, val_files = ibug.training_split(args.data)
     samples = D.load(val_files)
     unit = bb.size / 100.0  # the pipeline's One Euro works in units of crop side / 100
     sets = {"still": sequences(samples, bb, "still", 10.0, args.frames, 1),

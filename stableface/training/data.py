@@ -1,4 +1,6 @@
-"""Annotated face images (iBUG .pts beside each image), the fixed split, and augmentation."""
+"""Annotated face images loaded for training, the validation crop, and augmentation.
+
+Listing and the fixed validation split live in ``stableface.ibug``."""
 
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ import numpy as np
 
 from stableface import ibug
 from stableface.crop import CROP_SCALE, CropBox, box_from_landmarks, to_crop, warp
-
-list_annotated, split = ibug.list_annotated, ibug.split
 
 
 @dataclass
