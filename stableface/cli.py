@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -433,63 +433,149 @@ def demo(out_dir, frames, noise, device, quiet):
               help="Annotated images: crop from the annotation (protocol) or detect first (the whole pipeline).")
 @click.option("--stabilizers", default="none,one-euro,convlstm", show_default=True,
               help="Videos: comma-separated stabilizers to compare.")
+@click.option("--annotations", type=click.Path(exists=True, path_type=Path), default=None,
+              help="One video's per-frame annotations: a .npy of (frames, points, 2) or a folder of one .pts per frame. "
+                   "Without it, NAME.npy, NAME/ or NAME_annot/ beside each video (or annot/, 300-VW style) is used when present.")
+@click.option("--map", "point_map", default="ibug68", show_default=True, metavar="NAME|FILE",
+              help="Correspondence of the annotation's points to ours: ibug68, mirror68, wflw98, "
+                   "or a file of 'annotation_index,stableface_index' lines.")
+@click.option("--points", default="all", show_default=True, metavar="SUBSET",
+              help="Score only these of our points: groups (jaw, brows, nose, eyes, mouth, ...) and indices/ranges (36-47).")
+@click.option("--norm", type=click.Choice(["iod", "bbox"]), default="iod", show_default=True,
+              help="Normalise errors by the inter-ocular distance or by sqrt(area) of the annotation box.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write PNGs here: error CDF, raw vs stabilized trajectories, per-frame jitter.")
+@click.option("--landmarks", default="8,30,36,45,48,57", show_default=True, help="Points whose trajectories --plot draws.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--weights", default=None, metavar="NAME|PATH")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
-def evaluate(dataset, split, crop, stabilizers, fmt, weights, device, quiet):
-    """Accuracy on images with iBUG .pts annotations, or stability (Allan deviation, MCV) on videos."""
+def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, norm, plot_dir, landmarks, fmt, weights,
+             device, quiet):
+    """Accuracy on annotated images or videos; stability (Allan deviation, MCV) on any video."""
     import json
 
     from stableface import evaluate as E
     from stableface.backbone import HeatmapBackbone
     from stableface.onnx_util import WeightsError
     from stableface.pipeline import Pipeline, PipelineConfig
-    from stableface.video import VIDEO_EXTS
+    from stableface.points import Scorer
     from stableface.weights import resolve
 
     _setup_logging(0, quiet)
+    try:
+        scorer = Scorer.build(point_map, points, norm)
+        marks = [int(v) for v in landmarks.split(",") if v.strip()]
+        if any(not 0 <= m < 68 for m in marks):
+            raise ValueError("--landmarks: indices must be in 0..67")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if plot_dir is not None:
+        try:
+            from stableface import plots
+        except ImportError as exc:  # pragma: no cover - plots itself imports only numpy
+            _fail(str(exc), 2)
+        plot_dir.mkdir(parents=True, exist_ok=True)
     images = E.annotated_images(dataset, 10 if split == "val" else 0) if dataset.is_dir() else []
     try:
         if images:
             bb = HeatmapBackbone(resolve(weights).backbone, device)
-            factory = lambda: Pipeline.from_weights(weights, device=device, config=PipelineConfig(stabilizer="none"))  # noqa: E731
+            factory = lambda: Pipeline.from_weights(weights, device=device, config=PipelineConfig(stabilizer="none"))
             with _training_progress(quiet, "evaluate") as tick:
-                rep = E.evaluate_images(images, bb, crop, factory,
+                rep = E.evaluate_images(images, bb, crop, factory, scorer=scorer,
                                         progress=(lambda i, n: tick(i, n, {"epoch": "-", "loss": 0.0})) if tick else None)
             table = rep.table()
+            written = []
+            if plot_dir is not None:
+                written.append(_plot(lambda: plots.error_cdf(rep.errors, plot_dir / "error_cdf.png",
+                                                             f"{dataset.name}: {rep.n} images, crop from {crop}")))
             if fmt == "json":
-                click.echo(json.dumps({"images": rep.n, "crop": crop, "missed": rep.missed, "decoders": table}, indent=2))
+                click.echo(json.dumps({"images": rep.n, "crop": crop, "missed": rep.missed, "map": scorer.full.name,
+                                       "points": int(len(scorer.used.ours)), "norm": norm, "decoders": table,
+                                       "plots": [str(w) for w in written]}, indent=2))
             else:
-                click.echo(f"{rep.n} images, crop from {crop}" + (f", detector missed {rep.missed}" if crop == "detector" else ""))
+                click.echo(f"{rep.n} images, crop from {crop}, {len(scorer.used.ours)} points ({scorer.full.name} map), "
+                           f"normalised by {norm}" + (f", detector missed {rep.missed}" if crop == "detector" else ""))
                 click.echo("| decoder | NME % | median % | FR@8% | FR@10% | AUC@10% |")
                 click.echo("|---|---|---|---|---|---|")
                 for name, m in table.items():
                     click.echo(f"| {name} | {m['nme']:.2f} | {m['median']:.2f} | {m['fr8']:.2f} | {m['fr10']:.2f} | {m['auc10']:.2f} |")
+                for w in written:
+                    click.echo(f"wrote {w}", err=True)
             return
-        videos = [dataset] if dataset.is_file() else sorted(p for p in dataset.iterdir() if p.suffix.lower() in VIDEO_EXTS)
+        videos = E.list_videos(dataset)
         if not videos:
             _fail(f"{dataset}: no annotated images (.pts beside them) and no videos found", 1)
+        if annotations is not None and len(videos) != 1:
+            raise click.UsageError("--annotations goes with one video; for a folder, put NAME.npy or NAME/ beside each video")
         kinds = [k.strip() for k in stabilizers.split(",") if k.strip()]
         pipes = {k: Pipeline.from_weights(weights, device=device, config=PipelineConfig(stabilizer=k)) for k in kinds}
     except WeightsError as exc:
         _fail(str(exc), 2)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    results = {}
+    reports, written = [], []
     for v in videos:
-        results[v.name] = E.video_stability(str(v), pipes)
+        ann = annotations if annotations is not None else E.find_annotations(v)
+        try:
+            rep = E.evaluate_video(v, pipes, ann, scorer)
+        except ValueError as exc:
+            _fail(f"{v}: {exc}", 1)
+        reports.append(rep)
         if not quiet:
-            click.echo(f"  {v.name}: " + ", ".join(f"{k} {r['allan_dev_pct_iod']:.3f}" for k, r in results[v.name].items()), err=True)
-    summary = {k: {"allan_dev_pct_iod": float(np.mean([r[k]["allan_dev_pct_iod"] for r in results.values()])),
-                   "mcv": float(np.mean([r[k]["cvar"] for r in results.values()]))} for k in kinds}
+            click.echo(f"  {v.name}: Allan dev % IOD " + ", ".join(f"{k} {r['allan_dev_pct_iod']:.3f}" for k, r in rep.metrics.items())
+                       + (", annotated" if rep.gt is not None else ""), err=True)
+        if plot_dir is not None:
+            gt = scorer.to_ours(rep.gt) if rep.gt is not None else None
+            stem = plot_dir / v.stem
+            written.append(_plot(lambda: plots.trajectories(rep.tracks, marks, stem.with_name(stem.name + "_trajectories.png"),
+                                                            gt, title=v.name)))
+            written.append(_plot(lambda: plots.frame_jitter(rep.tracks, stem.with_name(stem.name + "_jitter.png"), gt, title=v.name)))
+            if rep.gt is not None:
+                errs = {}
+                for k, tr in rep.tracks.items():
+                    n = min(len(tr), len(rep.gt))
+                    p, g = scorer.pairs(tr[:n], rep.gt[:n])
+                    errs[k] = np.linalg.norm(p - g, axis=-1).mean(-1) / scorer.normaliser(rep.gt[:n])
+                written.append(_plot(lambda: plots.error_cdf(errs, stem.with_name(stem.name + "_error_cdf.png"),
+                                                             f"{v.name}: per-frame error")))
+    keys = ["allan_dev_pct_iod", "cvar"] + (["nme", "nrmse", "jitter_error", "missed"] if any(r.gt is not None for r in reports) else [])
+    summary = {}
+    for k in kinds:
+        summary[k] = {}
+        for key in keys:
+            vals = [r.metrics[k][key] for r in reports if key in r.metrics[k]]
+            summary[k][key] = float(np.sum(vals)) if key == "missed" else float(np.nanmean(vals)) if vals else float("nan")
     if fmt == "json":
-        click.echo(json.dumps({"videos": results, "mean": summary}, indent=2))
+        click.echo(json.dumps({"videos": {r.name: r.metrics for r in reports}, "mean": summary, "map": scorer.full.name,
+                               "norm": norm, "plots": [str(w) for w in written]}, indent=2))
         return
-    click.echo("| stabilizer | Allan deviation (% IOD) | MCV |")
-    click.echo("|---|---|---|")
-    for k, m in summary.items():
-        click.echo(f"| {k} | {m['allan_dev_pct_iod']:.3f} | {m['mcv']:.5f} |")
+    annotated = "nme" in keys
+    click.echo(f"{len(reports)} video(s)" + (f", {sum(r.gt is not None for r in reports)} annotated "
+                                              f"({len(scorer.used.ours)} points, {scorer.full.name} map, normalised by {norm})"
+                                              if annotated else ""))
+    if annotated:
+        click.echo("| stabilizer | NME % | NRMSE % | jitter error % | Allan deviation (% IOD) | MCV | missed frames |")
+        click.echo("|---|---|---|---|---|---|---|")
+        for k, m in summary.items():
+            click.echo(f"| {k} | {m['nme']:.2f} | {m['nrmse']:.2f} | {m['jitter_error']:.3f} | {m['allan_dev_pct_iod']:.3f} "
+                       f"| {m['cvar']:.5f} | {int(m['missed'])} |")
+    else:
+        click.echo("| stabilizer | Allan deviation (% IOD) | MCV |")
+        click.echo("|---|---|---|")
+        for k, m in summary.items():
+            click.echo(f"| {k} | {m['allan_dev_pct_iod']:.3f} | {m['cvar']:.5f} |")
+    for w in written:
+        click.echo(f"wrote {w}", err=True)
+
+
+def _plot(draw: Callable[[], Path]) -> Path:
+    try:
+        return draw()
+    except RuntimeError as exc:  # matplotlib missing
+        _fail(str(exc), 2)
+    except OSError as exc:
+        _fail(f"cannot write plot ({exc.strerror or exc})", 1)
 
 
 @main.command("train-backbone")

@@ -1,16 +1,21 @@
-"""``stableface evaluate``: accuracy on annotated images, stability on videos.
+"""``stableface evaluate``: accuracy on annotated images and videos, stability on any video.
 
-* Image folders with iBUG ``.pts`` beside each image: NME (inter-ocular), median, failure rates
-  at 8% / 10%, AUC at 10%, for PDC and argmax decoding. ``--crop gt`` crops from the annotated
-  landmark box (the usual protocol); ``--crop detector`` runs the whole pipeline from detection.
-* Videos without annotations: Allan deviation (Eq. 11, % of the mean inter-ocular distance)
-  and MCV (Eq. 9-10), for each stabilizer asked for.
+* (a) Image folders with an annotation file (iBUG ``.pts``) beside each image: NME, median,
+  failure rates at 8% / 10%, AUC at 10%, for PDC and argmax decoding. ``--crop gt`` crops from
+  the annotated landmark box (the usual protocol); ``--crop detector`` runs the whole pipeline.
+* (b) Videos with per-frame annotations (a ``.npy`` of (T, K, 2), or a folder of one ``.pts``
+  per frame sorted by name): NME, NRMSE, jitter error, Allan deviation and MCV per stabilizer.
+* (c) Videos without annotations: Allan deviation (Eq. 11, % of the mean inter-ocular
+  distance) and MCV (Eq. 9-10), per stabilizer.
+
+Annotations in another layout are matched through a :class:`stableface.points.Scorer`
+(correspondence map, point subset, normalisation).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +23,8 @@ import numpy as np
 from stableface import codec, ibug, metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import box_from_landmarks, to_source, warp
-from stableface.video import open_source, read_image
-
+from stableface.points import Scorer
+from stableface.video import VIDEO_EXTS, open_source, read_image
 
 @dataclass
 class ImageReport:
@@ -44,20 +49,26 @@ def annotated_images(root: Path, every: int = 0) -> list[Path]:
 
 def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "gt", pipeline_factory=None,
                     pdc_threshold: float = codec.DEFAULT_PDC_THRESHOLD,
-                    progress: Callable[[int, int], None] | None = None) -> ImageReport:
+                    progress: Callable[[int, int], None] | None = None, scorer: Scorer | None = None) -> ImageReport:
+    scorer = scorer or Scorer.build()
     errors: dict[str, list[float]] = {"pdc": [], "argmax": []}
     missed = 0
     pipe = pipeline_factory() if crop == "detector" else None
     for i, f in enumerate(files):
         img, gt = read_image(f), ibug.read_pts(f.with_suffix(".pts"))
-        iod = float(ibug.interocular(gt))
+        norm = float(scorer.normaliser(gt))
+
+        def err(p: np.ndarray) -> float:
+            a, b = scorer.pairs(p, gt)
+            return float(np.linalg.norm(a - b, axis=-1).mean() / norm)
+
         if pipe is None:
-            box = box_from_landmarks(gt, backbone.crop_scale)
+            box = box_from_landmarks(gt[scorer.full.theirs], backbone.crop_scale)
             hm = backbone(warp(img, box, backbone.size)[None])[0]
             preds = {"pdc": codec.decode_pdc(hm, backbone.stride, pdc_threshold)[0],
                      "argmax": codec.decode_argmax(hm, backbone.stride)[0]}
             for name, p in preds.items():
-                errors[name].append(float(np.linalg.norm(to_source(p, box, backbone.size) - gt, axis=-1).mean() / iod))
+                errors[name].append(err(to_source(p, box, backbone.size)))
         else:
             pipe.reset()
             res = pipe.update(img, 0.0)
@@ -65,8 +76,7 @@ def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "g
                 missed += 1
                 errors["pdc"].append(float("inf"))
             else:
-                best = min(res.faces, key=lambda fc: np.linalg.norm(fc.landmarks.mean(0) - gt.mean(0)))
-                errors["pdc"].append(float(np.linalg.norm(best.landmarks - gt, axis=-1).mean() / iod))
+                errors["pdc"].append(min(err(fc.landmarks) for fc in res.faces))
         if progress:
             progress(i + 1, len(files))
     if pipe is not None:
@@ -74,21 +84,122 @@ def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "g
     return ImageReport(len(files), {k: np.array(v) for k, v in errors.items()}, missed)
 
 
-def video_stability(path: str, pipelines: dict[str, object]) -> dict[str, dict[str, float]]:
-    """Allan deviation and CVar of the first face's track for each pipeline (frames without it are skipped)."""
+def find_annotations(video: Path) -> Path | None:
+    """Per-frame annotations of a video, by convention: ``NAME.npy`` beside it, a folder ``NAME/``
+    or ``NAME_annot/`` of ``.pts`` files, or (300-VW layout) ``annot/`` beside ``vid.avi``."""
+    for cand in (video.with_suffix(".npy"), video.with_suffix(""), video.with_name(video.stem + "_annot"),
+                 video.parent / "annot"):
+        if cand.suffix == ".npy" and cand.is_file():
+            return cand
+        if cand.is_dir() and any(cand.glob("*.pts")):
+            return cand
+    return None
+
+
+def load_annotation_track(path: str | Path) -> np.ndarray:
+    """(T, K, 2) float64 from a ``.npy`` or a folder of per-frame ``.pts`` (sorted by name); NaN rows allowed."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.pts"))
+        if not files:
+            raise ValueError(f"{path}: no .pts files")
+        tracks = [ibug.read_pts(f) for f in files]
+        if len({t.shape for t in tracks}) != 1:
+            raise ValueError(f"{path}: the .pts files do not all have the same number of points")
+        return np.stack(tracks).astype(np.float64)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable .npy ({exc})") from None
+    if arr.ndim != 3 or arr.shape[-1] != 2:
+        raise ValueError(f"{path}: annotations must have shape (frames, points, 2), not {arr.shape}")
+    return arr.astype(np.float64)
+
+
+def run_tracks(path: str, pipelines: dict[str, object], gt: np.ndarray | None = None,
+               scorer: Scorer | None = None) -> dict[str, np.ndarray]:
+    """(T, 68, 2) landmarks per pipeline, NaN where no face was tracked. With annotations the
+    face nearest to the annotated one is taken, else the first."""
     out = {}
     for name, pipe in pipelines.items():
-        pts = []
+        rows = []
         with open_source(path) as src:
-            for _, res in pipe.stream(src):
-                if res.faces:
-                    pts.append(res.faces[0].landmarks)
-        if len(pts) < 2:
-            out[name] = {"frames": len(pts), "allan_dev_px": float("nan"), "allan_dev_pct_iod": float("nan"), "cvar": float("nan")}
-            continue
-        track = np.stack(pts).astype(np.float64)
-        iod = float(ibug.interocular(track.mean(0))) if track.shape[1] == ibug.K else float("nan")
-        dev = metrics.allan_deviation(track)
-        out[name] = {"frames": len(pts), "allan_dev_px": dev, "allan_dev_pct_iod": 100 * dev / iod,
-                     "cvar": metrics.cvar(track)}
+            for i, (_, res) in enumerate(pipe.stream(src)):
+                faces = [f.landmarks for f in res.faces]
+                if not faces:
+                    rows.append(np.full((ibug.K, 2), np.nan))
+                elif gt is not None and scorer is not None and i < len(gt) and np.isfinite(gt[i]).all():
+                    rows.append(min(faces, key=lambda p: float(np.linalg.norm(np.subtract(*scorer.pairs(p, gt[i])), axis=-1).mean())))
+                else:
+                    rows.append(faces[0])
+        out[name] = np.stack(rows).astype(np.float64) if rows else np.zeros((0, ibug.K, 2))
     return out
+
+
+def _valid(track: np.ndarray) -> np.ndarray:
+    return np.isfinite(track).all(axis=(-1, -2))
+
+
+def stability(track: np.ndarray) -> dict[str, float]:
+    """Allan deviation (px and % of the mean inter-ocular distance) and CVar over the tracked frames."""
+    t = track[_valid(track)]
+    if len(t) < 2:
+        return {"frames": len(t), "allan_dev_px": float("nan"), "allan_dev_pct_iod": float("nan"), "cvar": float("nan")}
+    iod = float(ibug.interocular(t.mean(0)))
+    dev = metrics.allan_deviation(t)
+    return {"frames": len(t), "allan_dev_px": dev, "allan_dev_pct_iod": 100 * dev / iod, "cvar": metrics.cvar(t)}
+
+
+def accuracy(track: np.ndarray, gt: np.ndarray, scorer: Scorer) -> dict[str, float]:
+    """NME, NRMSE and jitter error (% of the normaliser) over frames that are tracked and annotated.
+
+    Frames the tracker missed count in ``missed``; jitter error uses consecutive frame pairs
+    where both are tracked and annotated.
+    """
+    n = min(len(track), len(gt))
+    p, g = scorer.pairs(track[:n], gt[:n])
+    norm = scorer.normaliser(gt[:n])
+    annotated = np.isfinite(g).all(axis=(-1, -2)) & np.isfinite(norm)
+    ok = annotated & np.isfinite(p).all(axis=(-1, -2))
+    both = ok[1:] & ok[:-1]
+    out = {"annotated": int(annotated.sum()), "missed": int((annotated & ~ok).sum()), "nme": float("nan"),
+           "nrmse": float("nan"), "jitter_error": float("nan")}
+    if ok.any():
+        out["nme"] = 100 * float(metrics.nme(p[ok], g[ok], norm[ok]).mean())
+        out["nrmse"] = 100 * float(metrics.nrmse(p[ok], g[ok], norm[ok]).mean())
+    if both.any():
+        step = np.linalg.norm(np.diff(p, axis=0) - np.diff(g, axis=0), axis=-1)[both]  # (pairs, n)
+        out["jitter_error"] = 100 * float((step / norm[1:][both][:, None]).mean())
+    return out
+
+
+@dataclass
+class VideoReport:
+    name: str
+    metrics: dict[str, dict[str, float]]  # stabilizer -> numbers
+    tracks: dict[str, np.ndarray] = field(repr=False)
+    gt: np.ndarray | None = field(default=None, repr=False)
+
+
+def evaluate_video(path: Path, pipelines: dict[str, object], annotations: Path | None = None,
+                   scorer: Scorer | None = None) -> VideoReport:
+    scorer = scorer or Scorer.build()
+    gt = load_annotation_track(annotations) if annotations is not None else None
+    tracks = run_tracks(str(path), pipelines, gt, scorer)
+    out = {}
+    for name, tr in tracks.items():
+        out[name] = stability(tr)
+        if gt is not None:
+            out[name].update(accuracy(tr, gt, scorer))
+            if len(gt) != len(tr):
+                out[name]["annotation_frames"] = len(gt)
+    return VideoReport(path.name, out, tracks, gt)
+
+
+def list_videos(root: Path) -> list[Path]:
+    return [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS)
+
+
+def video_stability(path: str, pipelines: dict[str, object]) -> dict[str, dict[str, float]]:
+    """Allan deviation and CVar of the first face's track for each pipeline (frames without it are skipped)."""
+    return {name: stability(tr) for name, tr in run_tracks(path, pipelines).items()}

@@ -192,7 +192,12 @@ def validate(model: ConvLSTM, val: dict[str, tuple], stride: float, threshold: f
 
 
 def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = print,
-          on_step: Callable[[int, int, dict], None] | None = None) -> dict[str, float]:
+          on_step: Callable[[int, int, dict], None] | None = None, cache: dict | None = None) -> dict[str, float]:
+    """Train, checkpointing every epoch; returns the last validation metrics.
+
+    ``cache``: a dict shared by runs with the same backbone, data and sequence settings
+    (ablations): the first run fills it with the backbone heatmaps, the others reuse them.
+    """
     out = start_run(cfg.out, cfg.threads, cfg.seed)
     backbone = HeatmapBackbone(cfg.backbone, device="auto")
     if backbone.k != ibug.K:
@@ -205,13 +210,12 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
     spec = SequenceSpec(length=cfg.max_length + cfg.burn_in, size=size, crop_scale=backbone.crop_scale, noise=cfg.noise,
                         max_speed=1.0)
     t0 = time.perf_counter()
-    hms, gts, raws = build_cache(train_set, backbone, spec, cfg.sequences_per_image, cfg.seed,
-                              (lambda i, n: on_step(0, 1, {"epoch": 0, "loss": 0.0, "seq_s": i / (time.perf_counter() - t0)})) if on_step else None)
-    val = {}
-    for kind, noise in (("still", (10.0, 10.0)), ("drift", (5.0, 5.0))):
-        vspec = SequenceSpec(length=cfg.val_length, size=size, crop_scale=backbone.crop_scale, noise=noise, blur=0.0,
-                             motion=kind, max_speed=1.0)
-        val[kind] = build_cache(val_set, backbone, vspec, cfg.val_sequences, cfg.seed + 999)
+    if cache:
+        hms, gts, raws, val = cache["train"], cache["gt"], cache["raw"], cache["val"]
+    else:
+        hms, gts, raws, val = _build_all(cfg, backbone, train_set, val_set, spec, on_step, t0)
+        if cache is not None:
+            cache.update(train=hms, gt=gts, raw=raws, val=val)
     log(f"cached backbone heatmaps for {len(hms)} training sequences and {sum(len(v[0]) for v in val.values())} "
         f"validation sequences in {time.perf_counter() - t0:.0f} s")
 
@@ -268,6 +272,19 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         (out / "last.tmp").replace(last)
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {run / seen:.5f}: " + _summary(metrics))
     return history[-1] if history else {}
+
+
+def _build_all(cfg: FinetuneConfig, backbone: HeatmapBackbone, train_set: list, val_set: list, spec: SequenceSpec,
+               on_step: Callable[[int, int, dict], None] | None, t0: float) -> tuple:
+    hms, gts, raws = build_cache(train_set, backbone, spec, cfg.sequences_per_image, cfg.seed,
+                                 (lambda i, n: on_step(0, 1, {"epoch": 0, "loss": 0.0, "seq_s": i / (time.perf_counter() - t0)}))
+                                 if on_step else None)
+    val = {}
+    for kind, noise in (("still", (10.0, 10.0)), ("drift", (5.0, 5.0))):
+        vspec = SequenceSpec(length=cfg.val_length, size=backbone.size, crop_scale=backbone.crop_scale, noise=noise, blur=0.0,
+                             motion=kind, max_speed=1.0)
+        val[kind] = build_cache(val_set, backbone, vspec, cfg.val_sequences, cfg.seed + 999)
+    return hms, gts, raws, val
 
 
 def _summary(m: dict[str, float]) -> str:
