@@ -43,3 +43,14 @@ def test_differentiable_pdc_matches_numpy_codec(rng):
     assert np.allclose(got.detach().numpy(), ref, atol=1e-4)
     got.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_theta_zero_switches_the_jitter_loss_off_without_nans():
+    s = torch.zeros(1, 2, 4, 4, requires_grad=True)  # exactly the target where the target is 0
+    tgt = torch.zeros(1, 2, 4, 4)
+    tgt[0, :, 1, 1] = 1.0
+    g0, g1 = torch.zeros(1, 2, 2), torch.ones(1, 2, 2)
+    loss = jitter_loss(s, tgt, g1 + 0.5, g0, g1, g0, theta=0.0, xi=1.0)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(s.grad).all() and s.grad.abs().sum() == 0
+    assert geman_mcclure(torch.tensor([0.0, 0.5]), torch.zeros(2), 0.0).tolist() == [0.0, 1.0]

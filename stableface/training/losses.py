@@ -32,9 +32,9 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, fg_weight: float = 10
 
 
 def geman_mcclure(pred: torch.Tensor, target: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
-    """Eq. 7, per pixel: d^2 / (d^2 + Theta^2)."""
+    """Eq. 7, per pixel: d^2 / (d^2 + Theta^2) (Theta = 0: 1 wherever d != 0, and no gradient)."""
     d2 = (pred - target) ** 2
-    return d2 / (d2 + theta * theta)
+    return d2 / (d2 + theta * theta).clamp(min=1e-12)
 
 
 def jitter_psi(u_t: torch.Tensor, u_prev: torch.Tensor, g_t: torch.Tensor, g_prev: torch.Tensor,
