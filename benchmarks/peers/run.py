@@ -8,7 +8,7 @@ weights. Every tool runs its own face detector, as a user would run it.
 
 * fit: MediaPipe's 468 mesh points -> the 68 iBUG points. For each iBUG point, the 3 mesh points
   nearest to it on average and least-squares weights (summing to 1) are fitted on every 3rd
-  training image (never the validation split); written to ``facemesh68.json``.
+  training image (never the validation split); written to ``WORK/facemesh68.json``.
 * accuracy: NME (% inter-ocular distance) on the validation split (every 10th file), on the
   images every tool found a face in, and the detection rate.
 * clips: Allan deviation (% of the mean inter-ocular distance of stableface's raw track) of each
@@ -151,7 +151,7 @@ def part_fit(args, res: dict) -> None:
     t0 = time.perf_counter()
     mesh = peer("mediapipe", {"kind": "images", "paths": [str(f) for f in files]}, args.work)["points"]
     m = MeshTo68.fit(mesh, gts)
-    m.save(HERE / "facemesh68.json")
+    m.save(args.work / "facemesh68.json")
     ok = np.isfinite(mesh).all(axis=(1, 2))
     fit_nme = float(np.mean(nme_pct(m(mesh[ok]), gts[ok])))
     res["fit"] = {"images": len(files), "found": int(ok.sum()), "train_nme": fit_nme, "s": time.perf_counter() - t0}
@@ -159,7 +159,7 @@ def part_fit(args, res: dict) -> None:
 
 
 def part_accuracy(args, res: dict) -> None:
-    mapper = MeshTo68.load(HERE / "facemesh68.json")
+    mapper = MeshTo68.load(args.work / "facemesh68.json")
     _, val = ibug.training_split(args.data)
     gts = np.stack([ibug.read_pts(f.with_suffix(".pts")) for f in val]).astype(np.float64)
     preds = {"dlib": peer("dlib", {"kind": "images", "paths": [str(f) for f in val]}, args.work)["points"],
@@ -183,7 +183,7 @@ def part_accuracy(args, res: dict) -> None:
 
 
 def part_clips(args, res: dict) -> None:
-    mapper = MeshTo68.load(HERE / "facemesh68.json")
+    mapper = MeshTo68.load(args.work / "facemesh68.json")
     rows = {}
     for v in sorted(args.videos.glob("*.mp4")):
         tracks = run_tracks(str(v), {k: Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer=s))
@@ -205,7 +205,7 @@ def part_clips(args, res: dict) -> None:
 
 
 def part_still(args, res: dict) -> None:
-    mapper = MeshTo68.load(HERE / "facemesh68.json")
+    mapper = MeshTo68.load(args.work / "facemesh68.json")
     _, val = ibug.training_split(args.data)
     val = val[::5][:args.still_images]
     bases = np.stack([pad(read_image(f)) for f in val])
