@@ -63,8 +63,12 @@ def ensure_venv() -> Path:
 def peer(method: str, job: dict, work: Path) -> dict[str, np.ndarray]:
     job_file, out = work / f"job_{method}.json", work / f"out_{method}.npz"
     job_file.write_text(json.dumps(job))
-    env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}  # MediaPipe's start-up logs
-    subprocess.run([str(ensure_venv()), str(HERE / "worker.py"), method, str(job_file), str(out)], check=True, env=env)
+    env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(work / f"{method}.log", "a") as log:  # MediaPipe's and TFLite's own chatter goes here
+        proc = subprocess.run([str(ensure_venv()), str(HERE / "worker.py"), method, str(job_file), str(out)], env=env,
+                              stderr=log)
+    if proc.returncode:
+        raise SystemExit(f"{method} worker failed (exit {proc.returncode}); see {work / (method + '.log')}")
     with np.load(out) as z:
         return {k: z[k] for k in z.files}
 
