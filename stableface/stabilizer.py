@@ -196,7 +196,7 @@ class ConvLSTMStabilizer:
     """
 
     min_shift = 0.1  # heatmap cells (0.4 crop px at stride 4): above the noise of a 68-point median
-    prime_steps = 4  # a new track starts from the state of a face that has been still for a while
+    prime_steps = 12  # a new track starts from the state of a face that has been still for a while (near the fixed point)
 
     def __init__(self, step: ConvLSTMStep, decoder: Decoder, motion_compensation: bool = True) -> None:
         self.step, self.decoder, self.motion_compensation = step, decoder, motion_compensation
