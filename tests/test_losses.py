@@ -54,3 +54,10 @@ def test_theta_zero_switches_the_jitter_loss_off_without_nans():
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(s.grad).all() and s.grad.abs().sum() == 0
     assert geman_mcclure(torch.tensor([0.0, 0.5]), torch.zeros(2), 0.0).tolist() == [0.0, 1.0]
+
+
+def test_theta_zero_pixel_loss_has_no_gradient_even_near_the_target():
+    s = torch.tensor([1e-8, 0.3, 0.0], requires_grad=True)
+    loss = geman_mcclure(s, torch.zeros(3), 0.0).sum()
+    loss.backward()
+    assert loss.item() == 2.0 and s.grad.abs().sum() == 0

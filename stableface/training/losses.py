@@ -32,9 +32,11 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, fg_weight: float = 10
 
 
 def geman_mcclure(pred: torch.Tensor, target: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
-    """Eq. 7, per pixel: d^2 / (d^2 + Theta^2) (Theta = 0: 1 wherever d != 0, and no gradient)."""
+    """Eq. 7, per pixel: d^2 / (d^2 + Theta^2). Theta = 0 is its limit: 1 wherever d != 0, no gradient."""
     d2 = (pred - target) ** 2
-    return d2 / (d2 + theta * theta).clamp(min=1e-12)
+    if theta == 0:
+        return (d2 > 0).to(d2.dtype)
+    return d2 / (d2 + theta * theta)
 
 
 def jitter_psi(u_t: torch.Tensor, u_prev: torch.Tensor, g_t: torch.Tensor, g_prev: torch.Tensor,
