@@ -35,7 +35,7 @@ def geman_mcclure(pred: torch.Tensor, target: torch.Tensor, theta: float = 1.0) 
     """Eq. 7, per pixel: d^2 / (d^2 + Theta^2). Theta = 0 is its limit: 1 wherever d != 0, no gradient."""
     d2 = (pred - target) ** 2
     if theta == 0:
-        return (d2 > 0).to(d2.dtype)
+        return d2 * 0 + (d2 > 0).to(d2.dtype)  # stays in the graph, with a zero gradient
     return d2 / (d2 + theta * theta)
 
 
