@@ -1,4 +1,4 @@
-"""Per-face model latency through onnxruntime: backbone and one ConvLSTM step.
+"""Per-face latency: backbone, one ConvLSTM step, and the whole stabilizer update on a moving face.
 
     python benchmarks/model_speed.py [--runs 300]
 
@@ -17,7 +17,9 @@ import time
 import numpy as np
 
 from stableface.backbone import HeatmapBackbone
-from stableface.stabilizer import ConvLSTMStep
+from stableface import codec
+from stableface.crop import CropBox
+from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder, shift_maps
 from stableface.weights import resolve
 
 
@@ -48,6 +50,18 @@ def main() -> None:
     o = rng.random((1, step.k, step.heatmap_size, step.heatmap_size), dtype=np.float32)
     h, c = step.zeros(1)
     t_st = median_ms(lambda: step(o, h, c), args.runs)
+    both = np.concatenate([h, c], axis=1)[0] + rng.random((2 * step.k * step.hidden, step.heatmap_size, step.heatmap_size),
+                                                          dtype=np.float32)
+    t_shift = median_ms(lambda: shift_maps(both, 0.37, -0.21), args.runs)
+    t_pdc = median_ms(lambda: codec.decode_pdc(o[0], bb.stride), args.runs)
+    # the runtime stage on a face drifting 0.5 heatmap cells per frame: raw PDC, motion estimate,
+    # state shift, step, PDC of the stabilized maps
+    stab = ConvLSTMStabilizer(step, Decoder(bb.size, bb.stride))
+    box = CropBox(bb.size / 2, bb.size / 2, float(bb.size))
+    pts = rng.uniform(20, bb.size - 20, size=(step.k, 2))
+    moving = [codec.encode(pts + [2.0 * i, 1.0 * i], (step.heatmap_size,) * 2, bb.stride) for i in range(8)]
+    i = iter(range(10 ** 9))
+    t_stage = median_ms(lambda: stab.update(moving[next(i) % 8], box, 0.0), args.runs)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime threads "
           f"{args.threads or 'default'}; median of {args.runs} runs")
     print("| model | ms per face | ratio to reference op |")
@@ -55,6 +69,9 @@ def main() -> None:
     print(f"| reference: 256x256 float32 matmul (numpy) | {ref:.3f} | 1.0 |")
     print(f"| backbone {bb.size}x{bb.size} -> {bb.k}x{bb.heatmap_size}x{bb.heatmap_size} | {t_bb:.2f} | {t_bb / ref:.1f} |")
     print(f"| ConvLSTM step (hidden {step.hidden} per landmark) | {t_st:.2f} | {t_st / ref:.1f} |")
+    print(f"| state shift ({both.shape[0]} maps, bilinear) | {t_shift:.2f} | {t_shift / ref:.1f} |")
+    print(f"| PDC decode ({step.k} maps) | {t_pdc:.2f} | {t_pdc / ref:.1f} |")
+    print(f"| whole stabilizer update, moving face | {t_stage:.2f} | {t_stage / ref:.1f} |")
 
 
 if __name__ == "__main__":

@@ -130,20 +130,27 @@ def warp_maps(maps: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return out.transpose(2, 0, 1)
 
 
+def _interp_matrix(n: int, d: float) -> np.ndarray:
+    """(n, n) bilinear weights: row q samples position q - d, edges replicated."""
+    src = np.arange(n) - d
+    i0 = np.floor(src)
+    f = (src - i0).astype(np.float32)
+    a = np.zeros((n, n), np.float32)
+    rows = np.arange(n)
+    np.add.at(a, (rows, np.clip(i0, 0, n - 1).astype(np.intp)), 1 - f)
+    np.add.at(a, (rows, np.clip(i0 + 1, 0, n - 1).astype(np.intp)), f)
+    return a
+
+
 def shift_maps(maps: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """``out[:, y, x] = maps[:, y - dy, x - dx]``, bilinear, edges replicated (``warp_maps`` of a translation)."""
-    c, h, w = maps.shape
+    """``out[:, y, x] = maps[:, y - dy, x - dx]``, bilinear, edges replicated (``warp_maps`` of a translation).
 
-    def taps(n: int, d: float) -> tuple[np.ndarray, np.ndarray, float]:
-        src = np.arange(n) - d
-        i0 = np.floor(src)
-        f = float(src[0] - i0[0])
-        return np.clip(i0, 0, n - 1).astype(np.intp), np.clip(i0 + 1, 0, n - 1).astype(np.intp), f
-
-    y0, y1, fy = taps(h, dy)
-    x0, x1, fx = taps(w, dx)
-    rows = maps[:, y0] * (1 - fy) + maps[:, y1] * fy
-    return (rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx).astype(maps.dtype, copy=False)
+    Separable: two small interpolation matrices, ``A_y @ map @ A_x^T`` for every map (batched
+    matrix products; about 5x faster than gathering the taps with fancy indexing on 272 maps).
+    """
+    _, h, w = maps.shape
+    out = np.matmul(np.matmul(_interp_matrix(h, dy), maps), _interp_matrix(w, dx).T)
+    return out.astype(maps.dtype, copy=False)
 
 
 def crop_change(old: CropBox, new: CropBox, crop_size: int, stride: float) -> np.ndarray:
