@@ -325,6 +325,25 @@ def report(res: dict) -> None:
             print(f"| {k} | {r['with_detection_ms']:.1f} | {r['without_detection_ms']:.1f} | {extra} |")
 
 
+def plot_still(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sig = res["still"]["sigmas"]
+    xs = [float(k) for k in sig]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name in next(iter(sig.values())):
+        ax.plot(xs, [sig[k][name]["jitter"] for k in sig], marker="o", ls="--" if "One Euro" in name else "-", label=name)
+    ax.set(xlabel="pixel noise sigma", ylabel="jitter (% IOD)", title="still faces: landmark jitter vs noise")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=ROOT / "shared" / "data" / "300w_train")
@@ -349,6 +368,8 @@ def main() -> None:
             globals()[f"part_{part}"](args, res)
             path.write_text(json.dumps(res, indent=1))
             print(f"   {part} took {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.plots and "still" in res:
+        plot_still(res, args.plots / "peers_still.png")
     report(res)
 
 
