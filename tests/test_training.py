@@ -2,6 +2,8 @@
 
 import json
 
+import cv2
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,48 @@ def test_finetune_runs_over_an_onnx_backbone_and_exports(tmp_path):
     step = ConvLSTMStep(tmp_path / "s.onnx", device="cpu")
     assert (step.k, step.heatmap_size) == (68, 16)
     assert json.loads(json.dumps(step.meta))["loss"] == "jitter"
+
+
+@pytest.mark.slow
+def test_finetune_over_a_foreign_backbone_with_another_layout(tmp_path):
+    """Any heatmap backbone: a model exported without stableface metadata, 5 points (not 68),
+    24x24 heatmaps at stride 2 from 48x48 crops; the stabilizer is trained for its K and size."""
+    from torch import nn
+
+    from stableface import ibug
+    from stableface.training.finetune import FinetuneConfig, export_checkpoint
+    from stableface.training.finetune import train as finetune
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "five"
+    data.mkdir()
+    for i in range(12):  # bright dots on a dark image, annotated as 5-point .pts
+        img = np.full((96, 96, 3), 30, np.uint8)
+        pts = rng.uniform(30, 66, size=(5, 2))
+        for x, y in pts:
+            cv2.circle(img, (int(x), int(y)), 3, (230, 230, 230), -1)
+        cv2.imwrite(str(data / f"im{i:02d}.png"), img)
+        ibug.write_pts(data / f"im{i:02d}.pts", pts)
+
+    class Foreign(nn.Module):  # a stand-in for a user's HRNet export: 5 heatmaps of 24x24
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 5, padding=2)
+
+        def forward(self, x):
+            return torch.sigmoid(self.conv(nn.functional.avg_pool2d(x, 2)) / 50.0)
+
+    torch.onnx.export(Foreign().eval(), (torch.zeros(1, 3, 48, 48),), str(tmp_path / "foreign.onnx"), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+    bb = HeatmapBackbone(tmp_path / "foreign.onnx", device="cpu")
+    assert (bb.k, bb.size, bb.heatmap_size, bb.stride, bb.scheme) == (5, 48, 24, 2.0, "custom5")
+    cfg = FinetuneConfig(data=str(data), backbone=str(tmp_path / "foreign.onnx"), out=str(tmp_path / "ft"), epochs=1,
+                         batch=2, val_length=6, val_images=2)
+    m = finetune(cfg, log=lambda s: None)
+    assert np.isfinite(m["still_stab_nme"]) and np.isfinite(m["drift_stab_jitter_error"])
+    export_checkpoint(tmp_path / "ft" / "last.pt", tmp_path / "s5.onnx")
+    step = ConvLSTMStep(tmp_path / "s5.onnx", device="cpu")
+    assert (step.k, step.heatmap_size) == (5, 24)
+    step.check(bb.k, bb.heatmap_size)  # the pipeline accepts the pair
+    with pytest.raises(Exception, match="expects 5 heatmaps of 24x24"):
+        step.check(68, 32)
