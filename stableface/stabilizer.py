@@ -202,7 +202,9 @@ class ConvLSTMStabilizer:
     the ConvLSTM averages away per-landmark noise without lagging behind head or camera motion.
     """
 
-    min_shift = 0.1  # heatmap cells (0.4 crop px at stride 4): above the noise of a 68-point median
+    min_shift = 0.1  # heatmap cells (0.4 crop px at stride 4) while the face moves: above the noise of a 68-point median
+    min_shift_still = 0.2  # once no shift happened for ``still_after`` frames: noise alone rarely moves a still face's state
+    still_after = 3
     prime_steps = 12  # a new track starts from the state of a face that has been still for a while (near the fixed point)
 
     def __init__(self, step: ConvLSTMStep, decoder: Decoder, motion_compensation: bool = True) -> None:
@@ -214,6 +216,7 @@ class ConvLSTMStabilizer:
         self.c: np.ndarray | None = None
         self.crop: CropBox | None = None
         self.raw: np.ndarray | None = None
+        self.since_shift = self.still_after  # a new track starts as a still face
 
     def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
         if self.motion_compensation:
@@ -233,8 +236,11 @@ class ConvLSTMStabilizer:
             if raw is not None and self.raw is not None:
                 # displacement since the last shift; below the noise of the median, wait
                 d = np.median(raw - self.raw, axis=0) / self.decoder.stride  # heatmap cells
-                if np.hypot(*d) > self.min_shift:
+                limit = self.min_shift if self.since_shift < self.still_after else self.min_shift_still
+                self.since_shift += 1
+                if np.hypot(*d) > limit:
                     shift = d
+                    self.since_shift = 0
                     if m is not None:
                         m = _compose(m, np.array([[1.0, 0.0, -d[0]], [0.0, 1.0, -d[1]]]))
                     self.raw = raw

@@ -131,8 +131,11 @@ def test_motion_compensation_removes_lag_on_a_moving_face(tmp_path):
     assert errors[True] < 0.5
 
 
-def test_training_compensation_matches_the_runtime(tmp_path):
-    """The torch twin used in finetune gives the runtime's stabilized landmarks."""
+@pytest.mark.parametrize("still_frames", [0, 10])
+def test_training_compensation_matches_the_runtime(tmp_path, still_frames):
+    """The torch twin used in finetune gives the runtime's stabilized landmarks, for a moving face
+    and for one that first creeps (0.15 px a frame: the still-face threshold decides when the
+    state follows) and then moves."""
     from stableface import codec
     from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
     from stableface.training.convlstm import ConvLSTM, export
@@ -144,7 +147,8 @@ def test_training_compensation_matches_the_runtime(tmp_path):
     export(model, tmp_path / "m.onnx", 32)
     base = np.array([[40.0, 50.0], [60.0, 70.0], [80.0, 50.0]])
     rng = np.random.default_rng(0)
-    truth = [base + [1.2 * t, -0.7 * t] + rng.normal(0, 0.3, size=(3, 2)) for t in range(10)]
+    truth = [base + [0.15 * min(t, still_frames) + 1.2 * max(t - still_frames, 0), -0.7 * max(t - still_frames, 0)]
+             + rng.normal(0, 0.02 if t < still_frames else 0.3, size=(3, 2)) for t in range(10 + still_frames)]
     hms = np.stack([codec.encode(p, (32, 32), 4) for p in truth]).astype(np.float32)
     raw = codec.decode_pdc(hms, 4.0)[0]
     stab = ConvLSTMStabilizer(ConvLSTMStep(tmp_path / "m.onnx", device="cpu"), Decoder(128, 4.0))

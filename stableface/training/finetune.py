@@ -91,17 +91,20 @@ def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> tor
     return gy[..., :, None] * gx[..., None, :]
 
 
-MIN_SHIFT = ConvLSTMStabilizer.min_shift
+RT = ConvLSTMStabilizer
 
 
-def compensate(hs: torch.Tensor, cs: torch.Tensor, raw: torch.Tensor, anchor: torch.Tensor, stride: float
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compensate(hs: torch.Tensor, cs: torch.Tensor, raw: torch.Tensor, anchor: torch.Tensor, stride: float,
+               since: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Torch twin of the runtime's motion compensation: shift the state by the median raw-landmark
-    displacement since the last shift, when it exceeds ``MIN_SHIFT`` heatmap cells."""
+    displacement since the last shift, when it exceeds ``min_shift`` heatmap cells (``min_shift_still``
+    once ``since`` (B,), the frames since the last shift, reaches ``still_after``)."""
     d = torch.quantile(raw - anchor, 0.5, dim=1) / stride  # (B, 2) cells, like numpy's median
-    move = torch.linalg.vector_norm(d, dim=1) > MIN_SHIFT
+    limit = torch.where(since < RT.still_after, RT.min_shift, RT.min_shift_still).to(d.dtype)
+    move = torch.linalg.vector_norm(d, dim=1) > limit
+    since = torch.where(move, torch.zeros_like(since), since + 1)
     if not bool(move.any()):
-        return hs, cs, anchor
+        return hs, cs, anchor, since
     d = d * move[:, None].to(d.dtype)
     b, n, h, w = hs.shape
     ys, xs = torch.meshgrid(torch.arange(h, dtype=hs.dtype, device=hs.device),
@@ -111,7 +114,7 @@ def compensate(hs: torch.Tensor, cs: torch.Tensor, raw: torch.Tensor, anchor: to
     both = F.grid_sample(torch.cat([hs, cs], 1), torch.stack([gx, gy], dim=-1), mode="bilinear",
                          padding_mode="border", align_corners=False)
     anchor = torch.where(move[:, None, None], raw, anchor)
-    return both[:, :n], both[:, n:], anchor
+    return both[:, :n], both[:, n:], anchor, since
 
 
 def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple | None = None, raw: torch.Tensor | None = None,
@@ -128,19 +131,20 @@ def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple | None = None
             for _ in range(ConvLSTMStabilizer.prime_steps):
                 _, hs, cs = model(hms[:, 0], hs, cs)
         anchor = None
+        since = torch.full((b,), RT.still_after, dtype=torch.long, device=hms.device)
     else:
-        hs, cs, anchor = state
+        hs, cs, anchor, since = state
     out = []
     for i in range(t):
         if raw is not None:
             if anchor is None:
                 anchor = raw[:, i]
             else:
-                hs, cs, anchor = compensate(hs, cs, raw[:, i], anchor, stride)
+                hs, cs, anchor, since = compensate(hs, cs, raw[:, i], anchor, stride, since)
         s, hs, cs = model(hms[:, i], hs, cs)
         out.append(s)
     stacked = torch.stack(out, dim=1)
-    return (stacked, (hs, cs, anchor)) if return_state else stacked
+    return (stacked, (hs, cs, anchor, since)) if return_state else stacked
 
 
 def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, gt: torch.Tensor, stride: float) -> torch.Tensor:
