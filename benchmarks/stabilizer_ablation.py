@@ -25,6 +25,7 @@ import numpy as np
 
 from stableface.evaluate import video_stability
 from stableface.pipeline import Pipeline, PipelineConfig
+from stableface.stabilizer import ConvLSTMStabilizer
 from stableface.training.finetune import FinetuneConfig, export_checkpoint, train
 from stableface.weights import resolve
 
@@ -59,7 +60,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--only", default="", help="Comma-separated variant names (default: all).")
     ap.add_argument("--limit", type=int, default=0, help="Use only this many training images (smoke runs).")
+    ap.add_argument("--min-shift-still", type=float, default=None,
+                    help="Override the stabilizer's still-face shift threshold (cells), in training and at run time.")
     args = ap.parse_args()
+    if args.min_shift_still is not None:
+        ConvLSTMStabilizer.min_shift_still = args.min_shift_still
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",") or slug(n) in args.only.split(",")]
     base = FinetuneConfig(data=str(args.data), backbone=str(resolve().backbone), out="", epochs=args.epochs,
                           limit=args.limit, val_images=min(100, args.limit) if args.limit else 100)
