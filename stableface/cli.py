@@ -471,11 +471,15 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if plot_dir is not None:
+        from stableface import plots
+
         try:
-            from stableface import plots
-        except ImportError as exc:  # pragma: no cover - plots itself imports only numpy
+            plots._plt()  # no matplotlib: say so before the evaluation runs
+            plot_dir.mkdir(parents=True, exist_ok=True)
+        except RuntimeError as exc:
             _fail(str(exc), 2)
-        plot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(f"{plot_dir}: cannot create ({exc.strerror or exc})", 1)
     images = E.annotated_images(dataset, 10 if split == "val" else 0) if dataset.is_dir() else []
     try:
         if images:
