@@ -70,15 +70,19 @@ class PointMap:
             raise ValueError(f"point map {self.name}: none of the chosen points is in the map")
         return PointMap(self.ours[keep], self.theirs[keep], self.name)
 
-    def pairs(self, pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(…, 68, 2) predictions and (…, K_annotation, 2) annotations -> matched (…, n, 2) pairs."""
+    def check(self, gt: np.ndarray) -> None:
         if gt.shape[-2] < self.annotation_points:
             raise ValueError(f"point map {self.name}: annotations have {gt.shape[-2]} points, "
-                             f"the map needs at least {self.annotation_points}")
+                             f"the map needs at least {self.annotation_points} (choose another --map)")
+
+    def pairs(self, pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(…, 68, 2) predictions and (…, K_annotation, 2) annotations -> matched (…, n, 2) pairs."""
+        self.check(gt)
         return pred[..., self.ours, :], gt[..., self.theirs, :]
 
     def interocular(self, gt: np.ndarray) -> np.ndarray:
         """Outer-eye-corner distance of the annotations, through the map."""
+        self.check(gt)
         lookup = dict(zip(self.ours.tolist(), self.theirs.tolist(), strict=True))
         if ibug.LEFT_EYE_OUTER not in lookup or ibug.RIGHT_EYE_OUTER not in lookup:
             raise ValueError(f"point map {self.name}: has no outer eye corners (iBUG 36, 45) for inter-ocular "
@@ -172,6 +176,7 @@ class Scorer:
 
     def normaliser(self, gt: np.ndarray) -> np.ndarray:
         """(…, K_annotation, 2) -> (…)."""
+        self.full.check(gt)
         if self.norm == "iod":
             return self.full.interocular(gt)
         return bbox_size(self.full.pairs(np.zeros(gt.shape[:-2] + (ibug.K, 2)), gt)[1])

@@ -68,6 +68,8 @@ def test_scorer_planted_error_through_a_map(rng, tmp_path):
     gt98[load_map("wflw98").theirs] = gt
     p, g = Scorer.build("wflw98", "eyes").pairs(pred, gt98)
     assert p.shape == (12, 2) and np.allclose(p - g, [3, 4])
+    with pytest.raises(ValueError, match="annotations have 68 points, the map needs at least 96"):
+        Scorer.build("wflw98").normaliser(gt)
     (tmp_path / "nose.csv").write_text("0,30\n1,31\n")
     with pytest.raises(ValueError, match="eye corners"):
         Scorer.build(str(tmp_path / "nose.csv"))
