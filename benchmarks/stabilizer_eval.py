@@ -1,6 +1,6 @@
 """Stability and accuracy of raw PDC, One Euro and the ConvLSTM on validation sequences and real clips.
 
-    python benchmarks/stabilizer_eval.py [--data ../shared/data/300w_train] [--videos ../shared/videos]
+    python benchmarks/stabilizer_eval.py [--data ../shared/data/300w_train] [--videos ../shared/videos] [--stabilizer ONNX]
 
 Everything runs through the shipped ONNX models (the runtime path). Sequences come from the
 validation images (every 10th file, never trained on) as in ``stableface finetune``:
@@ -71,8 +71,9 @@ def main() -> None:
     ap.add_argument("--videos", type=Path, default=ROOT / "shared" / "videos")
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--json", type=Path, default=None, help="Also write the numbers here.")
+    ap.add_argument("--stabilizer", type=Path, default=None, help="A stabilizer .onnx other than the shipped one.")
     args = ap.parse_args()
-    ws = resolve()
+    ws = resolve(None, args.stabilizer)
     bb = HeatmapBackbone(ws.backbone, "cpu")
     step = ConvLSTMStep(ws.stabilizer, "cpu")
     _, val_files = ibug.training_split(args.data)
@@ -113,7 +114,7 @@ def main() -> None:
         from stableface.evaluate import video_stability
         from stableface.pipeline import Pipeline, PipelineConfig
 
-        pipes = {k: Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer=k, one_euro_min_cutoff=best[0],
+        pipes = {k: Pipeline.from_weights(stabilizer_weights=args.stabilizer, device="cpu", config=PipelineConfig(stabilizer=k, one_euro_min_cutoff=best[0],
                                                                               one_euro_beta=best[1]))
                  for k in ("none", "one-euro", "convlstm")}
         print("\n| clip | raw Allan dev % IOD | One Euro | ConvLSTM | ConvLSTM vs raw |")
