@@ -24,6 +24,17 @@ def _plt():
     return plt
 
 
+def save(fig, ax, path: Path, fontsize: float | None = None, grid: bool = True) -> Path:
+    """The common end of every plot: grid, legend, tight layout, PNG written, figure closed."""
+    if grid:
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def error_cdf(errors: dict[str, np.ndarray], path: Path, title: str = "", limit: float = 0.10) -> Path:
     """Cumulative error distribution: share of samples with NME <= x, x up to ``limit`` (fractions)."""
     plt = _plt()
@@ -34,12 +45,7 @@ def error_cdf(errors: dict[str, np.ndarray], path: Path, title: str = "", limit:
         ax.plot(xs * 100, np.searchsorted(e, xs, side="right") / max(len(e), 1), label=name, color=COLOURS.get(name))
     ax.set(xlabel="NME (% of normaliser)", ylabel="share of samples", ylim=(0, 1.01), xlim=(0, limit * 100),
            title=title or "cumulative error distribution")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path)
 
 
 def trajectories(tracks: dict[str, np.ndarray], landmarks: list[int], path: Path, gt: np.ndarray | None = None,
@@ -60,12 +66,8 @@ def trajectories(tracks: dict[str, np.ndarray], landmarks: list[int], path: Path
             ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("time (s)")
     axes[-1, 1].set_xlabel("time (s)")
-    axes[0, 1].legend(fontsize=8)
     fig.suptitle(title or "landmark trajectories")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, axes[0, 1], path, fontsize=8, grid=False)
 
 
 def frame_jitter(tracks: dict[str, np.ndarray], path: Path, gt: np.ndarray | None = None, fps: float = 25.0,
@@ -89,9 +91,4 @@ def frame_jitter(tracks: dict[str, np.ndarray], path: Path, gt: np.ndarray | Non
         ax.plot(np.arange(1, len(per_frame) + 1) / fps, per_frame, color=COLOURS.get(name), lw=1.0, label=name)
     ax.set(xlabel="time (s)", ylabel=("jitter error" if gt is not None else "mean step") + " (% IOD)",
            title=title or "per-frame jitter")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path)

@@ -145,7 +145,7 @@ def sf_still(bases: np.ndarray, sigma: float, seed: int, length: int, kind: str)
 
 
 def nme_pct(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    return 100 * np.linalg.norm(pred - gt, axis=-1).mean(-1) / ibug.interocular(gt)
+    return 100 * metrics.nme(pred, gt)
 
 
 def part_fit(args, res: dict) -> None:
@@ -281,6 +281,16 @@ def part_speed(args, res: dict) -> None:
     res["speed"] = {"clip": clip.name, "frames": len(frames), "rows": rows}
 
 
+def wide_table(first: str, rows: dict[str, dict], cell, count: str) -> None:
+    """A markdown table, one column per tool; a tool that covered fewer than all items says how many."""
+    names = list(next(iter(rows.values())))
+    print(f"| {first} | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for key, row in rows.items():
+        print(f"| {key} | " + " | ".join(cell(row[n]) + ("" if row[n][count] == row[n]["of"] else f" ({row[n][count]}/{row[n]['of']})")
+                                         for n in names) + " |")
+
+
 def report(res: dict) -> None:
     if "fit" in res:
         f = res["fit"]
@@ -296,25 +306,15 @@ def report(res: dict) -> None:
     if "clips" in res:
         names = list(next(iter(res["clips"].values())))
         print("\n### Stability on the shared clips: Allan deviation (% IOD; lower is steadier)\n")
-        print("| clip | " + " | ".join(names) + " |")
-        print("|---" * (len(names) + 1) + "|")
-        for clip, row in res["clips"].items():
-            print(f"| {clip} | " + " | ".join(f"{row[n]['allan_pct_iod']:.3f}" + ("" if row[n]["frames"] == row[n]["of"]
-                                                                                   else f" ({row[n]['frames']}/{row[n]['of']})")
-                                             for n in names) + " |")
+        wide_table("clip", res["clips"], lambda r: f"{r['allan_pct_iod']:.3f}", "frames")
         mean = {n: np.nanmean([r[n]["allan_pct_iod"] for r in res["clips"].values()]) for n in names}
         print("| **mean** | " + " | ".join(f"**{mean[n]:.3f}**" for n in names) + " |")
     if "still" in res:
         s = res["still"]
-        names = list(next(iter(s["sigmas"].values())))
         print(f"\n### Still faces with pixel noise: {s['images']} validation images x {s['length']} frames; "
               "jitter / NME (% IOD)\n")
-        print("| noise sigma | " + " | ".join(names) + " |")
-        print("|---" * (len(names) + 1) + "|")
-        for sigma, row in s["sigmas"].items():
-            print(f"| {float(sigma):g} | " + " | ".join(f"{row[n]['jitter']:.3f} / {row[n]['nme']:.2f}"
-                                                       + ("" if row[n]["sequences"] == row[n]["of"] else f" ({row[n]['sequences']}/{row[n]['of']})")
-                                                       for n in names) + " |")
+        wide_table("noise sigma", {f"{float(k):g}": v for k, v in s["sigmas"].items()},
+                   lambda r: f"{r['jitter']:.3f} / {r['nme']:.2f}", "sequences")
     if "speed" in res:
         sp = res["speed"]
         print(f"\n### Speed: ms per frame on {sp['clip']} ({sp['frames']} frames, 512x512)\n")
@@ -326,22 +326,15 @@ def report(res: dict) -> None:
 
 
 def plot_still(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from stableface.plots import _plt, save
 
     sig = res["still"]["sigmas"]
     xs = [float(k) for k in sig]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = _plt().subplots(figsize=(6, 4), dpi=120)
     for name in next(iter(sig.values())):
         ax.plot(xs, [sig[k][name]["jitter"] for k in sig], marker="o", ls="--" if "One Euro" in name else "-", label=name)
     ax.set(xlabel="pixel noise sigma", ylabel="jitter (% IOD)", title="still faces: landmark jitter vs noise")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, ax, path, fontsize=7)
 
 
 def main() -> None:
