@@ -456,6 +456,7 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
     import json
 
     from stableface import evaluate as E
+    from stableface import metrics
     from stableface.backbone import HeatmapBackbone
     from stableface.onnx_util import WeightsError
     from stableface.pipeline import Pipeline, PipelineConfig
@@ -540,7 +541,7 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
                 for k, tr in rep.tracks.items():
                     n = min(len(tr), len(rep.gt))
                     p, g = scorer.pairs(tr[:n], rep.gt[:n])
-                    errs[k] = np.linalg.norm(p - g, axis=-1).mean(-1) / scorer.normaliser(rep.gt[:n])
+                    errs[k] = metrics.nme(p, g, scorer.normaliser(rep.gt[:n]))
                 written.append(_plot(lambda: plots.error_cdf(errs, stem.with_name(stem.name + "_error_cdf.png"),
                                                              f"{v.name}: per-frame error")))
     keys = ["allan_dev_pct_iod", "cvar"] + (["nme", "nrmse", "jitter_error", "missed"] if any(r.gt is not None for r in reports) else [])

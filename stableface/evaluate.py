@@ -59,8 +59,7 @@ def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "g
         norm = float(scorer.normaliser(gt))
 
         def err(p: np.ndarray) -> float:
-            a, b = scorer.pairs(p, gt)
-            return float(np.linalg.norm(a - b, axis=-1).mean() / norm)
+            return float(metrics.nme(*scorer.pairs(p, gt), norm))
 
         if pipe is None:
             box = box_from_landmarks(gt[scorer.full.theirs], backbone.crop_scale)
