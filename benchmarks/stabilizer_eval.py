@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from stableface import codec, ibug
+from stableface.metrics import sequence_metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import CropBox
 from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder, OneEuro
 from stableface.training import data as D
-from stableface.training.finetune import sequence_metrics
 from stableface.training.sequences import SequenceSpec, make_sequence
 from stableface.weights import resolve
 

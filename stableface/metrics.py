@@ -74,3 +74,17 @@ def cvar(track: np.ndarray) -> float:
 def mcv(tracks: list[np.ndarray]) -> float:
     """Eq. 10: the mean CVar over videos."""
     return float(np.mean([cvar(t) for t in tracks]))
+
+
+def sequence_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """pred, gt (N, T, K, 2): NME, jitter (std over time of the error) and jitter error, all % IOD."""
+    n = gt.shape[0]
+    iod = ibug.interocular(gt.mean(axis=1)).reshape(n, 1, 1) if gt.shape[2] == ibug.K else np.ones((n, 1, 1))
+    err = pred - gt
+    nme = (np.linalg.norm(err, axis=-1) / iod).mean()  # (N, T, K) / (N, 1, 1)
+    dev = err - err.mean(axis=1, keepdims=True)
+    std = np.sqrt((dev ** 2).sum(-1).mean(axis=1))  # (N, K): std over time of the error
+    jit = (std / iod[:, 0]).mean()
+    step = np.linalg.norm(np.diff(pred, axis=1) - np.diff(gt, axis=1), axis=-1)
+    jerr = (step / iod).mean()
+    return {"nme": float(nme * 100), "jitter": float(jit * 100), "jitter_error": float(jerr * 100)}

@@ -74,3 +74,14 @@ def test_translation_invariance_of_stability_metrics(dx, dy):
     assert M.allan_deviation(track + [dx, dy]) == pytest.approx(M.allan_deviation(track), rel=1e-9, abs=1e-9)
     g = track * 0 + face()
     assert M.jitter_error(track + [dx, dy], g) == pytest.approx(M.jitter_error(track, g), rel=1e-9, abs=1e-12)
+
+
+def test_sequence_metrics_planted():
+    gt = np.zeros((2, 6, 68, 2))
+    gt[:, :, 45, 0] = 100.0  # IOD 100 px
+    still_offset = gt + [3.0, 4.0]  # 5 px everywhere, never moving
+    m = M.sequence_metrics(still_offset, gt)
+    assert m["nme"] == pytest.approx(5.0) and m["jitter"] == pytest.approx(0.0) and m["jitter_error"] == pytest.approx(0.0)
+    flicker = gt + np.array([1.0, 0.0]) * np.array([1, -1, 1, -1, 1, -1])[None, :, None, None]  # +-1 px each frame
+    m = M.sequence_metrics(flicker, gt)
+    assert m["nme"] == pytest.approx(1.0) and m["jitter"] == pytest.approx(1.0) and m["jitter_error"] == pytest.approx(2.0)

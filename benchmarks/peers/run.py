@@ -230,12 +230,8 @@ def part_still(args, res: dict) -> None:
         row = {}
         for k, tr in tracks.items():
             ok = np.isfinite(tr).all(axis=(1, 2, 3))  # sequences tracked on every frame
-            g = np.repeat(gts[ok][:, None], args.length, axis=1)
-            err = tr[ok] - g
-            iod = ibug.interocular(gts[ok])[:, None]
-            jit = np.sqrt(((err - err.mean(1, keepdims=True)) ** 2).sum(-1).mean(1)) / iod  # (n, K)
-            row[k] = {"sequences": int(ok.sum()), "of": len(tr), "nme": float(nme_pct(tr[ok], g).mean()),
-                      "jitter": float(100 * jit.mean())}
+            m = metrics.sequence_metrics(tr[ok], np.repeat(gts[ok][:, None], args.length, axis=1))
+            row[k] = {"sequences": int(ok.sum()), "of": len(tr), "nme": m["nme"], "jitter": m["jitter"]}
         out[str(sigma)] = row
         print(f"  sigma {sigma:g}: " + ", ".join(f"{k} {r['jitter']:.3f}" for k, r in row.items()), flush=True)
     res["still"] = {"images": len(val), "length": args.length, "sigmas": out}
