@@ -62,9 +62,9 @@ class _TimedDecoder(Decoder):
         super().__init__(*args, **kwargs)
         self.timer = timer
 
-    def __call__(self, heatmaps: np.ndarray, crop: C.CropBox) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, heatmaps: np.ndarray, crop: C.CropBox, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         with self.timer.stage("pdc"):
-            return super().__call__(heatmaps, crop)
+            return super().__call__(heatmaps, crop, offset)
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,17 @@ class Decoder:
             raise ValueError(f"unknown decoder {method!r}")
         self.crop_size, self.stride, self.method, self.threshold = crop_size, stride, method, threshold
 
-    def __call__(self, heatmaps: np.ndarray, crop: CropBox) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Points in crop pixels and scores."""
         if self.method == "pdc":
-            pts, scores = codec.decode_pdc(heatmaps, self.stride, self.threshold)
-        else:
-            pts, scores = codec.decode_argmax(heatmaps, self.stride)
+            return codec.decode_pdc(heatmaps, self.stride, self.threshold)
+        return codec.decode_argmax(heatmaps, self.stride)
+
+    def __call__(self, heatmaps: np.ndarray, crop: CropBox, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Points in source pixels and scores; ``offset`` (crop pixels) is added before the uncrop."""
+        pts, scores = self.decode(heatmaps)
+        if offset is not None:
+            pts = pts + offset
         return to_source(pts, crop, self.crop_size).astype(np.float32), scores
 
 
@@ -197,9 +203,13 @@ class ConvLSTMStep:
 class ConvLSTMStabilizer:
     """The paper's stabilizer: ConvLSTM over the backbone heatmaps, then PDC, then uncrop.
 
-    With ``motion_compensation`` the state is shifted, before each step, by the face's
-    translation since the previous frame (the median displacement of the raw landmarks), so
-    the ConvLSTM averages away per-landmark noise without lagging behind head or camera motion.
+    With ``motion_compensation`` the ConvLSTM follows the face's translation (the median
+    displacement of the raw landmarks since the last shift), so it averages away per-landmark
+    noise without lagging behind head or camera motion. The state keeps its own frame,
+    ``offset`` heatmap cells behind the crop's: each input is shifted by ``-offset`` into that
+    frame (68 maps, bilinear) and the landmarks are shifted back exactly; whenever the offset
+    reaches half a cell, the state moves by whole cells (a copy, no interpolation). This is the
+    same as resampling the state every frame, at an eighth of the cost and without its blur.
     """
 
     min_shift = 0.1  # heatmap cells (0.4 crop px at stride 4) while the face moves: above the noise of a 68-point median
@@ -216,6 +226,7 @@ class ConvLSTMStabilizer:
         self.c: np.ndarray | None = None
         self.crop: CropBox | None = None
         self.raw: np.ndarray | None = None
+        self.offset = np.zeros(2)  # (x, y) heatmap cells: state index = crop index - offset
         self.since_shift = self.still_after  # a new track starts as a still face
 
     def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
@@ -228,9 +239,12 @@ class ConvLSTMStabilizer:
             for _ in range(self.prime_steps):
                 _, self.h, self.c = self.step(heatmaps[None], self.h, self.c)
         else:
-            m, shift = None, None
             if self.crop is not None and crop != self.crop:
+                # the state moves into the new crop's frame, offset included
                 m = crop_change(self.crop, crop, self.decoder.crop_size, self.decoder.stride)
+                m = _compose(np.array([[1.0, 0.0, -self.offset[0]], [0.0, 1.0, -self.offset[1]]]), m)
+                self._warp_state(m)
+                self.offset = np.zeros(2)
                 if self.raw is not None:  # previous raw landmarks, moved into the new crop
                     self.raw = to_crop(to_source(self.raw, self.crop, self.decoder.crop_size), crop, self.decoder.crop_size)
             if raw is not None and self.raw is not None:
@@ -239,23 +253,51 @@ class ConvLSTMStabilizer:
                 limit = self.min_shift if self.since_shift < self.still_after else self.min_shift_still
                 self.since_shift += 1
                 if np.hypot(*d) > limit:
-                    shift = d
                     self.since_shift = 0
-                    if m is not None:
-                        m = _compose(m, np.array([[1.0, 0.0, -d[0]], [0.0, 1.0, -d[1]]]))
                     self.raw = raw
-            if m is not None or shift is not None:
-                n = self.h.shape[1]
-                both = np.concatenate([self.h[0], self.c[0]])
-                # the common case, a face moving inside a still crop, is a plain translation
-                both = warp_maps(both, m) if m is not None else shift_maps(both, float(shift[0]), float(shift[1]))
-                self.h, self.c = both[None, :n], both[None, n:]
+                    self.offset = self.offset + d
+                    whole = np.round(self.offset)
+                    if whole.any():
+                        self.h, self.c = (shift_whole(x, int(whole[0]), int(whole[1])) for x in (self.h, self.c))
+                        self.offset = self.offset - whole
         self.crop = crop
         if self.raw is None:
             self.raw = raw
-        s, self.h, self.c = self.step(heatmaps[None], self.h, self.c)
-        pts, _ = self.decoder(s[0], crop)
+        o = heatmaps
+        if self.offset.any():
+            o = shift_maps(heatmaps, -float(self.offset[0]), -float(self.offset[1]))
+        s, self.h, self.c = self.step(o[None], self.h, self.c)
+        pts, _ = self.decoder(s[0], crop, self.offset * self.decoder.stride)
         return pts, raw_scores.astype(np.float32)
+
+    def _warp_state(self, m: np.ndarray) -> None:
+        n = self.h.shape[1]
+        both = warp_maps(np.concatenate([self.h[0], self.c[0]]), m)
+        self.h, self.c = both[None, :n], both[None, n:]
+
+
+def shift_whole(maps: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``out[..., y, x] = maps[..., y - dy, x - dx]`` for whole cells, edges replicated (block copies)."""
+    return _shift_axis(_shift_axis(maps, dy, -2), dx, -1)
+
+
+def _shift_axis(a: np.ndarray, n: int, axis: int) -> np.ndarray:
+    if n == 0:
+        return a
+    size = a.shape[axis]
+    n = max(-size, min(size, n))
+    out = np.empty_like(a)
+    dst, src = [slice(None)] * a.ndim, [slice(None)] * a.ndim
+    if n > 0:  # content moves towards higher indices; the first n copy the first row
+        dst[axis], src[axis] = slice(n, None), slice(0, size - n)
+        out[tuple(dst)] = a[tuple(src)]
+        dst[axis], src[axis] = slice(0, n), slice(0, 1)
+    else:
+        dst[axis], src[axis] = slice(0, size + n), slice(-n, None)
+        out[tuple(dst)] = a[tuple(src)]
+        dst[axis], src[axis] = slice(size + n, None), slice(size - 1, size)
+    out[tuple(dst)] = a[tuple(src)]
+    return out
 
 
 def _compose(first: np.ndarray, then: np.ndarray) -> np.ndarray:

@@ -139,8 +139,7 @@ def test_training_compensation_matches_the_runtime(tmp_path, still_frames):
     from stableface import codec
     from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
     from stableface.training.convlstm import ConvLSTM, export
-    from stableface.training.finetune import run_sequences
-    from stableface.training.losses import pdc
+    from stableface.training.finetune import landmarks, run_sequences
 
     torch.manual_seed(0)
     model = ConvLSTM(3, 2, init="ema", alpha=0.4)
@@ -155,8 +154,8 @@ def test_training_compensation_matches_the_runtime(tmp_path, still_frames):
     box = CropBox(64.0, 64.0, 128.0)
     runtime = np.stack([stab.update(h, box, t * 40.0)[0] for t, h in enumerate(hms)])
     with torch.no_grad():
-        s = run_sequences(model, torch.from_numpy(hms)[None], raw=torch.from_numpy(raw)[None], stride=4.0)
-    trained = pdc(s, 0.2, 4.0)[0].numpy()
+        s, offset = run_sequences(model, torch.from_numpy(hms)[None], raw=torch.from_numpy(raw)[None], stride=4.0)
+    trained = landmarks(s, offset, 0.2, 4.0)[0].numpy()
     assert np.abs(runtime - trained).max() < 1e-3
 
 
@@ -192,3 +191,17 @@ def test_shipped_stabilizer_holds_a_still_noise_free_face_still():
     pts = np.stack([pipe.update(photo, 40.0 * t).faces[0].landmarks for t in range(12)])
     drift = np.linalg.norm(pts - pts[-1], axis=-1).mean(-1).max() / ibug.interocular(pts[-1])
     assert drift < 0.002, drift  # fraction of IOD; 4 priming steps left a start-up drift of 0.004
+
+
+@pytest.mark.parametrize("dx,dy", [(0, 0), (1, -2), (-3, 5), (40, 0), (0, -40)])
+def test_shift_whole_is_the_bilinear_shift_at_whole_cells(dx, dy):
+    from stableface.stabilizer import shift_maps, shift_whole
+
+    maps = np.random.default_rng(4).random((1, 3, 12, 16)).astype(np.float32)
+    got = shift_whole(maps, dx, dy)
+    assert got.shape == maps.shape
+    assert np.abs(got[0] - shift_maps(maps[0], dx, dy)).max() < 1e-6
+    if (dx, dy) == (1, -2):  # spelled out: column 0 replicates the old column 0, the last two rows the old last row
+        assert np.array_equal(got[0, :, :-2, 1:], maps[0, :, 2:, :-1])
+        assert np.array_equal(got[0, :, :, 0], got[0, :, :, 1])
+        assert np.array_equal(got[0, :, -1], got[0, :, -2])

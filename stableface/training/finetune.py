@@ -95,35 +95,56 @@ def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> tor
 RT = ConvLSTMStabilizer
 
 
+def shift_bilinear(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``out[b, :, q] = x[b, :, q - d[b]]`` (d (B, 2) in cells, (x, y)), bilinear, edges replicated:
+    the runtime's ``shift_maps``."""
+    b, _, h, w = x.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype, device=x.device),
+                            torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij")
+    gx = (2 * (xs[None] - d[:, 0, None, None] + 0.5) / w) - 1
+    gy = (2 * (ys[None] - d[:, 1, None, None] + 0.5) / h) - 1
+    return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def shift_whole(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """``out[b, :, q] = x[b, :, q - n[b]]`` for whole cells n (B, 2), edges replicated (exact copy)."""
+    b, c, h, w = x.shape
+    ys = (torch.arange(h, device=x.device)[None] - n[:, 1, None]).clamp(0, h - 1)  # (B, H)
+    xs = (torch.arange(w, device=x.device)[None] - n[:, 0, None]).clamp(0, w - 1)
+    x = x.gather(2, ys[:, None, :, None].expand(b, c, h, w))
+    return x.gather(3, xs[:, None, None, :].expand(b, c, h, w))
+
+
 def compensate(hs: torch.Tensor, cs: torch.Tensor, raw: torch.Tensor, anchor: torch.Tensor, stride: float,
-               since: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Torch twin of the runtime's motion compensation: shift the state by the median raw-landmark
-    displacement since the last shift, when it exceeds ``min_shift`` heatmap cells (``min_shift_still``
-    once ``since`` (B,), the frames since the last shift, reaches ``still_after``)."""
+               since: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Torch twin of the runtime's motion compensation. The median raw-landmark displacement since
+    the last shift, when above ``min_shift`` heatmap cells (``min_shift_still`` once ``since`` (B,),
+    the frames since the last shift, reaches ``still_after``), is added to ``offset`` (B, 2), the
+    state frame's lag behind the crop; whole cells of it move the state (an exact copy)."""
     d = torch.quantile(raw - anchor, 0.5, dim=1) / stride  # (B, 2) cells, like numpy's median
     limit = torch.where(since < RT.still_after, RT.min_shift, RT.min_shift_still).to(d.dtype)
     move = torch.linalg.vector_norm(d, dim=1) > limit
     since = torch.where(move, torch.zeros_like(since), since + 1)
     if not bool(move.any()):
-        return hs, cs, anchor, since
-    d = d * move[:, None].to(d.dtype)
-    b, n, h, w = hs.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=hs.dtype, device=hs.device),
-                            torch.arange(w, dtype=hs.dtype, device=hs.device), indexing="ij")
-    gx = (2 * (xs[None] - d[:, 0, None, None] + 0.5) / w) - 1  # sample at q - d: out[q] = in[q - d]
-    gy = (2 * (ys[None] - d[:, 1, None, None] + 0.5) / h) - 1
-    both = F.grid_sample(torch.cat([hs, cs], 1), torch.stack([gx, gy], dim=-1), mode="bilinear",
-                         padding_mode="border", align_corners=False)
+        return hs, cs, anchor, since, offset
+    offset = offset + d * move[:, None].to(d.dtype)
+    whole = torch.round(offset)
+    if bool((whole != 0).any()):
+        n = whole.to(torch.long)
+        hs, cs = shift_whole(hs, n), shift_whole(cs, n)
+        offset = offset - whole
     anchor = torch.where(move[:, None, None], raw, anchor)
-    return both[:, :n], both[:, n:], anchor, since
+    return hs, cs, anchor, since, offset
 
 
 def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple | None = None, raw: torch.Tensor | None = None,
                   stride: float = 4.0, return_state: bool = False):
-    """Stabilized heatmaps for (B, T, K, H, W) inputs, from ``state`` (None: a new sequence).
+    """Stabilized heatmaps (B, T, K, H, W) for (B, T, K, H, W) inputs, from ``state`` (None: a new
+    sequence), and the offsets (B, T, 2) of their frames in heatmap cells: landmarks in the crop are
+    ``pdc(s) + offset * stride`` (``landmarks``).
 
     With ``raw`` (B, T, K, 2), the raw landmarks in crop pixels, the state is motion-compensated
-    before every step as at run time.
+    before every step as at run time (the input is shifted into the state's frame).
     """
     b, t, k, h, w = hms.shape
     if state is None:  # a new sequence: primed like the runtime primes a new track
@@ -133,27 +154,38 @@ def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple | None = None
                 _, hs, cs = model(hms[:, 0], hs, cs)
         anchor = None
         since = torch.full((b,), RT.still_after, dtype=torch.long, device=hms.device)
+        offset = hms.new_zeros(b, 2)
     else:
-        hs, cs, anchor, since = state
-    out = []
+        hs, cs, anchor, since, offset = state
+    out, offsets = [], []
     for i in range(t):
+        o = hms[:, i]
         if raw is not None:
             if anchor is None:
                 anchor = raw[:, i]
             else:
-                hs, cs, anchor, since = compensate(hs, cs, raw[:, i], anchor, stride, since)
-        s, hs, cs = model(hms[:, i], hs, cs)
+                hs, cs, anchor, since, offset = compensate(hs, cs, raw[:, i], anchor, stride, since, offset)
+            if bool((offset != 0).any()):
+                o = shift_bilinear(o, -offset)
+        s, hs, cs = model(o, hs, cs)
         out.append(s)
-    stacked = torch.stack(out, dim=1)
-    return (stacked, (hs, cs, anchor, since)) if return_state else stacked
+        offsets.append(offset)
+    stacked, offs = torch.stack(out, dim=1), torch.stack(offsets, dim=1)
+    return (stacked, offs, (hs, cs, anchor, since, offset)) if return_state else (stacked, offs)
 
 
-def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, gt: torch.Tensor, stride: float) -> torch.Tensor:
+def landmarks(s: torch.Tensor, offset: torch.Tensor, threshold: float, stride: float) -> torch.Tensor:
+    """Landmarks (B, T, K, 2) in crop pixels from ``run_sequences``' output."""
+    return pdc(s, threshold, stride) + offset[..., None, :] * stride
+
+
+def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, offset: torch.Tensor, gt: torch.Tensor, stride: float) -> torch.Tensor:
+    """Jitter loss (or L2) of ``run_sequences``' output; heatmap targets are placed in the state's frame."""
     size = s.shape[-1]
-    tgt = targets(gt, size, stride, cfg.sigma)
+    tgt = targets(gt - offset[..., None, :] * stride, size, stride, cfg.sigma)
     if cfg.loss == "l2":
         return ((s - tgt) ** 2).mean()
-    u = pdc(s, cfg.pdc_threshold, stride)
+    u = landmarks(s, offset, cfg.pdc_threshold, stride)
     loss = s.new_zeros(())
     for t in range(1, s.shape[1]):
         loss = loss + jitter_loss(s[:, t], tgt[:, t], u[:, t], u[:, t - 1], gt[:, t], gt[:, t - 1], cfg.theta, cfg.xi)
@@ -173,7 +205,7 @@ def validate(model: ConvLSTM, val: dict[str, tuple], stride: float, threshold: f
         for i in range(0, len(hms), 16):
             x = torch.from_numpy(hms[i:i + 16].astype(np.float32)).to(device)
             r = torch.from_numpy(rp[i:i + 16]).to(device) if compensate_motion else None
-            stab.append(pdc(run_sequences(model, x, raw=r, stride=stride), threshold, stride).cpu().numpy())
+            stab.append(landmarks(*run_sequences(model, x, raw=r, stride=stride), threshold, stride).cpu().numpy())
             raw.append(codec.decode_pdc(hms[i:i + 16].astype(np.float32), stride, threshold)[0])
         for tag, pred in (("raw", np.concatenate(raw)), ("stab", np.concatenate(stab))):
             for k, v in sequence_metrics(pred, gt).items():
@@ -239,14 +271,14 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             state = None
             if burn:
                 with torch.no_grad():
-                    _, state = run_sequences(model, torch.from_numpy(hms[idx, :burn].astype(np.float32)).to(cfg.device),
+                    _, _, state = run_sequences(model, torch.from_numpy(hms[idx, :burn].astype(np.float32)).to(cfg.device),
                                              raw=None if r is None else r[:, :burn], stride=backbone.stride,
                                              return_state=True)
             step = epoch * steps_per_epoch + b
             for grp in opt.param_groups:
                 grp["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            out_s = run_sequences(model, x, state, raw=None if r is None else r[:, burn:], stride=backbone.stride)
-            loss = sequence_loss(cfg, out_s, g, backbone.stride)
+            out_s, offs = run_sequences(model, x, state, raw=None if r is None else r[:, burn:], stride=backbone.stride)
+            loss = sequence_loss(cfg, out_s, offs, g, backbone.stride)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
