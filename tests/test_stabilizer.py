@@ -131,6 +131,29 @@ def test_motion_compensation_removes_lag_on_a_moving_face(tmp_path):
     assert errors[True] < 0.5
 
 
+def test_motion_compensation_survives_crop_moves(tmp_path):
+    """A face moving 1.5 px a frame while the crop jumps after it every 6 frames: the offset
+    between the state's frame and the crop is folded into the state at each crop move, so the
+    landmarks keep up (a sign error there would leave them several px off)."""
+    from stableface import codec
+    from stableface.crop import to_crop
+    from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
+    from stableface.training.convlstm import ConvLSTM, export
+
+    torch.manual_seed(0)
+    export(ConvLSTM(3, 2, init="ema", alpha=0.4), tmp_path / "ema.onnx", 32)
+    stab = ConvLSTMStabilizer(ConvLSTMStep(tmp_path / "ema.onnx", device="cpu"), Decoder(128, 4.0))
+    base = np.array([[140.0, 150.0], [160.0, 170.0], [180.0, 150.0]])  # source pixels
+    errors = []
+    for t in range(30):
+        truth = base + [1.5 * t, 0.5 * t]
+        box = CropBox(160.0 + 9.0 * (t // 6), 160.0 + 3.0 * (t // 6), 128.0)
+        hm = codec.encode(to_crop(truth, box, 128), (32, 32), 4)
+        pts, _ = stab.update(hm, box, t * 40.0)
+        errors.append(float(np.abs(pts - truth).max()))
+    assert max(errors[8:]) < 0.6, errors
+
+
 @pytest.mark.parametrize("still_frames", [0, 10])
 def test_training_compensation_matches_the_runtime(tmp_path, still_frames):
     """The torch twin used in finetune gives the runtime's stabilized landmarks, for a moving face
