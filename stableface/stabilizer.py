@@ -209,7 +209,7 @@ class ConvLSTMStabilizer:
     ``offset`` heatmap cells behind the crop's: each input is shifted by ``-offset`` into that
     frame (68 maps, bilinear) and the landmarks are shifted back exactly; whenever the offset
     reaches half a cell, the state moves by whole cells (a copy, no interpolation). This is the
-    same as resampling the state every frame, at an eighth of the cost and without its blur.
+    same as resampling the state every frame, on a quarter of the maps and without re-blurring the state.
     """
 
     min_shift = 0.1  # heatmap cells (0.4 crop px at stride 4) while the face moves: above the noise of a 68-point median
