@@ -650,7 +650,7 @@ def _format_metrics(metrics: dict) -> str:
 @click.option("--epochs", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
-@click.option("--hidden", type=click.IntRange(1, 16), default=2, show_default=True, help="Hidden channels per landmark.")
+@click.option("--hidden", type=click.IntRange(1, 16), default=1, show_default=True, help="Hidden channels per landmark.")
 @click.option("--loss", type=click.Choice(["jitter", "l2"]), default="jitter", show_default=True)
 @click.option("--init", "init", type=click.Choice(["ema", "identity"]), default="ema", show_default=True,
               help="Start as a moving average of the heatmaps (ema) or as the raw backbone (identity).")
