@@ -176,7 +176,6 @@ class Scorer:
 
     def normaliser(self, gt: np.ndarray) -> np.ndarray:
         """(…, K_annotation, 2) -> (…)."""
-        self.full.check(gt)
         if self.norm == "iod":
             return self.full.interocular(gt)
         return bbox_size(self.full.pairs(np.zeros(gt.shape[:-2] + (ibug.K, 2)), gt)[1])

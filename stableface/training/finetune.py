@@ -150,7 +150,7 @@ def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple | None = None
     if state is None:  # a new sequence: primed like the runtime primes a new track
         hs, cs = model.zeros(b, h, hms.device)
         with torch.no_grad():
-            for _ in range(ConvLSTMStabilizer.prime_steps):
+            for _ in range(RT.prime_steps):
                 _, hs, cs = model(hms[:, 0], hs, cs)
         anchor = None
         since = torch.full((b,), RT.still_after, dtype=torch.long, device=hms.device)
