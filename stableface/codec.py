@@ -17,6 +17,8 @@ import numpy as np
 
 DEFAULT_SIGMA = 1.5
 DEFAULT_PDC_THRESHOLD = 0.2
+DEFAULT_PDC_MODE = "continuous"
+PDC_MODES = ("continuous", "hard")
 
 
 def encode(points: np.ndarray, size: tuple[int, int], stride: float, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
@@ -31,18 +33,24 @@ def encode(points: np.ndarray, size: tuple[int, int], stride: float, sigma: floa
     return np.exp(-(dx2 + dy2) / (2.0 * sigma * sigma)).astype(np.float32)
 
 
-def decode_pdc(heatmaps: np.ndarray, stride: float, threshold: float = DEFAULT_PDC_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
-    """Probability Density Centralization (paper, Algorithm 1).
+def decode_pdc(heatmaps: np.ndarray, stride: float, threshold: float = DEFAULT_PDC_THRESHOLD,
+               mode: str = DEFAULT_PDC_MODE) -> tuple[np.ndarray, np.ndarray]:
+    """Probability Density Centralization (paper, Algorithm 1), in two forms.
 
-    Values below ``threshold`` are zeroed and the centre of mass of what remains is the
-    landmark. Where no value reaches the threshold (a very weak map), the centre of mass of
-    the positive part is used instead, so every landmark gets a finite position.
+    * ``continuous`` (the default, a deviation from Algorithm 1): the weight of a cell is
+      ``max(phi - threshold, 0)``. It grows from zero as a cell crosses the threshold, so a
+      landmark moves continuously with the heatmap: no cell adds or removes ``threshold`` of mass
+      at once (the hard form's jitter on video).
+    * ``hard`` (Algorithm 1): values below ``threshold`` are zeroed and the rest keep their value.
+
+    Where no value exceeds the threshold (a very weak map), the centre of mass of the positive
+    part is used instead, so every landmark gets a finite position.
 
     Returns ``(points, scores)``: points (..., K, 2) in crop space, scores (..., K) = map peaks.
     """
     hm = np.asarray(heatmaps, dtype=np.float32)
     h, w = hm.shape[-2:]
-    kept = hm * (hm >= threshold)
+    kept = pdc_weights(hm, threshold, mode)
     mass = kept.sum(axis=(-2, -1))
     weak = mass <= 1e-12
     if np.any(weak):
@@ -58,6 +66,15 @@ def decode_pdc(heatmaps: np.ndarray, stride: float, threshold: float = DEFAULT_P
     points = (np.stack([cx, cy], axis=-1) + 0.5) * stride
     scores = hm.reshape(*hm.shape[:-2], -1).max(axis=-1)
     return points.astype(np.float32), scores.astype(np.float32)
+
+
+def pdc_weights(hm: np.ndarray, threshold: float, mode: str = DEFAULT_PDC_MODE) -> np.ndarray:
+    """The mass PDC gives each cell: ``max(phi - threshold, 0)`` (continuous) or ``phi * (phi >= threshold)`` (hard)."""
+    if mode == "continuous":
+        return np.maximum(hm - threshold, 0.0)
+    if mode == "hard":
+        return hm * (hm >= threshold)
+    raise ValueError(f"unknown PDC mode {mode!r}: continuous or hard")
 
 
 def decode_argmax(heatmaps: np.ndarray, stride: float) -> tuple[np.ndarray, np.ndarray]:

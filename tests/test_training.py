@@ -21,14 +21,14 @@ needs_data = pytest.mark.skipif(not DATA.exists(), reason="shared training data 
 @needs_data
 @pytest.mark.slow
 def test_backbone_trains_exports_and_loads(tmp_path):
-    from stableface.training.backbone import BackboneConfig, train
+    from stableface.training.train_backbone import BackboneConfig, train
     from stableface.training.export import export_backbone
 
     cfg = BackboneConfig(data=str(DATA), out=str(tmp_path / "run"), epochs=2, batch=4, size=64, limit=8,
                          pretrained=None, warmup_epochs=0.5)
     steps = []
     metrics = train(cfg, log=lambda s: None, on_step=lambda s, n, info: steps.append((s, n)))
-    assert steps[-1] == (4, 4) and np.isfinite(metrics["nme_pdc"])
+    assert steps[-1] == (8, 8) and np.isfinite(metrics["nme_pdc"])
     assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "best.pt").exists()
     # resuming a finished run trains nothing more and reports the last validation
     more = []
@@ -45,7 +45,7 @@ def test_backbone_trains_exports_and_loads(tmp_path):
 @needs_data
 @pytest.mark.slow
 def test_finetune_runs_over_an_onnx_backbone_and_exports(tmp_path):
-    from stableface.training.backbone import BackboneConfig, train
+    from stableface.training.train_backbone import BackboneConfig, train
     from stableface.training.export import export_backbone
     from stableface.training.finetune import FinetuneConfig, export_checkpoint
     from stableface.training.finetune import train as finetune

@@ -30,7 +30,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path, tol: float = 1e-3) 
     ck = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
     cfg = ck.get("config", {})
     size = int(cfg.get("size", 128))
-    net = HeatmapNet(k=ibug.K)
+    net = HeatmapNet(k=ibug.K, width=int(cfg.get("width", 96)), context=bool(cfg.get("context", False)))
     net.load_state_dict(ck["model"])
     net.eval()
     out = Path(out)
@@ -41,6 +41,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path, tol: float = 1e-3) 
     meta = {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "color": "rgb",
             "stride": net.stride, "num_landmarks": ibug.K, "landmark_scheme": ibug.SCHEME, "crop_scale": CROP_SCALE,
             "heatmap": f"gaussian sigma {cfg.get('sigma', codec.DEFAULT_SIGMA)} cells, peak 1, relu output",
+            "pdc_mode": cfg.get("pdc_mode", "hard"), "pdc_threshold": cfg.get("pdc_threshold", codec.DEFAULT_PDC_THRESHOLD),
             "stableface_version": __version__, "validation": ck.get("metrics", {})}
     _add_metadata(tmp, meta)
     sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])

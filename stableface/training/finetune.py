@@ -23,7 +23,7 @@ from stableface.metrics import sequence_metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.stabilizer import ConvLSTMStabilizer
 from stableface.training import data as D
-from stableface.training.backbone import start_run
+from stableface.training.run import start_run
 from stableface.training.convlstm import ConvLSTM, export
 from stableface.training.losses import geman_mcclure, jitter_loss, pdc
 from stableface.training.sequences import SequenceSpec, make_sequence

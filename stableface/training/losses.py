@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 
-def pdc(heatmaps: torch.Tensor, threshold: float = 0.2, stride: float = 1.0) -> torch.Tensor:
-    """Differentiable PDC (Algorithm 1): zero values below ``threshold``, centre of mass.
+def pdc(heatmaps: torch.Tensor, threshold: float = 0.2, stride: float = 1.0, mode: str = "continuous") -> torch.Tensor:
+    """Differentiable PDC, the twin of ``stableface.codec.decode_pdc``: cell weights
+    ``max(phi - threshold, 0)`` (``continuous``) or ``phi * (phi >= threshold)`` (``hard``, Algorithm 1),
+    then the centre of mass.
 
     heatmaps (..., K, H, W) -> points (..., K, 2) in crop space (same convention as
     ``stableface.codec.decode_pdc``; ``stride=1`` gives heatmap-cell units + 0.5).
@@ -14,7 +16,12 @@ def pdc(heatmaps: torch.Tensor, threshold: float = 0.2, stride: float = 1.0) -> 
     """
     h, w = heatmaps.shape[-2:]
     pos = heatmaps.clamp(min=0)
-    kept = torch.where(heatmaps >= threshold, heatmaps, torch.zeros_like(heatmaps))
+    if mode == "continuous":
+        kept = (heatmaps - threshold).clamp(min=0)
+    elif mode == "hard":
+        kept = torch.where(heatmaps >= threshold, heatmaps, torch.zeros_like(heatmaps))
+    else:
+        raise ValueError(f"unknown PDC mode {mode!r}: continuous or hard")
     mass = kept.sum(dim=(-2, -1), keepdim=True)
     kept = torch.where(mass > 1e-12, kept, pos)
     mass = kept.sum(dim=(-2, -1)).clamp(min=1e-12)

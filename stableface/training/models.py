@@ -37,23 +37,26 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res else self.conv(x)
 
 
-# (expand, channels, repeats, stride) of torchvision's MobileNetV2, up to stride 16 (features.0-13)
+# (expand, channels, repeats, stride) of torchvision's MobileNetV2: up to stride 16 (features.0-13),
+# then the stride-32 stages (features.14-17) for context
 _CFG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1)]
+_CFG32 = [(6, 160, 3, 2), (6, 320, 1, 1)]
 
 
 class MobileNetV2Features(nn.Module):
-    """``features.0`` to ``features.13`` of torchvision's MobileNetV2; returns strides 4, 8, 16."""
+    """``features.0`` to ``features.13`` of torchvision's MobileNetV2 (``features.17`` with
+    ``context``); returns strides 4, 8, 16 (and 32)."""
 
-    def __init__(self) -> None:
+    def __init__(self, context: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [_conv_bn(3, 32, 3, 2)]
         cin = 32
-        for t, c, n, s in _CFG:
+        for t, c, n, s in _CFG + (_CFG32 if context else []):
             for i in range(n):
                 layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
                 cin = c
         self.features = nn.Sequential(*layers)
-        self.taps = {3: "s4", 6: "s8", 13: "s16"}
+        self.taps = {3: "s4", 6: "s8", 13: "s16", 17: "s32"}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
@@ -76,16 +79,19 @@ class MobileNetV2Features(nn.Module):
 
 
 class HeatmapNet(nn.Module):
-    """MobileNetV2 (stride 16) + FPN-lite head -> K heatmaps at stride 4.
+    """MobileNetV2 (stride 16, or 32 with ``context``) + FPN-lite head -> K heatmaps at stride 4.
 
     Input: (N, 3, S, S) RGB already normalised with ImageNet mean/std. Output: (N, K, S/4, S/4),
     trained towards Gaussians of peak 1; ``forward`` clamps at 0 so heatmaps are non-negative.
     """
 
-    def __init__(self, k: int = 68, width: int = 96) -> None:
+    def __init__(self, k: int = 68, width: int = 96, context: bool = False) -> None:
         super().__init__()
-        self.body = MobileNetV2Features()
-        self.lat16 = _conv_bn(96, width, 1)
+        self.context = context
+        self.body = MobileNetV2Features(context)
+        if context:  # stride-32 features, upsampled into the stride-16 lateral
+            self.lat32 = _conv_bn(320, width, 1, relu=False)
+        self.lat16 = _conv_bn(96, width, 1, relu=not context)
         self.lat8 = _conv_bn(32, width, 1, relu=False)
         self.lat4 = _conv_bn(24, width, 1, relu=False)
         self.smooth8 = nn.Sequential(_conv_bn(width, width, 3, groups=width), _conv_bn(width, width, 1))
@@ -98,6 +104,8 @@ class HeatmapNet(nn.Module):
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         f = self.body(x)
         y = self.lat16(f["s16"])
+        if self.context:
+            y = F.relu(y + F.interpolate(self.lat32(f["s32"]), size=y.shape[-2:], mode="bilinear", align_corners=False))
         y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
         y = self.smooth8(F.relu(y + self.lat8(f["s8"])))
         y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
