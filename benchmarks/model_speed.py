@@ -19,7 +19,8 @@ import numpy as np
 from stableface.backbone import HeatmapBackbone
 from stableface import codec
 from stableface.crop import CropBox
-from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder, shift_maps
+from stableface import grid
+from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
 from stableface.weights import resolve
 
 
@@ -50,22 +51,22 @@ def main() -> None:
     o = rng.random((1, step.k, step.heatmap_size, step.heatmap_size), dtype=np.float32)
     h, c = step.zeros(1)
     t_st = median_ms(lambda: step(o, h, c), args.runs)
-    both = np.concatenate([h, c], axis=1)[0] + rng.random((2 * step.k * step.hidden, step.heatmap_size, step.heatmap_size),
-                                                          dtype=np.float32)
-    t_shift = median_ms(lambda: shift_maps(both, 0.37, -0.21), args.runs)
-    t_in = median_ms(lambda: shift_maps(o[0], 0.37, -0.21), args.runs)
+    a = np.deg2rad(2.0)
+    pull = np.array([[np.cos(a), -np.sin(a), 0.37], [np.sin(a), np.cos(a), -0.21]])
+    t_in = median_ms(lambda: grid.warp(o[0], pull), args.runs)
     t_pdc = median_ms(lambda: codec.decode_pdc(o[0], bb.stride), args.runs)
     # the runtime stage on a face circling 12 crop px around its place, 40 frames a turn (1.9 px,
-    # about half a heatmap cell, per frame): raw PDC, motion estimate, state shift, step, PDC
+    # about half a heatmap cell, per frame): raw PDC, filtered motion, input warp, step, PDC
     stab = ConvLSTMStabilizer(step, Decoder(bb.size, bb.stride))
     box = CropBox(bb.size / 2, bb.size / 2, float(bb.size))
     pts = rng.uniform(30, bb.size - 30, size=(step.k, 2))
     turn = [2 * np.pi * i / 40 for i in range(40)]
     moving = [codec.encode(pts + [12 * np.cos(a), 12 * np.sin(a)], (step.heatmap_size,) * 2, bb.stride) for a in turn]
     i = iter(range(10 ** 9))
-    t_stage = median_ms(lambda: stab.update(moving[next(i) % 40], box, 0.0), args.runs)
+    t_stage = median_ms(lambda: stab.update(moving[next(i) % 40], box, 40.0 * next(i)), args.runs)
     still = ConvLSTMStabilizer(step, Decoder(bb.size, bb.stride))
-    t_still = median_ms(lambda: still.update(moving[0], box, 0.0), args.runs)
+    j = iter(range(10 ** 9))
+    t_still = median_ms(lambda: still.update(moving[0], box, 40.0 * next(j)), args.runs)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime threads "
           f"{args.threads or 'default'}; median of {args.runs} runs")
     print("| model | ms per face | ratio to reference op |")
@@ -73,8 +74,7 @@ def main() -> None:
     print(f"| reference: 256x256 float32 matmul (numpy) | {ref:.3f} | 1.0 |")
     print(f"| backbone {bb.size}x{bb.size} -> {bb.k}x{bb.heatmap_size}x{bb.heatmap_size} | {t_bb:.2f} | {t_bb / ref:.1f} |")
     print(f"| ConvLSTM step (hidden {step.hidden} per landmark) | {t_st:.2f} | {t_st / ref:.1f} |")
-    print(f"| bilinear shift of the state ({both.shape[0]} maps; the previous runtime) | {t_shift:.2f} | {t_shift / ref:.1f} |")
-    print(f"| bilinear shift of the input ({step.k} maps) | {t_in:.2f} | {t_in / ref:.1f} |")
+    print(f"| exact bilinear warp of the input into the state frame ({step.k} maps) | {t_in:.2f} | {t_in / ref:.1f} |")
     print(f"| PDC decode ({step.k} maps) | {t_pdc:.2f} | {t_pdc / ref:.1f} |")
     print(f"| whole stabilizer update, moving face | {t_stage:.2f} | {t_stage / ref:.1f} |")
     print(f"| whole stabilizer update, still face | {t_still:.2f} | {t_still / ref:.1f} |")

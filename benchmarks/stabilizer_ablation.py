@@ -25,7 +25,6 @@ import numpy as np
 
 from stableface.evaluate import video_stability
 from stableface.pipeline import Pipeline, PipelineConfig
-from stableface.stabilizer import ConvLSTMStabilizer
 from stableface.training.finetune import FinetuneConfig, export_checkpoint, train
 from stableface.weights import resolve
 
@@ -61,14 +60,12 @@ def main() -> None:
     ap.add_argument("--only", default="", help="Comma-separated variant names (default: all).")
     ap.add_argument("--limit", type=int, default=0, help="Use only this many training images (smoke runs).")
     ap.add_argument("--hidden", type=int, default=FinetuneConfig.hidden, help="Hidden channels per landmark.")
-    ap.add_argument("--min-shift-still", type=float, default=None,
-                    help="Override the stabilizer's still-face shift threshold (cells), in training and at run time.")
+    ap.add_argument("--sequences", default="synthetic", help="synthetic, real-motion or both (finetune --sequences).")
     args = ap.parse_args()
-    if args.min_shift_still is not None:
-        ConvLSTMStabilizer.min_shift_still = args.min_shift_still
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",") or slug(n) in args.only.split(",")]
     base = FinetuneConfig(data=str(args.data), backbone=str(resolve().backbone), out="", epochs=args.epochs, hidden=args.hidden,
-                          limit=args.limit, val_images=min(100, args.limit) if args.limit else 100)
+                          limit=args.limit, val_images=min(100, args.limit) if args.limit else 100,
+                          sequences=args.sequences)
     videos = sorted(args.videos.glob("*.mp4")) if args.videos.exists() else []
     cache: dict = {}
     results = {}

@@ -25,7 +25,7 @@ from stableface import codec, ibug
 from stableface.metrics import sequence_metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import CropBox
-from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder, OneEuro
+from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder, MotionConfig, OneEuro
 from stableface.training import data as D
 from stableface.training.sequences import SequenceSpec, make_sequence
 from stableface.weights import resolve
@@ -48,7 +48,7 @@ def sequences(samples, backbone, kind, noise, n_frames, seed):
 def run_convlstm(step: ConvLSTMStep, hms: np.ndarray, size: int, stride: float, compensate: bool = True) -> np.ndarray:
     """The runtime stabilizer class on a fixed crop whose coordinates are the crop's own."""
     box = CropBox(size / 2, size / 2, float(size))
-    stab = ConvLSTMStabilizer(step, Decoder(size, stride), motion_compensation=compensate)
+    stab = ConvLSTMStabilizer(step, Decoder(size, stride), None if compensate else MotionConfig(enabled=False))
     out = []
     for seq in hms:
         stab.reset()

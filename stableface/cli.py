@@ -587,7 +587,7 @@ def _plot(draw: Callable[[], Path]) -> Path:
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/backbone"), show_default=True,
               help="Checkpoint folder (last.pt every epoch, best.pt on the best validation NME).")
-@click.option("--epochs", type=click.IntRange(1), default=150, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--batch", type=click.IntRange(2), default=32, show_default=True, help="Images per step (pairs of views of batch/2 faces).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-3, show_default=True)
 @click.option("--size", type=click.IntRange(32), default=128, show_default=True, help="Crop side in pixels.")
@@ -675,11 +675,23 @@ def _format_metrics(metrics: dict) -> str:
 @click.option("--pixel-weight", type=click.FloatRange(0), default=0.1, show_default=True,
               help="Weight of an unmodulated Geman-McClure term added to the Jitter loss (0: Eq. 2 alone).")
 @click.option("--sequences-per-image", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--sequences", type=click.Choice(["both", "real-motion", "synthetic"]), default="both", show_default=True,
+              help="Training sequences: stills moved in a fixed crop (synthetic), real head and face motion rendered "
+                   "through H.264 (real-motion, needs PyAV and --videos), or both.")
+@click.option("--videos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/videos"),
+              show_default=True, help="Talking-head clips whose motion drives the real-motion sequences.")
+@click.option("--real-motion-images", type=click.IntRange(0), default=0, show_default=True,
+              help="Training stills rendered with real motion (0: all).")
+@click.option("--tune-motion/--no-tune-motion", default=True, show_default=True,
+              help="Choose the face-motion filter on the training sequences before training.")
+@click.option("--pdc-mode", type=click.Choice(["continuous", "hard"]), default="continuous", show_default=True,
+              help="PDC weights: max(phi - Theta_PDC, 0) (continuous) or Algorithm 1's hard threshold.")
+@click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="torch CPU threads (0: default).")
 @click.option("--limit", type=click.IntRange(0), default=0, help="Use only this many training images (smoke tests).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
 @click.option("-q", "--quiet", is_flag=True)
 def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, init, init_alpha, theta, xi, pdc_threshold, pixel_weight,
-             sequences_per_image, limit, resume, quiet):
+             sequences_per_image, sequences, videos, real_motion_images, tune_motion, pdc_mode, threads, limit, resume, quiet):
     """Train the ConvLSTM stabilizer with the Jitter loss over a frozen ONNX backbone; needs the [train] extra."""
     try:
         from stableface.training.finetune import FinetuneConfig, export_checkpoint, train
@@ -688,7 +700,9 @@ def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, init, i
     runs = output.with_name(output.name + ".runs")
     cfg = FinetuneConfig(data=str(dataset), backbone=str(backbone), out=str(runs), epochs=epochs, batch=batch, lr=lr,
                          hidden=hidden, loss=loss, init=init, init_alpha=init_alpha, theta=theta, xi=xi, pdc_threshold=pdc_threshold,
-                         pixel_weight=pixel_weight, sequences_per_image=sequences_per_image, limit=limit)
+                         pixel_weight=pixel_weight, sequences_per_image=sequences_per_image, limit=limit, sequences=sequences,
+                         videos=str(videos), real_motion_images=real_motion_images, tune_motion=tune_motion, pdc_mode=pdc_mode,
+                         threads=threads)
     with _training_progress(quiet, "finetune") as on_step:
         metrics = train(cfg, resume=resume, log=lambda s: click.echo(s, err=True), on_step=on_step)
     rep = export_checkpoint(runs / "last.pt", output)

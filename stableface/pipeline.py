@@ -74,6 +74,7 @@ class PipelineConfig:
     redetect_every: int = 10  # frames between detections while tracks live (0: never)
     decoder: str = "pdc"
     pdc_threshold: float = codec.DEFAULT_PDC_THRESHOLD
+    pdc_mode: str = codec.DEFAULT_PDC_MODE  # continuous (default) or hard (Algorithm 1)
     one_euro_min_cutoff: float = 4.0  # tuned by benchmarks/stabilizer_eval.py
     one_euro_beta: float = 1.0
     rotate_crops: bool = True
@@ -94,7 +95,8 @@ class Pipeline:
             stabilizer_step.check(backbone.k, backbone.heatmap_size, f"backbone {backbone.path}")
         self.detector, self.backbone, self.config, self.step = detector, backbone, config, stabilizer_step
         self.timer = Timer()
-        self.decoder = _TimedDecoder(self.timer, backbone.size, backbone.stride, config.decoder, config.pdc_threshold)
+        self.decoder = _TimedDecoder(self.timer, backbone.size, backbone.stride, config.decoder, config.pdc_threshold,
+                                     config.pdc_mode)
         self.tracker = Tracker(self.new_stabilizer, max_faces=config.max_faces, crop_scale=backbone.crop_scale,
                                rotate=config.rotate_crops, min_score=config.min_score)
         self.reset()

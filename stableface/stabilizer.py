@@ -7,43 +7,41 @@ One instance holds the state of one face: the tracker builds them with a factory
 The ConvLSTM (Eq. 1, ``h_t, c_t, s_t = ConvLSTM(h_{t-1}, c_{t-1}, o_t)``) is per landmark:
 for each of the K heatmaps, a 3x3 convolution over ``[o_t^k, h_{t-1}^k]`` gives the i, f, g, o
 gates of ``hidden`` channels; ``s_t^k`` is a 1x1 convolution over ``[o_t^k, h_t^k]``
-(grouped convolutions, groups = K). The state lives in the coordinates of the crop it was
-computed in: when the tracker moves the crop, the state is resampled into the new crop.
+(grouped convolutions, groups = K). The state lives in the face's own frame (the grid of the
+track's first crop, carried along by the face's filtered motion: ``ConvLSTMStabilizer``); it is
+never resampled. The grid geometry is in ``stableface.grid``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import cv2
 import numpy as np
 
-from stableface import codec, onnx_util
-from stableface.crop import CropBox, invert, to_crop, to_source
+from stableface import codec, grid, onnx_util
+from stableface.crop import CropBox, to_source
 from stableface.onnx_util import WeightsError
-
-
-class Stabilizer(Protocol):
-    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def reset(self) -> None: ...
+from stableface.types import Stabilizer
 
 
 class Decoder:
     """PDC (or argmax) decoding followed by the uncrop to source pixels."""
 
-    def __init__(self, crop_size: int, stride: float, method: str = "pdc", threshold: float = codec.DEFAULT_PDC_THRESHOLD) -> None:
+    def __init__(self, crop_size: int, stride: float, method: str = "pdc", threshold: float = codec.DEFAULT_PDC_THRESHOLD,
+                 mode: str = codec.DEFAULT_PDC_MODE) -> None:
         if method not in codec.DECODERS:
             raise ValueError(f"unknown decoder {method!r}")
-        self.crop_size, self.stride, self.method, self.threshold = crop_size, stride, method, threshold
+        if mode not in codec.PDC_MODES:
+            raise ValueError(f"unknown PDC mode {mode!r}")
+        self.crop_size, self.stride, self.method, self.threshold, self.mode = crop_size, stride, method, threshold, mode
 
     def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Points in crop pixels and scores."""
         if self.method == "pdc":
-            return codec.decode_pdc(heatmaps, self.stride, self.threshold)
+            return codec.decode_pdc(heatmaps, self.stride, self.threshold, self.mode)
         return codec.decode_argmax(heatmaps, self.stride)
 
     def __call__(self, heatmaps: np.ndarray, crop: CropBox, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -120,53 +118,73 @@ class OneEuroStabilizer:
         self.filter.reset()
 
 
-def warp_maps(maps: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Resample maps (C, H, W) so that ``out[:, q] = maps[:, matrix @ q]`` (bilinear, edges replicated).
+@dataclass(frozen=True)
+class MotionConfig:
+    """How the ConvLSTM's state follows the face; read by the runtime and by the training twin.
 
-    ``matrix`` (2x3) maps output cell-centre index coordinates to input ones.
+    The face's motion is a similarity (shift, scale, roll) fitted to the raw landmarks in every
+    frame, against the track's first raw landmarks. It is filtered before use (a One Euro filter
+    on the images of two anchor points, in units of 1/100 of the first crop's side), so that the
+    frame the state lives in moves smoothly with the head: the raw landmarks' common-mode noise
+    is not passed on, and no shift ever steps. The ConvLSTM then sees a face that holds still up
+    to its non-rigid motion and the filter's small residual.
     """
-    c, h, w = maps.shape
-    m = np.asarray(matrix, dtype=np.float64)
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # index coordinates are OpenCV's pixel centres
-    hwc = np.ascontiguousarray(maps.transpose(1, 2, 0))
-    out = np.empty_like(hwc)
-    for i in range(0, c, 4):  # OpenCV warps at most 4 channels at a time
-        part = cv2.warpAffine(hwc[:, :, i:i + 4], m, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-        out[:, :, i:i + 4] = part.reshape(h, w, -1)
-    return out.transpose(2, 0, 1)
+
+    enabled: bool = True
+    min_cutoff: float = 1.5  # Hz
+    beta: float = 0.3  # per (unit / s)
+    d_cutoff: float = 1.0  # Hz
+    prime_steps: int = 12  # a new track starts from the state of a face that has been still for a while
 
 
-def _interp_matrix(n: int, d: float) -> np.ndarray:
-    """(n, n) bilinear weights: row q samples position q - d, edges replicated."""
-    src = np.arange(n) - d
-    i0 = np.floor(src)
-    f = (src - i0).astype(np.float32)
-    a = np.zeros((n, n), np.float32)
-    rows = np.arange(n)
-    np.add.at(a, (rows, np.clip(i0, 0, n - 1).astype(np.intp)), 1 - f)
-    np.add.at(a, (rows, np.clip(i0 + 1, 0, n - 1).astype(np.intp)), f)
-    return a
+class FaceMotion:
+    """The filtered similarity of one face: its first raw landmarks -> now (source pixels)."""
+
+    def __init__(self, config: MotionConfig = MotionConfig()) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.ref: np.ndarray | None = None
+        self.anchors: np.ndarray | None = None
+        self.unit = 1.0
+        self.filter = OneEuro(self.config.min_cutoff, self.config.beta, self.config.d_cutoff)
+
+    def update(self, landmarks: np.ndarray, timestamp_ms: float, unit: float) -> np.ndarray:
+        """2x3 similarity mapping the first frame's landmarks onto this frame's (source px)."""
+        pts = np.asarray(landmarks, np.float64)
+        if self.ref is None:
+            self.ref, self.unit = pts.copy(), unit / 100.0
+            c = pts.mean(axis=0)
+            self.anchors = np.array([c, c + [unit / 2, 0.0]])
+        if not self.config.enabled:
+            return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        seen = apply_affine(fit_similarity(self.ref, pts), self.anchors)
+        smooth = self.filter(seen / self.unit, timestamp_ms) * self.unit
+        return similarity_from_pairs(self.anchors, smooth)
 
 
-def shift_maps(maps: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """``out[:, y, x] = maps[:, y - dy, x - dx]``, bilinear, edges replicated (``warp_maps`` of a translation).
+def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares 2x3 similarity (no reflection) mapping points ``src`` (N, 2) onto ``dst``."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    den = (a ** 2).sum()
+    if den <= 1e-12:
+        return np.hstack([np.eye(2), (md - ms)[:, None]])
+    sc = ((a * b).sum()) / den  # s cos(theta)
+    ss = ((a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum()) / den  # s sin(theta)
+    r = np.array([[sc, -ss], [ss, sc]])
+    return np.hstack([r, (md - r @ ms)[:, None]])
 
-    Separable: two small interpolation matrices, ``A_y @ map @ A_x^T`` for every map (batched
-    matrix products; about 5x faster than gathering the taps with fancy indexing on 272 maps).
-    """
-    _, h, w = maps.shape
-    out = np.matmul(np.matmul(_interp_matrix(h, dy), maps), _interp_matrix(w, dx).T)
-    return out.astype(maps.dtype, copy=False)
+
+def similarity_from_pairs(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The exact 2x3 similarity taking two points ``src`` (2, 2) onto ``dst`` (2, 2)."""
+    return fit_similarity(src, dst)
 
 
-def crop_change(old: CropBox, new: CropBox, crop_size: int, stride: float) -> np.ndarray:
-    """2x3 matrix: heatmap index coordinates in ``new`` -> the same source point's in ``old``."""
-    def index_to_crop(s: float) -> np.ndarray:  # q -> p = (q + 0.5) * s
-        return np.array([[s, 0, 0.5 * s], [0, s, 0.5 * s], [0, 0, 1]])
-    to_src_new = np.vstack([invert(new.matrix(crop_size)), [0, 0, 1]])
-    to_old = np.vstack([old.matrix(crop_size), [0, 0, 1]])
-    m = np.linalg.inv(index_to_crop(stride)) @ to_old @ to_src_new @ index_to_crop(stride)
-    return m[:2]
+def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return np.asarray(pts, np.float64) @ m[:, :2].T + m[:, 2]
 
 
 class ConvLSTMStep:
@@ -185,6 +203,8 @@ class ConvLSTMStep:
         if not (self.k and self.hidden and self.heatmap_size):
             raise WeightsError(f"{self.path}: missing num_landmarks/hidden/heatmap_size metadata")
         self.meta = meta
+        motion = meta.get("motion")
+        self.motion = MotionConfig(**motion) if isinstance(motion, dict) else MotionConfig()
 
     def check(self, k: int, heatmap_size: int, backbone: str = "backbone") -> None:
         if (k, heatmap_size) != (self.k, self.heatmap_size):
@@ -201,109 +221,57 @@ class ConvLSTMStep:
 
 
 class ConvLSTMStabilizer:
-    """The paper's stabilizer: ConvLSTM over the backbone heatmaps, then PDC, then uncrop.
+    """The paper's stabilizer, in the face's own frame: ConvLSTM over the backbone heatmaps, then PDC.
 
-    With ``motion_compensation`` the ConvLSTM follows the face's translation (the median
-    displacement of the raw landmarks since the last shift), so it averages away per-landmark
-    noise without lagging behind head or camera motion. The state keeps its own frame,
-    ``offset`` heatmap cells behind the crop's: each input is shifted by ``-offset`` into that
-    frame (68 maps, bilinear) and the landmarks are shifted back exactly; whenever the offset
-    reaches half a cell, the state moves by whole cells (a copy, no interpolation). This is the
-    same as resampling the state every frame, on a quarter of the maps and without re-blurring the state.
+    The state lives on the heatmap grid of the track's first crop (the *state frame*). Each
+    frame: the raw landmarks give the face's filtered motion (``FaceMotion``); the input heatmaps
+    are pulled into the state frame through that motion and the current crop (one exact bilinear
+    warp of the K maps); the ConvLSTM steps; its output is decoded with PDC and carried back
+    through the same motion to source pixels. The state itself is never resampled: crop moves
+    and head motion only change the warp of the input.
     """
 
-    min_shift = 0.1  # heatmap cells (0.4 crop px at stride 4) while the face moves: above the noise of a 68-point median
-    min_shift_still = 0.2  # once no shift happened for ``still_after`` frames: noise alone rarely moves a still face's state
-    still_after = 3
-    prime_steps = 12  # a new track starts from the state of a face that has been still for a while (near the fixed point)
-
-    def __init__(self, step: ConvLSTMStep, decoder: Decoder, motion_compensation: bool = True) -> None:
-        self.step, self.decoder, self.motion_compensation = step, decoder, motion_compensation
+    def __init__(self, step: ConvLSTMStep, decoder: Decoder, motion: MotionConfig | None = None) -> None:
+        self.step, self.decoder = step, decoder
+        self.motion = FaceMotion(motion or step.motion)
         self.reset()
 
     def reset(self) -> None:
         self.h: np.ndarray | None = None
         self.c: np.ndarray | None = None
-        self.crop: CropBox | None = None
-        self.raw: np.ndarray | None = None
-        self.offset = np.zeros(2)  # (x, y) heatmap cells: state index = crop index - offset
-        self.since_shift = self.still_after  # a new track starts as a still face
+        self.ref: CropBox | None = None  # the state frame's crop
+        self.motion.reset()
 
     def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
-        if self.motion_compensation:
-            raw, raw_scores = codec.decode_pdc(heatmaps, self.decoder.stride, self.decoder.threshold)
-        else:
-            raw, raw_scores = None, heatmaps.reshape(heatmaps.shape[0], -1).max(axis=-1)
-        if self.h is None or self.c is None:
+        raw, scores = self._raw(heatmaps, crop)
+        motion = self.motion.update(raw, timestamp_ms, crop.side)
+        o = grid.warp(heatmaps, self.state_to_input(crop, motion))
+        s = self._step(o)
+        return self._output(s, motion), scores
+
+    def _raw(self, heatmaps: np.ndarray, crop: CropBox) -> tuple[np.ndarray, np.ndarray]:
+        """Raw landmarks in source pixels (and their scores); the first call fixes the state frame."""
+        if self.ref is None:
+            self.ref = crop
+        return self.decoder(heatmaps, crop)
+
+    def state_to_input(self, crop: CropBox, motion: np.ndarray) -> np.ndarray:
+        """Pull map: state-frame grid index -> this crop's grid index, through the face's motion."""
+        size, stride = self.decoder.crop_size, self.decoder.stride
+        return grid.compose(grid.source_to_index(crop, size, stride), motion, grid.index_to_source(self.ref, size, stride))
+
+    def _step(self, o: np.ndarray) -> np.ndarray:
+        if self.h is None or self.c is None:  # a new track: primed as a face that has held still
             self.h, self.c = self.step.zeros(1)
-            for _ in range(self.prime_steps):
-                _, self.h, self.c = self.step(heatmaps[None], self.h, self.c)
-        else:
-            if self.crop is not None and crop != self.crop:
-                # the state moves into the new crop's frame, offset included
-                m = crop_change(self.crop, crop, self.decoder.crop_size, self.decoder.stride)
-                m = _compose(np.array([[1.0, 0.0, -self.offset[0]], [0.0, 1.0, -self.offset[1]]]), m)
-                self._warp_state(m)
-                self.offset = np.zeros(2)
-                if self.raw is not None:  # previous raw landmarks, moved into the new crop
-                    self.raw = to_crop(to_source(self.raw, self.crop, self.decoder.crop_size), crop, self.decoder.crop_size)
-            if raw is not None and self.raw is not None:
-                # displacement since the last shift; below the noise of the median, wait
-                d = np.median(raw - self.raw, axis=0) / self.decoder.stride  # heatmap cells
-                limit = self.min_shift if self.since_shift < self.still_after else self.min_shift_still
-                self.since_shift += 1
-                if np.hypot(*d) > limit:
-                    self.since_shift = 0
-                    self.raw = raw
-                    self.offset = self.offset + d
-                    whole = np.round(self.offset)
-                    if whole.any():
-                        self.h, self.c = (shift_whole(x, int(whole[0]), int(whole[1])) for x in (self.h, self.c))
-                        self.offset = self.offset - whole
-        self.crop = crop
-        if self.raw is None:
-            self.raw = raw
-        o = heatmaps
-        if self.offset.any():
-            o = shift_maps(heatmaps, -float(self.offset[0]), -float(self.offset[1]))
+            for _ in range(self.motion.config.prime_steps):
+                _, self.h, self.c = self.step(o[None], self.h, self.c)
         s, self.h, self.c = self.step(o[None], self.h, self.c)
-        pts, _ = self.decoder(s[0], crop, self.offset * self.decoder.stride)
-        return pts, raw_scores.astype(np.float32)
+        return s[0]
 
-    def _warp_state(self, m: np.ndarray) -> None:
-        n = self.h.shape[1]
-        both = warp_maps(np.concatenate([self.h[0], self.c[0]]), m)
-        self.h, self.c = both[None, :n], both[None, n:]
-
-
-def shift_whole(maps: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """``out[..., y, x] = maps[..., y - dy, x - dx]`` for whole cells, edges replicated (block copies)."""
-    return _shift_axis(_shift_axis(maps, dy, -2), dx, -1)
-
-
-def _shift_axis(a: np.ndarray, n: int, axis: int) -> np.ndarray:
-    if n == 0:
-        return a
-    size = a.shape[axis]
-    n = max(-size, min(size, n))
-    out = np.empty_like(a)
-    dst, src = [slice(None)] * a.ndim, [slice(None)] * a.ndim
-    if n > 0:  # content moves towards higher indices; the first n copy the first row
-        dst[axis], src[axis] = slice(n, None), slice(0, size - n)
-        out[tuple(dst)] = a[tuple(src)]
-        dst[axis], src[axis] = slice(0, n), slice(0, 1)
-    else:
-        dst[axis], src[axis] = slice(0, size + n), slice(-n, None)
-        out[tuple(dst)] = a[tuple(src)]
-        dst[axis], src[axis] = slice(size + n, None), slice(size - 1, size)
-    out[tuple(dst)] = a[tuple(src)]
-    return out
-
-
-def _compose(first: np.ndarray, then: np.ndarray) -> np.ndarray:
-    """2x3 maps applied as ``first(then(q))`` (both map output coordinates to input ones)."""
-    a = np.vstack([first, [0, 0, 1]]) @ np.vstack([then, [0, 0, 1]])
-    return a[:2]
+    def _output(self, s: np.ndarray, motion: np.ndarray) -> np.ndarray:
+        """PDC of the stabilized maps (state frame), carried to source pixels by the face's motion."""
+        q, _ = self.decoder.decode(s)
+        return apply_affine(motion, to_source(q, self.ref, self.decoder.crop_size)).astype(np.float32)
 
 
 StabilizerFactory = Callable[[], Stabilizer]

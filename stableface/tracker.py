@@ -16,8 +16,7 @@ from typing import Callable
 import numpy as np
 
 from stableface.crop import CropBox, box_from_landmarks
-from stableface.stabilizer import Stabilizer
-from stableface.types import Detection
+from stableface.types import Detection, Stabilizer
 
 # Calibrated on the training images: BlazeFace box -> the backbone's crop (median offsets).
 DET_CENTER_DY = 0.06

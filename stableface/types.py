@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stableface.crop import CropBox
 
 
 def _finite_box(box: tuple[float, float, float, float]) -> None:
@@ -76,3 +80,16 @@ class FrameResult:
     def to_dict(self) -> dict:
         return {"frame": int(self.frame), "timestamp_ms": round(float(self.timestamp_ms), 3),
                 "faces": [f.to_dict() for f in self.faces]}
+
+
+class Stabilizer(Protocol):
+    """A per-track landmark stabilizer with explicit state (one instance per face).
+
+    ``update`` takes the backbone's heatmaps (K, H, W) of this frame's crop and the frame's
+    timestamp, and returns landmarks (K, 2) in source pixels and their raw scores (K,).
+    ``reset`` forgets the state: the next update starts a new track.
+    """
+
+    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def reset(self) -> None: ...

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from stableface.crop import CropBox
-from stableface.stabilizer import OneEuro, convlstm_reference, crop_change, warp_maps
+from stableface.grid import crop_change, warp
+from stableface.stabilizer import OneEuro, convlstm_reference, fit_similarity
 
 
 def test_one_euro_still_input_gives_still_output():
@@ -32,9 +33,9 @@ def test_one_euro_restarts_on_non_increasing_time():
 def test_warp_maps_identity_and_shift():
     maps = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
     ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-    assert np.allclose(warp_maps(maps, ident), maps)
+    assert np.allclose(warp(maps, ident), maps)
     shift = np.array([[1.0, 0, 2], [0, 1.0, 0]])  # out[x] = in[x + 2]
-    assert np.allclose(warp_maps(maps, shift)[:, :, :6], maps[:, :, 2:])
+    assert np.allclose(warp(maps, shift)[:, :, :6], maps[:, :, 2:])
 
 
 def test_crop_change_maps_the_same_source_point():
@@ -110,19 +111,25 @@ def test_ema_initialisation_averages_heatmaps():
     assert np.abs(np.diff(late)).mean() < 0.5 * 4.0  # the raw input jumps 4 px every frame
 
 
-def test_motion_compensation_removes_lag_on_a_moving_face(tmp_path):
-    from stableface import codec
-    from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
+def _ema_step(tmp_path, k=3):
+    from stableface.stabilizer import ConvLSTMStep
     from stableface.training.convlstm import ConvLSTM, export
 
     torch.manual_seed(0)
-    export(ConvLSTM(3, 2, init="ema", alpha=0.4), tmp_path / "ema.onnx", 32)
-    step = ConvLSTMStep(tmp_path / "ema.onnx", device="cpu")
+    export(ConvLSTM(k, 2, init="ema", alpha=0.4), tmp_path / "ema.onnx", 32)
+    return ConvLSTMStep(tmp_path / "ema.onnx", device="cpu")
+
+
+def test_motion_compensation_removes_lag_on_a_moving_face(tmp_path):
+    from stableface import codec
+    from stableface.stabilizer import ConvLSTMStabilizer, Decoder, MotionConfig
+
+    step = _ema_step(tmp_path)
     box = CropBox(64.0, 64.0, 128.0)  # crop coordinates = source coordinates
     base = np.array([[40.0, 50.0], [60.0, 70.0], [80.0, 50.0]])
     errors = {}
     for comp in (False, True):
-        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), motion_compensation=comp)
+        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), MotionConfig(enabled=comp))
         for t in range(25):  # the face moves 1.5 px per frame to the right
             truth = base + [1.5 * t, 0.0]
             pts, _ = stab.update(codec.encode(truth, (32, 32), 4), box, t * 40.0)
@@ -132,17 +139,14 @@ def test_motion_compensation_removes_lag_on_a_moving_face(tmp_path):
 
 
 def test_motion_compensation_survives_crop_moves(tmp_path):
-    """A face moving 1.5 px a frame while the crop jumps after it every 6 frames: the offset
-    between the state's frame and the crop is folded into the state at each crop move, so the
-    landmarks keep up (a sign error there would leave them several px off)."""
+    """A face moving 1.5 px a frame while the crop jumps after it every 6 frames: the state stays in
+    its own frame and only the input's warp changes, so the landmarks keep up (a sign error in the
+    crop change would leave them several px off)."""
     from stableface import codec
     from stableface.crop import to_crop
-    from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
-    from stableface.training.convlstm import ConvLSTM, export
+    from stableface.stabilizer import ConvLSTMStabilizer, Decoder
 
-    torch.manual_seed(0)
-    export(ConvLSTM(3, 2, init="ema", alpha=0.4), tmp_path / "ema.onnx", 32)
-    stab = ConvLSTMStabilizer(ConvLSTMStep(tmp_path / "ema.onnx", device="cpu"), Decoder(128, 4.0))
+    stab = ConvLSTMStabilizer(_ema_step(tmp_path), Decoder(128, 4.0))
     base = np.array([[140.0, 150.0], [160.0, 170.0], [180.0, 150.0]])  # source pixels
     errors = []
     for t in range(30):
@@ -154,51 +158,83 @@ def test_motion_compensation_survives_crop_moves(tmp_path):
     assert max(errors[8:]) < 0.6, errors
 
 
-@pytest.mark.parametrize("still_frames", [0, 10])
-def test_training_compensation_matches_the_runtime(tmp_path, still_frames):
-    """The torch twin used in finetune gives the runtime's stabilized landmarks, for a moving face
-    and for one that first creeps (0.15 px a frame: the still-face threshold decides when the
-    state follows) and then moves."""
+def test_rotating_and_zooming_face_is_followed(tmp_path):
+    """The state frame follows a similarity, not only a shift: a face that rolls 1 degree and grows
+    0.5% a frame stays within half a pixel once the motion filter has caught up."""
+    from stableface import codec
+    from stableface.stabilizer import ConvLSTMStabilizer, Decoder
+
+    stab = ConvLSTMStabilizer(_ema_step(tmp_path), Decoder(128, 4.0))
+    box = CropBox(64.0, 64.0, 128.0)
+    base = np.array([[44.0, 54.0], [64.0, 80.0], [84.0, 54.0]]) - 64.0
+    errors = []
+    for t in range(30):
+        a, z = np.deg2rad(1.0 * t), 1.0 + 0.005 * t
+        rot = z * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        truth = base @ rot.T + 64.0
+        pts, _ = stab.update(codec.encode(truth, (32, 32), 4), box, t * 40.0)
+        errors.append(float(np.abs(pts - truth).max()))
+    assert max(errors[12:]) < 0.5, errors
+
+
+def test_fit_similarity_recovers_a_known_transform():
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 100, size=(68, 2))
+    a, z = 0.3, 1.7
+    m = np.array([[z * np.cos(a), -z * np.sin(a), 5.0], [z * np.sin(a), z * np.cos(a), -3.0]])
+    dst = src @ m[:, :2].T + m[:, 2]
+    assert np.abs(fit_similarity(src, dst) - m).max() < 1e-9
+
+
+def test_grid_warp_is_exact_bilinear():
+    """``grid.warp`` samples exactly (float weights), unlike OpenCV's fixed-point warpAffine."""
+    rng = np.random.default_rng(3)
+    maps = rng.random((2, 12, 16)).astype(np.float32)
+    a = 0.2
+    m = np.array([[np.cos(a), -np.sin(a), 1.37], [np.sin(a), np.cos(a), -0.71]])
+    got = warp(maps, m)
+    want = np.zeros_like(maps)
+    for y in range(12):
+        for x in range(16):
+            sx, sy = m @ [x, y, 1.0]
+            sx, sy = np.clip(sx, 0, 15), np.clip(sy, 0, 11)
+            x0, y0 = min(int(np.floor(sx)), 14), min(int(np.floor(sy)), 10)
+            fx, fy = sx - x0, sy - y0
+            want[:, y, x] = ((1 - fy) * ((1 - fx) * maps[:, y0, x0] + fx * maps[:, y0, x0 + 1])
+                             + fy * ((1 - fx) * maps[:, y0 + 1, x0] + fx * maps[:, y0 + 1, x0 + 1]))
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_training_twin_matches_the_runtime(tmp_path):
+    """The torch twin used in finetune gives the runtime's stabilized landmarks on a moving, rolling,
+    noisy face: both use the same precomputed motion (``training.finetune.motion_plan``)."""
     from stableface import codec
     from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
     from stableface.training.convlstm import ConvLSTM, export
-    from stableface.training.finetune import landmarks, run_sequences
+    from stableface.training.finetune import motion_plan, run_sequences, state_landmarks_to_crop
 
     torch.manual_seed(0)
     model = ConvLSTM(3, 2, init="ema", alpha=0.4)
     export(model, tmp_path / "m.onnx", 32)
-    base = np.array([[40.0, 50.0], [60.0, 70.0], [80.0, 50.0]])
+    step = ConvLSTMStep(tmp_path / "m.onnx", device="cpu")
+    base = np.array([[40.0, 50.0], [60.0, 70.0], [80.0, 50.0]]) - 60.0
     rng = np.random.default_rng(0)
-    truth = [base + [0.15 * min(t, still_frames) + 1.2 * max(t - still_frames, 0), -0.7 * max(t - still_frames, 0)]
-             + rng.normal(0, 0.02 if t < still_frames else 0.3, size=(3, 2)) for t in range(10 + still_frames)]
+    truth = []
+    for t in range(14):
+        a = np.deg2rad(0.8 * t)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        truth.append(base @ rot.T + [60.0 + 1.2 * t, 64.0 - 0.7 * t] + rng.normal(0, 0.3, size=(3, 2)))
     hms = np.stack([codec.encode(p, (32, 32), 4) for p in truth]).astype(np.float32)
-    raw = codec.decode_pdc(hms, 4.0)[0]
-    stab = ConvLSTMStabilizer(ConvLSTMStep(tmp_path / "m.onnx", device="cpu"), Decoder(128, 4.0))
+    dec = Decoder(128, 4.0)
     box = CropBox(64.0, 64.0, 128.0)
+    stab = ConvLSTMStabilizer(step, dec)
     runtime = np.stack([stab.update(h, box, t * 40.0)[0] for t, h in enumerate(hms)])
+    raw = codec.decode_pdc(hms, 4.0)[0]
+    pull, push = motion_plan(raw[None], 128, 4.0, step.motion)
     with torch.no_grad():
-        s, offset = run_sequences(model, torch.from_numpy(hms)[None], raw=torch.from_numpy(raw)[None], stride=4.0)
-    trained = landmarks(s, offset, 0.2, 4.0)[0].numpy()
+        s = run_sequences(model, torch.from_numpy(hms)[None], torch.from_numpy(pull), prime_steps=step.motion.prime_steps)
+    trained = state_landmarks_to_crop(s, torch.from_numpy(push), 0.2, 4.0)[0].numpy()
     assert np.abs(runtime - trained).max() < 1e-3
-
-
-@pytest.mark.parametrize("dx,dy", [(0.0, 0.0), (0.3, -0.7), (-2.5, 1.25), (4.0, 0.0), (0.99, 10.5)])
-def test_shift_maps_is_exact_bilinear_translation(dx, dy):
-    from stableface.stabilizer import shift_maps
-
-    maps = np.random.default_rng(3).random((2, 12, 16)).astype(np.float32)
-    want = np.zeros_like(maps)
-    for y in range(12):
-        for x in range(16):  # sample at (x - dx, y - dy), edges replicated
-            sx, sy = np.clip(x - dx, 0, 15), np.clip(y - dy, 0, 11)
-            x0, y0 = int(np.floor(sx)), int(np.floor(sy))
-            x1, y1 = min(x0 + 1, 15), min(y0 + 1, 11)
-            fx, fy = sx - x0, sy - y0
-            want[:, y, x] = ((1 - fy) * ((1 - fx) * maps[:, y0, x0] + fx * maps[:, y0, x1])
-                             + fy * ((1 - fx) * maps[:, y1, x0] + fx * maps[:, y1, x1]))
-    assert np.abs(shift_maps(maps, dx, dy) - want).max() < 1e-5
-    # OpenCV's warp (used for rotated / scaled crop moves) agrees to its fixed-point precision
-    assert np.abs(warp_maps(maps, np.array([[1.0, 0, -dx], [0, 1.0, -dy]])) - want).max() < 0.02
 
 
 def test_shipped_stabilizer_holds_a_still_noise_free_face_still():
@@ -214,17 +250,3 @@ def test_shipped_stabilizer_holds_a_still_noise_free_face_still():
     pts = np.stack([pipe.update(photo, 40.0 * t).faces[0].landmarks for t in range(12)])
     drift = np.linalg.norm(pts - pts[-1], axis=-1).mean(-1).max() / ibug.interocular(pts[-1])
     assert drift < 0.002, drift  # fraction of IOD; 4 priming steps left a start-up drift of 0.004
-
-
-@pytest.mark.parametrize("dx,dy", [(0, 0), (1, -2), (-3, 5), (40, 0), (0, -40)])
-def test_shift_whole_is_the_bilinear_shift_at_whole_cells(dx, dy):
-    from stableface.stabilizer import shift_maps, shift_whole
-
-    maps = np.random.default_rng(4).random((1, 3, 12, 16)).astype(np.float32)
-    got = shift_whole(maps, dx, dy)
-    assert got.shape == maps.shape
-    assert np.abs(got[0] - shift_maps(maps[0], dx, dy)).max() < 1e-6
-    if (dx, dy) == (1, -2):  # spelled out: column 0 replicates the old column 0, the last two rows the old last row
-        assert np.array_equal(got[0, :, :-2, 1:], maps[0, :, 2:, :-1])
-        assert np.array_equal(got[0, :, :, 0], got[0, :, :, 1])
-        assert np.array_equal(got[0, :, -1], got[0, :, -2])

@@ -54,7 +54,7 @@ def test_finetune_runs_over_an_onnx_backbone_and_exports(tmp_path):
           log=lambda s: None)
     export_backbone(tmp_path / "bb" / "best.pt", tmp_path / "b.onnx")
     cfg = FinetuneConfig(data=str(DATA), backbone=str(tmp_path / "b.onnx"), out=str(tmp_path / "ft"), limit=4,
-                         epochs=1, batch=2, val_length=6, sequences_per_image=1)
+                         epochs=1, batch=2, val_length=6, sequences_per_image=1, sequences="synthetic")
     logs = []
     m = finetune(cfg, log=logs.append)
     assert "still_stab_jitter" in m and any("before training" in x for x in logs)
@@ -99,7 +99,7 @@ def test_finetune_over_a_foreign_backbone_with_another_layout(tmp_path):
     bb = HeatmapBackbone(tmp_path / "foreign.onnx", device="cpu")
     assert (bb.k, bb.size, bb.heatmap_size, bb.stride, bb.scheme) == (5, 48, 24, 2.0, "custom5")
     cfg = FinetuneConfig(data=str(data), backbone=str(tmp_path / "foreign.onnx"), out=str(tmp_path / "ft"), epochs=1,
-                         batch=2, val_length=6, val_images=2)
+                         batch=2, val_length=6, val_images=2, sequences="synthetic")
     m = finetune(cfg, log=lambda s: None)
     assert np.isfinite(m["still_stab_nme"]) and np.isfinite(m["drift_stab_jitter_error"])
     export_checkpoint(tmp_path / "ft" / "last.pt", tmp_path / "s5.onnx")

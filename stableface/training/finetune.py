@@ -21,9 +21,10 @@ from torch.nn import functional as F
 from stableface import codec, ibug
 from stableface.metrics import sequence_metrics
 from stableface.backbone import HeatmapBackbone
-from stableface.stabilizer import ConvLSTMStabilizer
+from stableface.crop import CropBox
+from stableface.stabilizer import ConvLSTMStabilizer, Decoder, FaceMotion, MotionConfig
 from stableface.training import data as D
-from stableface.training.run import start_run
+from stableface.training.run import cosine_lr, load_resume, save_atomic, set_lr, start_run
 from stableface.training.convlstm import ConvLSTM, export
 from stableface.training.losses import geman_mcclure, jitter_loss, pdc
 from stableface.training.sequences import SequenceSpec, make_sequence
@@ -37,7 +38,11 @@ class FinetuneConfig:
     hidden: int = 1  # per landmark; 2 measured the same on every validation set, at 1.6x the step time
     init: str = "ema"
     init_alpha: float = 0.3
-    motion_compensation: bool = True  # as at run time: the state follows the raw landmarks' median motion
+    motion: dict | None = None  # MotionConfig fields (None: the defaults); stored in the export's metadata
+    sequences: str = "both"  # synthetic (stills moved in a fixed crop), real-motion (stableface.realmotion) or both
+    videos: str = "../shared/videos"  # clips whose motion drives the real-motion sequences
+    real_motion_images: int = 0  # training stills rendered with real motion (0: all)
+    tune_motion: bool = True  # pick the motion filter on the training sequences before training
     sequences_per_image: int = 1
     min_length: int = 5
     max_length: int = 8
@@ -51,6 +56,7 @@ class FinetuneConfig:
     theta: float = 1.0
     xi: float = 1.0  # crop pixels: about the per-frame jitter of the raw backbone
     pdc_threshold: float = codec.DEFAULT_PDC_THRESHOLD
+    pdc_mode: str = codec.DEFAULT_PDC_MODE
     pixel_weight: float = 0.1
     sigma: float = codec.DEFAULT_SIGMA
     seed: int = 0
@@ -67,20 +73,76 @@ def _heatmaps(backbone: HeatmapBackbone, frames: np.ndarray, batch: int = 64) ->
 
 def build_cache(samples: list[D.Sample], backbone: HeatmapBackbone, spec: SequenceSpec, per_image: int, seed: int,
                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Backbone heatmaps (N, T, K, H, W) float16, ground truth and raw PDC landmarks (N, T, K, 2) in crop pixels."""
+    """Backbone heatmaps (N, T, K, H, W) float16 and ground truth (N, T, K, 2) in crop pixels of
+    synthetic sequences from stills (``sequences.py``)."""
     rng = np.random.default_rng(seed)
-    hms, pts, kinds, raws = [], [], [], []
+    hms, pts = [], []
     total = len(samples) * per_image
-    for i, s in enumerate(samples):
+    for s in samples:
         for _ in range(per_image):
-            frames, p, kind = make_sequence(s, spec, rng)
+            frames, p, _ = make_sequence(s, spec, rng)
             hms.append(_heatmaps(backbone, frames))
-            raws.append(codec.decode_pdc(hms[-1].astype(np.float32), backbone.stride)[0])
             pts.append(p)
-            kinds.append(kind)
             if progress:
                 progress(len(hms), total)
-    return np.stack(hms), np.stack(pts), np.stack(raws)
+    return np.stack(hms), np.stack(pts)
+
+
+def real_motion_cache(samples: list[D.Sample], backbone: HeatmapBackbone, videos: Path, length: int, per_image: int,
+                      seed: int, progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences with real head and face motion (``stableface.realmotion``: the motion of the shared
+    clips held out of the benchmark, applied to training stills, rendered through H.264), seen through
+    the crop a tracker would hold: one crop per sequence, from the first frame's landmarks (rolled
+    upright, jittered like a detector's). Heatmaps (N, T, K, H, W) float16, ground truth (N, T, K, 2)."""
+    import tempfile
+
+    from stableface import realmotion as R
+    from stableface.crop import box_from_landmarks, to_crop, warp
+
+    lib = R.motion_library(videos, _raw_tracker(backbone), Path(tempfile.gettempdir()) / "stableface-motion-cache")
+    motion, _ = R.split_motion(lib)
+    rng = np.random.default_rng(seed)
+    spec = R.RenderSpec(width=480, height=480, upscale=1.5)
+    hms, pts = [], []
+    total = len(samples) * per_image
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in samples:
+            for _ in range(per_image):
+                script = R.make_script(motion, length, rng)
+                frames, gt = R.render(s.image, s.points, script, spec, rng)
+                path = R.write_clip(Path(tmp) / "clip.mp4", frames, gt, spec.fps, float(rng.uniform(*spec.bitrate)))
+                frames = R.read_clip(path)[:length]
+                if len(frames) < length:
+                    continue
+                base = box_from_landmarks(gt[0], backbone.crop_scale, rotate=True)
+                j = 0.03 * base.side
+                box = CropBox(base.cx + rng.normal(0, j), base.cy + rng.normal(0, j), base.side * rng.uniform(0.95, 1.05),
+                              base.angle)
+                crops = np.stack([warp(f, box, backbone.size) for f in frames])
+                hms.append(_heatmaps(backbone, crops))
+                pts.append(to_crop(gt, box, backbone.size).astype(np.float32))
+                if progress:
+                    progress(len(hms), total)
+    return np.stack(hms), np.stack(pts)
+
+
+def _raw_tracker(backbone: HeatmapBackbone):
+    from stableface.pipeline import Pipeline, PipelineConfig
+
+    pipe = Pipeline.from_weights(backbone.path, device="cpu", config=PipelineConfig(stabilizer="none"))
+
+    def track(path: Path) -> np.ndarray:
+        return np.array([r.faces[0].landmarks if r.faces else np.full((backbone.k, 2), np.nan) for r in pipe.track(str(path))])
+
+    return track
+
+
+def with_plan(hms: np.ndarray, gts: np.ndarray, backbone: HeatmapBackbone, motion: MotionConfig,
+              threshold: float, mode: str) -> tuple[np.ndarray, ...]:
+    """(heatmaps, ground truth, pull, push): the runtime's motion plan from the raw landmarks."""
+    raw = np.stack([codec.decode_pdc(h.astype(np.float32), backbone.stride, threshold, mode)[0] for h in hms])
+    pull, push = motion_plan(raw, backbone.size, backbone.stride, motion)
+    return hms, gts, pull, push
 
 
 def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> torch.Tensor:
@@ -92,100 +154,84 @@ def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> tor
     return gy[..., :, None] * gx[..., None, :]
 
 
-RT = ConvLSTMStabilizer
+def motion_plan(raw: np.ndarray, crop_size: int, stride: float, motion: MotionConfig,
+                fps: float = 25.0) -> tuple[np.ndarray, np.ndarray]:
+    """The runtime's face motion for sequences seen through one fixed crop, precomputed in numpy.
+
+    raw (B, T, K, 2): raw PDC landmarks in crop pixels. Returns ``pull`` (B, T, 2, 3), the state
+    frame's grid index -> the input's grid index (what the runtime warps the input heatmaps with),
+    and ``push`` (B, T, 2, 3), state-frame crop pixels -> crop pixels (what carries the decoded
+    landmarks back). The motion depends only on the raw landmarks, so training reproduces the
+    runtime exactly: both call ``ConvLSTMStabilizer.state_to_input`` and ``FaceMotion``.
+    """
+    box = CropBox(crop_size / 2, crop_size / 2, float(crop_size))  # crop pixels = source pixels
+    b, t = raw.shape[:2]
+    pull, push = np.zeros((b, t, 2, 3)), np.zeros((b, t, 2, 3))
+    for i in range(b):
+        fm = FaceMotion(motion)
+        stab = ConvLSTMStabilizer.__new__(ConvLSTMStabilizer)  # only its geometry: no model needed
+        stab.decoder, stab.ref = Decoder(crop_size, stride), box
+        for j in range(t):
+            m = fm.update(raw[i, j], j * 1000.0 / fps, box.side)
+            pull[i, j] = stab.state_to_input(box, m)
+            push[i, j] = m
+    return pull.astype(np.float32), push.astype(np.float32)
 
 
-def shift_bilinear(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """``out[b, :, q] = x[b, :, q - d[b]]`` (d (B, 2) in cells, (x, y)), bilinear, edges replicated:
-    the runtime's ``shift_maps``."""
+def warp(x: torch.Tensor, pull: torch.Tensor) -> torch.Tensor:
+    """``out[b, :, q] = x[b, :, pull[b] @ q]`` (grid indices), bilinear, edges replicated: ``grid.warp``."""
     b, _, h, w = x.shape
     ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype, device=x.device),
                             torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij")
-    gx = (2 * (xs[None] - d[:, 0, None, None] + 0.5) / w) - 1
-    gy = (2 * (ys[None] - d[:, 1, None, None] + 0.5) / h) - 1
+    q = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)  # (H, W, 3)
+    src = torch.einsum("bij,hwj->bhwi", pull, q)  # (B, H, W, 2) input grid index
+    gx = (2 * src[..., 0] + 1) / w - 1
+    gy = (2 * src[..., 1] + 1) / h - 1
     return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def shift_whole(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """``out[b, :, q] = x[b, :, q - n[b]]`` for whole cells n (B, 2), edges replicated (exact copy)."""
-    b, c, h, w = x.shape
-    ys = (torch.arange(h, device=x.device)[None] - n[:, 1, None]).clamp(0, h - 1)  # (B, H)
-    xs = (torch.arange(w, device=x.device)[None] - n[:, 0, None]).clamp(0, w - 1)
-    x = x.gather(2, ys[:, None, :, None].expand(b, c, h, w))
-    return x.gather(3, xs[:, None, None, :].expand(b, c, h, w))
-
-
-def compensate(hs: torch.Tensor, cs: torch.Tensor, raw: torch.Tensor, anchor: torch.Tensor, stride: float,
-               since: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Torch twin of the runtime's motion compensation. The median raw-landmark displacement since
-    the last shift, when above ``min_shift`` heatmap cells (``min_shift_still`` once ``since`` (B,),
-    the frames since the last shift, reaches ``still_after``), is added to ``offset`` (B, 2), the
-    state frame's lag behind the crop; whole cells of it move the state (an exact copy)."""
-    d = torch.quantile(raw - anchor, 0.5, dim=1) / stride  # (B, 2) cells, like numpy's median
-    limit = torch.where(since < RT.still_after, RT.min_shift, RT.min_shift_still).to(d.dtype)
-    move = torch.linalg.vector_norm(d, dim=1) > limit
-    since = torch.where(move, torch.zeros_like(since), since + 1)
-    if not bool(move.any()):
-        return hs, cs, anchor, since, offset
-    offset = offset + d * move[:, None].to(d.dtype)
-    whole = torch.round(offset)
-    if bool((whole != 0).any()):
-        n = whole.to(torch.long)
-        hs, cs = shift_whole(hs, n), shift_whole(cs, n)
-        offset = offset - whole
-    anchor = torch.where(move[:, None, None], raw, anchor)
-    return hs, cs, anchor, since, offset
-
-
-def run_sequences(model: ConvLSTM, hms: torch.Tensor, state: tuple | None = None, raw: torch.Tensor | None = None,
-                  stride: float = 4.0, return_state: bool = False):
-    """Stabilized heatmaps (B, T, K, H, W) for (B, T, K, H, W) inputs, from ``state`` (None: a new
-    sequence), and the offsets (B, T, 2) of their frames in heatmap cells: landmarks in the crop are
-    ``pdc(s) + offset * stride`` (``landmarks``).
-
-    With ``raw`` (B, T, K, 2), the raw landmarks in crop pixels, the state is motion-compensated
-    before every step as at run time (the input is shifted into the state's frame).
-    """
-    b, t, k, h, w = hms.shape
-    if state is None:  # a new sequence: primed like the runtime primes a new track
-        hs, cs = model.zeros(b, h, hms.device)
-        with torch.no_grad():
-            for _ in range(RT.prime_steps):
-                _, hs, cs = model(hms[:, 0], hs, cs)
-        anchor = None
-        since = torch.full((b,), RT.still_after, dtype=torch.long, device=hms.device)
-        offset = hms.new_zeros(b, 2)
-    else:
-        hs, cs, anchor, since, offset = state
-    out, offsets = [], []
+def run_sequences(model: ConvLSTM, hms: torch.Tensor, pull: torch.Tensor, state: tuple | None = None,
+                  prime_steps: int = MotionConfig.prime_steps, return_state: bool = False):
+    """Stabilized heatmaps (B, T, K, H, W) in the state frame for inputs (B, T, K, H, W) warped by
+    ``pull`` (B, T, 2, 3, from ``motion_plan``), from ``state`` (None: a new track, primed as at run time)."""
+    b, t = hms.shape[:2]
+    hs = cs = None
+    if state is not None:
+        hs, cs = state
+    out = []
     for i in range(t):
-        o = hms[:, i]
-        if raw is not None:
-            if anchor is None:
-                anchor = raw[:, i]
-            else:
-                hs, cs, anchor, since, offset = compensate(hs, cs, raw[:, i], anchor, stride, since, offset)
-            if bool((offset != 0).any()):
-                o = shift_bilinear(o, -offset)
+        o = warp(hms[:, i], pull[:, i])
+        if hs is None:
+            hs, cs = model.zeros(b, hms.shape[-1], hms.device)
+            with torch.no_grad():
+                for _ in range(prime_steps):
+                    _, hs, cs = model(o, hs, cs)
         s, hs, cs = model(o, hs, cs)
         out.append(s)
-        offsets.append(offset)
-    stacked, offs = torch.stack(out, dim=1), torch.stack(offsets, dim=1)
-    return (stacked, offs, (hs, cs, anchor, since, offset)) if return_state else (stacked, offs)
+    stacked = torch.stack(out, dim=1)
+    return (stacked, (hs, cs)) if return_state else stacked
 
 
-def landmarks(s: torch.Tensor, offset: torch.Tensor, threshold: float, stride: float) -> torch.Tensor:
-    """Landmarks (B, T, K, 2) in crop pixels from ``run_sequences``' output."""
-    return pdc(s, threshold, stride) + offset[..., None, :] * stride
+def state_landmarks_to_crop(s: torch.Tensor, push: torch.Tensor, threshold: float, stride: float,
+                            mode: str = codec.DEFAULT_PDC_MODE) -> torch.Tensor:
+    """Landmarks (B, T, K, 2) in crop pixels from ``run_sequences``' output (the runtime's ``_output``)."""
+    q = pdc(s, threshold, stride, mode)
+    return torch.einsum("btij,btkj->btki", push[..., :2], q) + push[..., None, :, 2]
 
 
-def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, offset: torch.Tensor, gt: torch.Tensor, stride: float) -> torch.Tensor:
-    """Jitter loss (or L2) of ``run_sequences``' output; heatmap targets are placed in the state's frame."""
+def to_state(points: torch.Tensor, push: torch.Tensor) -> torch.Tensor:
+    """Crop pixels -> state-frame crop pixels (the inverse of ``push``)."""
+    a, t = push[..., :2], push[..., 2]
+    return torch.einsum("btij,btkj->btki", torch.linalg.inv(a), points - t[..., None, :])
+
+
+def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, push: torch.Tensor, gt: torch.Tensor, stride: float) -> torch.Tensor:
+    """Jitter loss (or L2) of ``run_sequences``' output; heatmap targets are placed in the state frame."""
     size = s.shape[-1]
-    tgt = targets(gt - offset[..., None, :] * stride, size, stride, cfg.sigma)
+    tgt = targets(to_state(gt, push), size, stride, cfg.sigma)
     if cfg.loss == "l2":
         return ((s - tgt) ** 2).mean()
-    u = landmarks(s, offset, cfg.pdc_threshold, stride)
+    u = state_landmarks_to_crop(s, push, cfg.pdc_threshold, stride, cfg.pdc_mode)
     loss = s.new_zeros(())
     for t in range(1, s.shape[1]):
         loss = loss + jitter_loss(s[:, t], tgt[:, t], u[:, t], u[:, t - 1], gt[:, t], gt[:, t - 1], cfg.theta, cfg.xi)
@@ -196,17 +242,17 @@ def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, offset: torch.Tensor, gt
 
 
 @torch.no_grad()
-def validate(model: ConvLSTM, val: dict[str, tuple], stride: float, threshold: float,
-             device: str, compensate_motion: bool = True) -> dict[str, float]:
+def validate(model: ConvLSTM, val: dict[str, tuple], stride: float, threshold: float, mode: str, device: str,
+             prime_steps: int) -> dict[str, float]:
     model.eval()
     out: dict[str, float] = {}
-    for name, (hms, gt, rp) in val.items():
+    for name, (hms, gt, pull, push) in val.items():
         raw, stab = [], []
         for i in range(0, len(hms), 16):
             x = torch.from_numpy(hms[i:i + 16].astype(np.float32)).to(device)
-            r = torch.from_numpy(rp[i:i + 16]).to(device) if compensate_motion else None
-            stab.append(landmarks(*run_sequences(model, x, raw=r, stride=stride), threshold, stride).cpu().numpy())
-            raw.append(codec.decode_pdc(hms[i:i + 16].astype(np.float32), stride, threshold)[0])
+            s = run_sequences(model, x, torch.from_numpy(pull[i:i + 16]).to(device), prime_steps=prime_steps)
+            stab.append(state_landmarks_to_crop(s, torch.from_numpy(push[i:i + 16]).to(device), threshold, stride, mode).cpu().numpy())
+            raw.append(codec.decode_pdc(hms[i:i + 16].astype(np.float32), stride, threshold, mode)[0])
         for tag, pred in (("raw", np.concatenate(raw)), ("stab", np.concatenate(stab))):
             for k, v in sequence_metrics(pred, gt).items():
                 out[f"{name}_{tag}_{k}"] = v
@@ -233,29 +279,39 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
     spec = SequenceSpec(length=cfg.max_length + cfg.burn_in, size=size, crop_scale=backbone.crop_scale, noise=cfg.noise,
                         max_speed=1.0)
     t0 = time.perf_counter()
+    motion = MotionConfig(**cfg.motion) if cfg.motion else MotionConfig()
     if cache:
-        hms, gts, raws, val = cache["train"], cache["gt"], cache["raw"], cache["val"]
+        train_seq, val = cache["train"], cache["val"]
     else:
-        hms, gts, raws, val = _build_all(cfg, backbone, train_set, val_set, spec, on_step, t0)
+        train_seq, val = _build_all(cfg, backbone, train_set, val_set, spec, motion, on_step, t0)
         if cache is not None:
-            cache.update(train=hms, gt=gts, raw=raws, val=val)
+            cache.update(train=train_seq, val=val)
+    hms, gts, pulls, pushes = train_seq
     log(f"cached backbone heatmaps for {len(hms)} training sequences and {sum(len(v[0]) for v in val.values())} "
         f"validation sequences in {time.perf_counter() - t0:.0f} s")
 
     model = ConvLSTM(backbone.k, cfg.hidden, init=cfg.init, alpha=cfg.init_alpha).to(cfg.device)
+    if cfg.tune_motion and not (resume and (out / "last.pt").exists()):
+        motion, table = tune_motion(model, hms, gts, backbone, motion, cfg)
+        for row in table:
+            log("motion filter " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        log(f"chosen: min_cutoff {motion.min_cutoff}, beta {motion.beta}")
+        cfg.motion = asdict(motion)
+        _, _, pulls, pushes = with_plan(hms, gts, backbone, motion, cfg.pdc_threshold, cfg.pdc_mode)
+        val = {k: with_plan(v[0], v[1], backbone, motion, cfg.pdc_threshold, cfg.pdc_mode) for k, v in val.items()}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = math.ceil(len(hms) / cfg.batch)
     total = cfg.epochs * steps_per_epoch
     start_epoch, history = 0, []
     last = out / "last.pt"
-    if resume and last.exists():
-        ck = torch.load(last, map_location=cfg.device, weights_only=False)
+    ck = load_resume(last, cfg.device) if resume else None
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start_epoch, history = ck["epoch"], ck["history"]
         log(f"resumed from {last} at epoch {start_epoch}")
     if start_epoch == 0:
-        m0 = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.device, cfg.motion_compensation)
+        m0 = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.pdc_mode, cfg.device, motion.prime_steps)
         log(f"before training ({cfg.init} initialisation): " + _summary(m0))
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
@@ -267,18 +323,17 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             burn = int(rng.integers(0, cfg.burn_in + 1))
             x = torch.from_numpy(hms[idx, burn:burn + length].astype(np.float32)).to(cfg.device)
             g = torch.from_numpy(gts[idx, burn:burn + length]).to(cfg.device)
-            r = torch.from_numpy(raws[idx, :burn + length]).to(cfg.device) if cfg.motion_compensation else None
+            pull = torch.from_numpy(pulls[idx, :burn + length]).to(cfg.device)
+            push = torch.from_numpy(pushes[idx, burn:burn + length]).to(cfg.device)
             state = None
             if burn:
                 with torch.no_grad():
-                    _, _, state = run_sequences(model, torch.from_numpy(hms[idx, :burn].astype(np.float32)).to(cfg.device),
-                                             raw=None if r is None else r[:, :burn], stride=backbone.stride,
-                                             return_state=True)
+                    _, state = run_sequences(model, torch.from_numpy(hms[idx, :burn].astype(np.float32)).to(cfg.device),
+                                             pull[:, :burn], prime_steps=motion.prime_steps, return_state=True)
             step = epoch * steps_per_epoch + b
-            for grp in opt.param_groups:
-                grp["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            out_s, offs = run_sequences(model, x, state, raw=None if r is None else r[:, burn:], stride=backbone.stride)
-            loss = sequence_loss(cfg, out_s, offs, g, backbone.stride)
+            set_lr(opt, cosine_lr(step, total, cfg.lr))
+            out_s = run_sequences(model, x, pull[:, burn:], state, prime_steps=motion.prime_steps)
+            loss = sequence_loss(cfg, out_s, push, g, backbone.stride)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -286,28 +341,66 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             run += float(loss.detach()) * len(idx)
             if on_step:
                 on_step(step + 1, total, {"epoch": epoch + 1, "loss": run / seen, "seq_s": seen / (time.perf_counter() - t_ep)})
-        metrics = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.device, cfg.motion_compensation)
+        metrics = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.pdc_mode, cfg.device, motion.prime_steps)
         metrics.update(epoch=epoch + 1, loss=run / seen)
         history.append(metrics)
-        state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": history,
-                 "config": asdict(cfg), "k": backbone.k, "heatmap_size": backbone.heatmap_size}
-        torch.save(state, out / "last.tmp")
-        (out / "last.tmp").replace(last)
+        save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": history,
+                     "config": asdict(cfg), "k": backbone.k, "heatmap_size": backbone.heatmap_size}, last)
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {run / seen:.5f}: " + _summary(metrics))
     return history[-1] if history else {}
 
 
+MOTION_GRID = [(mc, beta) for mc in (0.5, 1.0, 2.0, 4.0) for beta in (0.1, 0.3, 1.0)]
+
+
+@torch.no_grad()
+def tune_motion(model: ConvLSTM, hms: np.ndarray, gts: np.ndarray, backbone: HeatmapBackbone, base: MotionConfig,
+                cfg: FinetuneConfig) -> tuple[MotionConfig, list[dict]]:
+    """The motion filter (min_cutoff, beta) with the lowest jitter error of the untrained stabilizer on the
+    training sequences, at an NME no worse than raw; the table of every candidate."""
+    from dataclasses import replace
+
+    model.eval()
+    raw = codec.decode_pdc(hms.astype(np.float32), backbone.stride, cfg.pdc_threshold, cfg.pdc_mode)[0]
+    base_m = sequence_metrics(raw, gts)
+    table, best, best_je = [], base, float("inf")
+    for mc, beta in MOTION_GRID:
+        motion = replace(base, min_cutoff=mc, beta=beta)
+        pull, push = motion_plan(raw, backbone.size, backbone.stride, motion)
+        pred = []
+        for i in range(0, len(hms), 32):
+            x = torch.from_numpy(hms[i:i + 32].astype(np.float32)).to(cfg.device)
+            s = run_sequences(model, x, torch.from_numpy(pull[i:i + 32]).to(cfg.device), prime_steps=motion.prime_steps)
+            pred.append(state_landmarks_to_crop(s, torch.from_numpy(push[i:i + 32]).to(cfg.device), cfg.pdc_threshold,
+                                                backbone.stride, cfg.pdc_mode).cpu().numpy())
+        m = sequence_metrics(np.concatenate(pred), gts)
+        table.append({"min_cutoff": mc, "beta": beta, "nme": m["nme"], "jitter_error": m["jitter_error"],
+                      "raw_nme": base_m["nme"], "raw_jitter_error": base_m["jitter_error"]})
+        if m["nme"] <= base_m["nme"] and m["jitter_error"] < best_je:
+            best, best_je = motion, m["jitter_error"]
+    model.train()
+    return best, table
+
+
 def _build_all(cfg: FinetuneConfig, backbone: HeatmapBackbone, train_set: list, val_set: list, spec: SequenceSpec,
-               on_step: Callable[[int, int, dict], None] | None, t0: float) -> tuple:
-    hms, gts, raws = build_cache(train_set, backbone, spec, cfg.sequences_per_image, cfg.seed,
-                                 (lambda i, n: on_step(0, 1, {"epoch": 0, "loss": 0.0, "seq_s": i / (time.perf_counter() - t0)}))
-                                 if on_step else None)
+               motion: MotionConfig, on_step: Callable[[int, int, dict], None] | None, t0: float) -> tuple:
+    tick = (lambda i, n: on_step(0, 1, {"epoch": 0, "loss": 0.0, "seq_s": i / (time.perf_counter() - t0)})) if on_step else None
+    parts = []
+    if cfg.sequences in ("synthetic", "both"):
+        parts.append(build_cache(train_set, backbone, spec, cfg.sequences_per_image, cfg.seed, tick))
+    if cfg.sequences in ("real-motion", "both"):
+        parts.append(real_motion_cache(train_set[:cfg.real_motion_images or None], backbone, Path(cfg.videos), spec.length,
+                                       cfg.sequences_per_image, cfg.seed + 7, tick))
+    hms = np.concatenate([p[0] for p in parts])
+    gts = np.concatenate([p[1] for p in parts])
+    train_seq = with_plan(hms, gts, backbone, motion, cfg.pdc_threshold, cfg.pdc_mode)
     val = {}
     for kind, noise in (("still", (10.0, 10.0)), ("drift", (5.0, 5.0))):
         vspec = SequenceSpec(length=cfg.val_length, size=backbone.size, crop_scale=backbone.crop_scale, noise=noise, blur=0.0,
                              motion=kind, max_speed=1.0)
-        val[kind] = build_cache(val_set, backbone, vspec, cfg.val_sequences, cfg.seed + 999)
-    return hms, gts, raws, val
+        val[kind] = with_plan(*build_cache(val_set, backbone, vspec, cfg.val_sequences, cfg.seed + 999), backbone, motion,
+                              cfg.pdc_threshold, cfg.pdc_mode)
+    return train_seq, val
 
 
 def _summary(m: dict[str, float]) -> str:
@@ -322,7 +415,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict:
     cfg = ck["config"]
     model = ConvLSTM(ck["k"], cfg["hidden"])
     model.load_state_dict(ck["model"])
+    motion = MotionConfig(**cfg["motion"]) if cfg.get("motion") else MotionConfig()
     meta = {"loss": cfg["loss"], "theta": cfg["theta"], "xi": cfg["xi"], "pdc_threshold": cfg["pdc_threshold"],
+            "pdc_mode": cfg.get("pdc_mode", "hard"), "motion": asdict(motion), "sequences": cfg.get("sequences", "synthetic"),
             "validation": ck["history"][-1] if ck.get("history") else {}}
     diff = export(model, out, ck["heatmap_size"], meta)
     return {"max_abs_diff": diff, "path": str(out)}

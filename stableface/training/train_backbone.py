@@ -38,7 +38,7 @@ class BackboneConfig:
     size: int = 128
     context: bool = True  # stride-32 MobileNetV2 stages feed the head (v2); False is the v1 network
     width: int = 96
-    epochs: int = 150
+    epochs: int = 100
     batch: int = 32  # images per step: batch / 2 faces, two views each
     lr: float = 2e-3
     weight_decay: float = 1e-4
