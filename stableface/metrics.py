@@ -58,8 +58,8 @@ def _finite(*tracks: np.ndarray) -> np.ndarray:
 
 
 def _span(box: np.ndarray) -> np.ndarray:
-    """Sides (x, y) of each frame's bounding box, (T, K, 2) -> (T, 2); NaN where a point is."""
-    return box.max(axis=-2) - box.min(axis=-2)
+    """Sides (x, y) of each frame's bounding box over its finite points, (T, K, 2) -> (T, 2); NaN if none."""
+    return np.fmax.reduce(box, axis=-2) - np.fmin.reduce(box, axis=-2)
 
 
 def nmj(pred: np.ndarray, gt: np.ndarray, box: np.ndarray | None = None) -> float:
@@ -71,14 +71,15 @@ def nmj(pred: np.ndarray, gt: np.ndarray, box: np.ndarray | None = None) -> floa
         NMJ     = RMS_t RMS_k j_{t,k}
 
     Units: hundredths of a pixel on a face scaled to a 256 px box (sqrt of its area). ``box``
-    (T, M, 2): the points whose box gives s_t (LDEQ: all annotated points; default ``gt``).
-    Frame pairs with a non-finite value or an empty box are skipped; NaN when none is left.
+    (T, M, 2): the points whose box gives s_t (LDEQ: all annotated points; default ``gt``; NaN
+    points ignored). Pairs with a non-finite prediction or annotation, or an empty box, are
+    skipped; NaN when none is left.
     """
     box = gt if box is None else box
     wh = _span(box)
     s = np.sqrt(wh[:, 0] * wh[:, 1]) / 256.0
-    ok = _finite(pred, gt, box)
-    pair = ok[1:] & ok[:-1] & (np.nan_to_num(s[1:]) > 0)
+    ok = _finite(pred, gt) & (np.nan_to_num(s) > 0)
+    pair = ok[1:] & ok[:-1]
     if not pair.any():
         return float("nan")
     j = 100 * np.linalg.norm(np.diff(gt - pred, axis=0)[pair], axis=-1) / s[1:][pair, None]  # (pairs, K)
@@ -104,7 +105,7 @@ def fhr_time_delay(pred: np.ndarray, gt: np.ndarray, box: np.ndarray | None = No
     annotation does not move are skipped (the original divides by zero there). NaN when none is left.
     """
     box = gt if box is None else box
-    ok = _finite(pred, gt, box) & (np.nan_to_num(_fhr_width(box)) > 0.01)
+    ok = _finite(pred, gt) & (np.nan_to_num(_fhr_width(box)) > 0.01)
     back = gt[:-1] - gt[1:]  # g_{t-1} - g_t
     moved = (back ** 2).sum(axis=(-1, -2))
     pair = ok[1:] & ok[:-1] & (np.nan_to_num(moved) > 0)
@@ -129,7 +130,7 @@ def fhr_second_diff(pred: np.ndarray, gt: np.ndarray, box: np.ndarray | None = N
     """
     box = gt if box is None else box
     w = _fhr_width(box)
-    ok = _finite(pred, gt, box) & (np.nan_to_num(w) > 0.01)
+    ok = _finite(pred, gt) & (np.nan_to_num(w) > 0.01)
     mid = ok[:-2] & ok[1:-1] & ok[2:]
     if not mid.any():
         return float("nan")

@@ -91,6 +91,37 @@ def test_accuracy_planted_drift_and_missed_frames(rng):
     assert m["nrmse"] == pytest.approx(want_nme)  # the same offset at every point: RMS = mean
 
 
+def test_accuracy_planted_video_metrics(rng):
+    sc = Scorer.build()
+    t = np.arange(20)[:, None, None]
+    gt = np.repeat(face(rng), 20, axis=0) + t * np.array([2.0, 1.0])  # constant velocity
+    pred = np.full_like(gt, np.nan)
+    pred[3:] = gt[:-3]  # 3 frames behind, the first 3 missed
+    pred[10] = np.nan
+    m = accuracy(pred, gt, sc)
+    assert m["missed"] == 4 and m["time_delay"] == pytest.approx(3.0)
+    assert m["nmj"] == pytest.approx(0.0, abs=1e-9) and m["second_diff_error"] == pytest.approx(0.0, abs=1e-9)
+    assert m["fhr_second_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert np.isnan(m["lag_frames"])  # constant velocity: no shift fits better than another
+    # a still face and a +-1 px flicker along x
+    still = np.repeat(face(rng), 12, axis=0)
+    flick = still + np.array([1.0, -1.0] * 6)[:, None, None] * [1.0, 0.0]
+    m = accuracy(flick, still, sc)
+    span = still[0].max(0) - still[0].min(0)
+    assert m["nmj"] == pytest.approx(100 * 2 / (np.sqrt(span.prod()) / 256))  # steps of 2 px
+    assert m["fhr_second_diff"] == pytest.approx(2 / (span.max() / 100))  # 2 px off the neighbours' midpoint
+    assert m["second_diff_error"] == pytest.approx(100 * 4 / ibug.interocular(still[0]))  # second differences of 4 px
+    assert np.isnan(m["time_delay"]) and np.isnan(m["lag_frames"])  # nothing moves
+    # a face on a curved path, 3 frames behind: the lag; 2 frames ahead: negative
+    s = np.arange(60)[:, None, None]
+    curve = np.repeat(face(rng), 60, axis=0) + np.concatenate([20 * np.sin(s / 5), 10 * np.cos(s / 7)], axis=-1)
+    behind, ahead = np.full_like(curve, np.nan), np.full_like(curve, np.nan)
+    behind[3:], ahead[:-2] = curve[:-3], curve[2:]
+    assert accuracy(behind, curve, sc)["lag_frames"] == pytest.approx(3.0, abs=0.05)
+    assert accuracy(ahead, curve, sc)["lag_frames"] == pytest.approx(-2.0, abs=0.05)
+    assert accuracy(behind, curve, sc, max_lag=2)["lag_frames"] == 2.0  # at the edge of the range: not refined
+
+
 def test_annotation_files_npy_and_pts_folder(tmp_path, rng):
     gt = face(rng, 4)
     np.save(tmp_path / "clip.npy", gt)
