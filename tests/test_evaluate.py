@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stableface import ibug
+from stableface import ibug, metrics
 from stableface.cli import main
 from stableface.evaluate import accuracy, find_annotations, load_annotation_track
 from stableface.points import GROUPS, Scorer, load_map, parse_subset
@@ -169,6 +169,33 @@ def test_evaluate_annotated_video_planted_answers(clip, tmp_path):
     out = json.loads(res.output)["mean"]
     assert out["none"]["nme"] == pytest.approx(0.0, abs=1e-9) and out["none"]["jitter_error"] == pytest.approx(0.0, abs=1e-9)
     assert out["convlstm"]["nme"] > 0 and out["none"]["missed"] == 0
+    for key in ("nmj", "second_diff_error", "time_delay", "lag_frames"):  # the annotations are the raw track itself
+        assert out["none"][key] == pytest.approx(0.0, abs=1e-9), key
+    own = metrics.fhr_second_diff(raw, raw)  # FHR's term scores the prediction's own second difference
+    assert own > 0 and out["none"]["fhr_second_diff"] == pytest.approx(own)
+    assert out["convlstm"]["nmj"] > 0
+    # only the first frame annotated: no frame pairs, so the video metrics are null in strict JSON
+    lone = np.full_like(raw, np.nan)
+    lone[0] = raw[0]
+    np.save(tmp_path / "lone.npy", lone)
+    res = runner.invoke(main, ["evaluate", str(path), "--annotations", str(tmp_path / "lone.npy"), "--stabilizers", "none",
+                               "--format", "json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "NaN" not in res.output
+    got = json.loads(res.output, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+    video = got["videos"]["clip.avi"]["none"]
+    assert video["nme"] == pytest.approx(0.0, abs=1e-9) and video["annotated"] == 1
+    for key in ("jitter_error", "second_diff_error", "nmj", "time_delay", "fhr_second_diff", "lag_frames"):
+        assert video[key] is None and got["mean"]["none"][key] is None, key
+    res = runner.invoke(main, ["evaluate", str(path), "--annotations", str(tmp_path / "same.npy"), "--stabilizers", "none",
+                               "-q"])
+    assert res.exit_code == 0, res.output
+    head = next(line for line in res.output.splitlines() if line.startswith("| stabilizer"))
+    for col in ("2nd-diff error %", "NMJ", "FHR time delay (frames)", "FHR 2nd diff (% box)", "lag (frames)"):
+        assert f"| {col} |" in head, col
+    row = next(line for line in res.output.splitlines() if line.startswith("| none |")).split("|")[1:-1]
+    cells = dict(zip([c.strip() for c in head.split("|")[1:-1]], [c.strip() for c in row], strict=True))
+    assert cells["NMJ"] == "0.0" and cells["lag (frames)"] in ("0.00", "-0.00")
     # annotations 2 px to the right, written mirrored, as a folder of .pts: error 2 px / IOD per frame
     folder = tmp_path / "mirrored"
     folder.mkdir()
@@ -181,6 +208,7 @@ def test_evaluate_annotated_video_planted_answers(clip, tmp_path):
     want = 100 * np.mean(2.0 / ibug.interocular(raw))
     got = json.loads(res.output)["mean"]["none"]
     assert got["nme"] == pytest.approx(want, rel=1e-3) and got["jitter_error"] < 0.005  # .pts keep 3 decimals
+    assert got["second_diff_error"] < 0.01 and abs(got["lag_frames"]) < 0.05  # an offset is neither acceleration nor lag
     for name in ("clip_trajectories.png", "clip_jitter.png", "clip_error_cdf.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
