@@ -453,8 +453,6 @@ def demo(out_dir, frames, noise, device, quiet):
 def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, norm, plot_dir, landmarks, fmt, weights,
              device, quiet):
     """Accuracy on annotated images or videos; stability (Allan deviation, MCV) on any video."""
-    import json
-
     from stableface import evaluate as E
     from stableface import metrics
     from stableface.backbone import HeatmapBackbone
@@ -495,9 +493,9 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
                 written.append(_plot(lambda: plots.error_cdf(rep.errors, plot_dir / "error_cdf.png",
                                                              f"{dataset.name}: {rep.n} images, crop from {crop}")))
             if fmt == "json":
-                click.echo(json.dumps({"images": rep.n, "crop": crop, "missed": rep.missed, "map": scorer.full.name,
-                                       "points": int(len(scorer.used.ours)), "norm": norm, "decoders": table,
-                                       "plots": [str(w) for w in written]}, indent=2))
+                click.echo(_json({"images": rep.n, "crop": crop, "missed": rep.missed, "map": scorer.full.name,
+                                  "points": int(len(scorer.used.ours)), "norm": norm, "decoders": table,
+                                  "plots": [str(w) for w in written]}))
             else:
                 click.echo(f"{rep.n} images, crop from {crop}, {len(scorer.used.ours)} points ({scorer.full.name} map), "
                            f"normalised by {norm}" + (f", detector missed {rep.missed}" if crop == "detector" else ""))
@@ -544,27 +542,32 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
                     errs[k] = metrics.nme(p, g, scorer.normaliser(rep.gt[:n]))
                 written.append(_plot(lambda: plots.error_cdf(errs, stem.with_name(stem.name + "_error_cdf.png"),
                                                              f"{v.name}: per-frame error")))
-    keys = ["allan_dev_pct_iod", "cvar"] + (["nme", "nrmse", "jitter_error", "missed"] if any(r.gt is not None for r in reports) else [])
+    video_keys = ["nme", "nrmse", "jitter_error", "second_diff_error", "nmj", "time_delay", "fhr_second_diff", "lag_frames",
+                  "missed"]
+    keys = ["allan_dev_pct_iod", "cvar"] + (video_keys if any(r.gt is not None for r in reports) else [])
     summary = {}
     for k in kinds:
         summary[k] = {}
         for key in keys:
             vals = [r.metrics[k][key] for r in reports if key in r.metrics[k]]
-            summary[k][key] = float(np.sum(vals)) if key == "missed" else float(np.nanmean(vals)) if vals else float("nan")
+            finite = [v for v in vals if np.isfinite(v)]
+            summary[k][key] = float(np.sum(vals)) if key == "missed" else float(np.mean(finite)) if finite else float("nan")
     if fmt == "json":
-        click.echo(json.dumps({"videos": {r.name: r.metrics for r in reports}, "mean": summary, "map": scorer.full.name,
-                               "norm": norm, "plots": [str(w) for w in written]}, indent=2))
+        click.echo(_json({"videos": {r.name: r.metrics for r in reports}, "mean": summary, "map": scorer.full.name,
+                          "norm": norm, "plots": [str(w) for w in written]}))
         return
     annotated = "nme" in keys
     click.echo(f"{len(reports)} video(s)" + (f", {sum(r.gt is not None for r in reports)} annotated "
                                               f"({len(scorer.used.ours)} points, {scorer.full.name} map, normalised by {norm})"
                                               if annotated else ""))
     if annotated:
-        click.echo("| stabilizer | NME % | NRMSE % | jitter error % | Allan deviation (% IOD) | MCV | missed frames |")
-        click.echo("|---|---|---|---|---|---|---|")
+        click.echo("| stabilizer | NME % | NRMSE % | jitter error % | 2nd-diff error % | NMJ | FHR time delay (frames) "
+                   "| FHR 2nd diff (% box) | lag (frames) | Allan deviation (% IOD) | MCV | missed frames |")
+        click.echo("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for k, m in summary.items():
-            click.echo(f"| {k} | {m['nme']:.2f} | {m['nrmse']:.2f} | {m['jitter_error']:.3f} | {m['allan_dev_pct_iod']:.3f} "
-                       f"| {m['cvar']:.5f} | {int(m['missed'])} |")
+            click.echo(f"| {k} | {m['nme']:.2f} | {m['nrmse']:.2f} | {m['jitter_error']:.3f} | {m['second_diff_error']:.3f} "
+                       f"| {m['nmj']:.1f} | {m['time_delay']:.2f} | {m['fhr_second_diff']:.3f} | {m['lag_frames']:.2f} "
+                       f"| {m['allan_dev_pct_iod']:.3f} | {m['cvar']:.5f} | {int(m['missed'])} |")
     else:
         click.echo("| stabilizer | Allan deviation (% IOD) | MCV |")
         click.echo("|---|---|---|")
@@ -572,6 +575,26 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
             click.echo(f"| {k} | {m['allan_dev_pct_iod']:.3f} | {m['cvar']:.5f} |")
     for w in written:
         click.echo(f"wrote {w}", err=True)
+
+
+def _finite_or_null(obj: object) -> object:
+    """``obj`` with every non-finite float (and numpy scalar) replaced by None, for strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_null(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _json(obj: object) -> str:
+    """Indented strict JSON: NaN and infinities become null (a bare NaN is not JSON)."""
+    import json
+
+    return json.dumps(_finite_or_null(obj), indent=2, allow_nan=False)
 
 
 def _plot(draw: Callable[[], Path]) -> Path:

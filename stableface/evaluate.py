@@ -4,7 +4,8 @@
   failure rates at 8% / 10%, AUC at 10%, for PDC and argmax decoding. ``--crop gt`` crops from
   the annotated landmark box (the usual protocol); ``--crop detector`` runs the whole pipeline.
 * (b) Videos with per-frame annotations (a ``.npy`` of (T, K, 2), or a folder of one ``.pts``
-  per frame sorted by name): NME, NRMSE, jitter error, Allan deviation and MCV per stabilizer.
+  per frame sorted by name): NME, NRMSE, jitter and second-difference error, LDEQ's NMJ, FHR's
+  time delay and second difference, lag in frames, Allan deviation and MCV per stabilizer.
 * (c) Videos without annotations: Allan deviation (Eq. 11, % of the mean inter-ocular
   distance) and MCV (Eq. 9-10), per stabilizer.
 
@@ -149,11 +150,16 @@ def stability(track: np.ndarray) -> dict[str, float]:
     return {"frames": len(t), "allan_dev_px": dev, "allan_dev_pct_iod": 100 * dev / iod, "cvar": metrics.cvar(t)}
 
 
-def accuracy(track: np.ndarray, gt: np.ndarray, scorer: Scorer) -> dict[str, float]:
-    """NME, NRMSE and jitter error (% of the normaliser) over frames that are tracked and annotated.
+def accuracy(track: np.ndarray, gt: np.ndarray, scorer: Scorer, max_lag: int = 10) -> dict[str, float]:
+    """Accuracy and stability against the annotations, over frames that are tracked and annotated.
 
-    Frames the tracker missed count in ``missed``; jitter error uses consecutive frame pairs
-    where both are tracked and annotated.
+    ``nme``, ``nrmse``, ``jitter_error``, ``second_diff_error``: % of the normaliser. ``nmj``
+    (LDEQ), ``time_delay`` (FHR, frames) and ``fhr_second_diff`` (% of the annotation box's
+    longer side) keep their papers' normalisation, the box of all annotated points
+    (see :mod:`stableface.metrics`). ``lag_frames``: the shift, within ``max_lag``, that best
+    aligns the predicted motion with the annotated one (positive: behind). Frames the tracker
+    missed count in ``missed``; the video metrics use the consecutive pairs (triples) of frames
+    that are all tracked and annotated. NaN where there are none.
     """
     n = min(len(track), len(gt))
     p, g = scorer.pairs(track[:n], gt[:n])
@@ -169,6 +175,13 @@ def accuracy(track: np.ndarray, gt: np.ndarray, scorer: Scorer) -> dict[str, flo
     if both.any():
         step = np.linalg.norm(np.diff(p, axis=0) - np.diff(g, axis=0), axis=-1)[both]  # (pairs, n)
         out["jitter_error"] = 100 * float((step / norm[1:][both][:, None]).mean())
+    pm = np.where(ok[:, None, None], p, np.nan)  # a frame counts only where it is tracked and annotated
+    box = gt[:n]
+    out["second_diff_error"] = 100 * metrics.second_diff_error(pm, g, norm)
+    out["nmj"] = metrics.nmj(pm, g, box)
+    out["time_delay"] = metrics.fhr_time_delay(pm, g, box)
+    out["fhr_second_diff"] = metrics.fhr_second_diff(pm, g, box)
+    out["lag_frames"] = metrics.lag_frames(pm, g, max_lag)
     return out
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stableface import ibug
+from stableface import ibug, metrics
 from stableface.cli import main
 from stableface.evaluate import accuracy, find_annotations, load_annotation_track
 from stableface.points import GROUPS, Scorer, load_map, parse_subset
@@ -91,6 +91,37 @@ def test_accuracy_planted_drift_and_missed_frames(rng):
     assert m["nrmse"] == pytest.approx(want_nme)  # the same offset at every point: RMS = mean
 
 
+def test_accuracy_planted_video_metrics(rng):
+    sc = Scorer.build()
+    t = np.arange(20)[:, None, None]
+    gt = np.repeat(face(rng), 20, axis=0) + t * np.array([2.0, 1.0])  # constant velocity
+    pred = np.full_like(gt, np.nan)
+    pred[3:] = gt[:-3]  # 3 frames behind, the first 3 missed
+    pred[10] = np.nan
+    m = accuracy(pred, gt, sc)
+    assert m["missed"] == 4 and m["time_delay"] == pytest.approx(3.0)
+    assert m["nmj"] == pytest.approx(0.0, abs=1e-9) and m["second_diff_error"] == pytest.approx(0.0, abs=1e-9)
+    assert m["fhr_second_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert np.isnan(m["lag_frames"])  # constant velocity: no shift fits better than another
+    # a still face and a +-1 px flicker along x
+    still = np.repeat(face(rng), 12, axis=0)
+    flick = still + np.array([1.0, -1.0] * 6)[:, None, None] * [1.0, 0.0]
+    m = accuracy(flick, still, sc)
+    span = still[0].max(0) - still[0].min(0)
+    assert m["nmj"] == pytest.approx(100 * 2 / (np.sqrt(span.prod()) / 256))  # steps of 2 px
+    assert m["fhr_second_diff"] == pytest.approx(2 / (span.max() / 100))  # 2 px off the neighbours' midpoint
+    assert m["second_diff_error"] == pytest.approx(100 * 4 / ibug.interocular(still[0]))  # second differences of 4 px
+    assert np.isnan(m["time_delay"]) and np.isnan(m["lag_frames"])  # nothing moves
+    # a face on a curved path, 3 frames behind: the lag; 2 frames ahead: negative
+    s = np.arange(60)[:, None, None]
+    curve = np.repeat(face(rng), 60, axis=0) + np.concatenate([20 * np.sin(s / 5), 10 * np.cos(s / 7)], axis=-1)
+    behind, ahead = np.full_like(curve, np.nan), np.full_like(curve, np.nan)
+    behind[3:], ahead[:-2] = curve[:-3], curve[2:]
+    assert accuracy(behind, curve, sc)["lag_frames"] == pytest.approx(3.0, abs=0.05)
+    assert accuracy(ahead, curve, sc)["lag_frames"] == pytest.approx(-2.0, abs=0.05)
+    assert accuracy(behind, curve, sc, max_lag=2)["lag_frames"] == 2.0  # at the edge of the range: not refined
+
+
 def test_annotation_files_npy_and_pts_folder(tmp_path, rng):
     gt = face(rng, 4)
     np.save(tmp_path / "clip.npy", gt)
@@ -138,6 +169,33 @@ def test_evaluate_annotated_video_planted_answers(clip, tmp_path):
     out = json.loads(res.output)["mean"]
     assert out["none"]["nme"] == pytest.approx(0.0, abs=1e-9) and out["none"]["jitter_error"] == pytest.approx(0.0, abs=1e-9)
     assert out["convlstm"]["nme"] > 0 and out["none"]["missed"] == 0
+    for key in ("nmj", "second_diff_error", "time_delay", "lag_frames"):  # the annotations are the raw track itself
+        assert out["none"][key] == pytest.approx(0.0, abs=1e-9), key
+    own = metrics.fhr_second_diff(raw, raw)  # FHR's term scores the prediction's own second difference
+    assert own > 0 and out["none"]["fhr_second_diff"] == pytest.approx(own)
+    assert out["convlstm"]["nmj"] > 0
+    # only the first frame annotated: no frame pairs, so the video metrics are null in strict JSON
+    lone = np.full_like(raw, np.nan)
+    lone[0] = raw[0]
+    np.save(tmp_path / "lone.npy", lone)
+    res = runner.invoke(main, ["evaluate", str(path), "--annotations", str(tmp_path / "lone.npy"), "--stabilizers", "none",
+                               "--format", "json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "NaN" not in res.output
+    got = json.loads(res.output, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+    video = got["videos"]["clip.avi"]["none"]
+    assert video["nme"] == pytest.approx(0.0, abs=1e-9) and video["annotated"] == 1
+    for key in ("jitter_error", "second_diff_error", "nmj", "time_delay", "fhr_second_diff", "lag_frames"):
+        assert video[key] is None and got["mean"]["none"][key] is None, key
+    res = runner.invoke(main, ["evaluate", str(path), "--annotations", str(tmp_path / "same.npy"), "--stabilizers", "none",
+                               "-q"])
+    assert res.exit_code == 0, res.output
+    head = next(line for line in res.output.splitlines() if line.startswith("| stabilizer"))
+    for col in ("2nd-diff error %", "NMJ", "FHR time delay (frames)", "FHR 2nd diff (% box)", "lag (frames)"):
+        assert f"| {col} |" in head, col
+    row = next(line for line in res.output.splitlines() if line.startswith("| none |")).split("|")[1:-1]
+    cells = dict(zip([c.strip() for c in head.split("|")[1:-1]], [c.strip() for c in row], strict=True))
+    assert cells["NMJ"] == "0.0" and cells["lag (frames)"] in ("0.00", "-0.00")
     # annotations 2 px to the right, written mirrored, as a folder of .pts: error 2 px / IOD per frame
     folder = tmp_path / "mirrored"
     folder.mkdir()
@@ -150,6 +208,7 @@ def test_evaluate_annotated_video_planted_answers(clip, tmp_path):
     want = 100 * np.mean(2.0 / ibug.interocular(raw))
     got = json.loads(res.output)["mean"]["none"]
     assert got["nme"] == pytest.approx(want, rel=1e-3) and got["jitter_error"] < 0.005  # .pts keep 3 decimals
+    assert got["second_diff_error"] < 0.01 and abs(got["lag_frames"]) < 0.05  # an offset is neither acceleration nor lag
     for name in ("clip_trajectories.png", "clip_jitter.png", "clip_error_cdf.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
