@@ -1,11 +1,21 @@
-"""The fixed-lag smoother with planted tracks, and the pipeline that delays frames with it."""
+"""The fixed-lag smoother with planted tracks, the pipeline that delays frames with it, and the CLI."""
 
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
 import numpy as np
 import pytest
 
 from stableface.lookahead import Lookahead, default_sigma
 from stableface.pipeline import Pipeline, PipelineConfig
 from stableface.types import Face, Frame, FrameResult
+
+from .conftest import shared_video
+from .test_cli import assert_closed_after_signal, run_cli
 
 K = 68
 
@@ -285,3 +295,113 @@ def test_pipeline_track_writes_every_processed_frame_when_interrupted(rng):
     seen = [next(it)[1].frame for _ in range(2)]
     seen += [r.frame for _, r in pipe.drain()]
     assert seen == list(range(7))
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------
+
+
+def short_clip(tmp_path, n):
+    cap = cv2.VideoCapture(str(shared_video()))
+    path = tmp_path / "short.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (512, 512))
+    for _ in range(n):
+        ok, f = cap.read()
+        assert ok
+        w.write(f)
+    w.release()
+    return path
+
+
+def test_cli_lookahead_option_and_help():
+    from stableface.cli import DEFAULT_LOOKAHEAD_FILES
+
+    r = run_cli("webcam", "--help")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "--lookahead N" in text and "Adds N frames of latency" in text and "[default: 0;" in text
+    r = run_cli("track", "--help")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "--lookahead N" in text and f"[default: {DEFAULT_LOOKAHEAD_FILES};" in text
+    r = run_cli("track", "x.png", "--lookahead", "121")
+    assert r.exit_code == 2 and "--lookahead" in r.output
+
+
+def test_cli_writer_completes_a_frame_an_interrupt_cut_short():
+    from stableface.cli import _Writer
+    from stableface.pipeline import Timer
+
+    class Flaky(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.armed = True
+
+        def write(self, result, image=None):
+            if self.armed and result.frame == 1:
+                self.armed = False
+                raise KeyboardInterrupt
+            super().write(result, image)
+
+    sinks = [Recorder(), Flaky(), Recorder()]
+    w = _Writer(sinks, Timer())
+    fr = frames_of(3)
+    w.write(fr[0], FrameResult(0, 0.0))
+    with pytest.raises(KeyboardInterrupt):
+        w.write(fr[1], FrameResult(1, 40.0))
+    w.finish()  # frame 1 reaches the sinks it had not reached, and only those
+    w.finish()
+    w.write(fr[2], FrameResult(2, 80.0))
+    assert [s.got for s in sinks] == [[(0, 0), (1, 1), (2, 2)]] * 3 and w.frames == 3
+
+
+@pytest.mark.slow
+def test_cli_track_with_lookahead_one_entry_per_frame(tmp_path):
+    clip = short_clip(tmp_path, 14)
+    out, raw = tmp_path / "out.json", tmp_path / "raw.json"
+    r = run_cli("track", str(clip), "--lookahead", "5", "-q", "-o", str(out), "-o", str(tmp_path / "out.csv"))
+    assert r.exit_code == 0, r.output
+    r = run_cli("track", str(clip), "-q", "-o", str(raw))
+    assert r.exit_code == 0, r.output
+    doc, ref = json.loads(out.read_text()), json.loads(raw.read_text())
+    assert doc["lookahead"] == 5 and ref["lookahead"] == 0
+    assert [f["frame"] for f in doc["frames"]] == list(range(14))
+    assert [f["timestamp_ms"] for f in doc["frames"]] == [f["timestamp_ms"] for f in ref["frames"]]
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 15
+    a = np.array([f["faces"][0]["landmarks"] for f in doc["frames"]])
+    b = np.array([f["faces"][0]["landmarks"] for f in ref["frames"]])
+    # the smoothed track moves less from frame to frame than the one it came from, and stays on it
+    assert np.abs(np.diff(a, axis=0)).mean() < np.abs(np.diff(b, axis=0)).mean()
+    assert np.abs(a - b).mean() < 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_cli_signal_with_lookahead_keeps_every_processed_frame(tmp_path, sig, code):
+    clip = shared_video()
+    out_json, out_csv, out_jsonl = tmp_path / "o.json", tmp_path / "o.csv", tmp_path / "o.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "stableface", "track", str(clip), "-q", "--lookahead", "15",
+                          "-o", str(out_json), "-o", str(out_csv), "-o", str(out_jsonl)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    # wait until frames come out: the lookahead then holds 15 processed frames
+    while (not out_jsonl.exists() or len(out_jsonl.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(getattr(signal, sig))
+    n = assert_closed_after_signal(p, code, out_json, out_csv)
+    lines = [json.loads(x) for x in out_jsonl.read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(n))
+    assert n >= 3 + 15 and n < 200  # the 15 held frames were written, the clip was not finished
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_webcam_with_lookahead_flushes_when_the_stream_ends(tmp_path):
+    from .mjpeg_server import MJPEGServer
+
+    out = tmp_path / "live.jsonl"
+    with MJPEGServer(fps=10, max_frames=6) as server:  # a stream shorter than the lookahead: all of it is the flush
+        r = subprocess.run([sys.executable, "-m", "stableface", "webcam", "--camera", server.url, "--no-show", "-q",
+                            "--stabilizer", "none", "--lookahead", "8", "-o", str(out), "-o", str(tmp_path / "live.json")],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    frames = [json.loads(x)["frame"] for x in out.read_text().splitlines()]
+    assert 1 <= len(frames) <= 6 and frames == list(range(len(frames)))
+    doc = json.loads((tmp_path / "live.json").read_text())
+    assert doc["lookahead"] == 8 and [f["frame"] for f in doc["frames"]] == frames
