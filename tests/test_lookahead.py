@@ -54,7 +54,7 @@ def track_of(results, fid=0):
 def test_sigma_default_and_validation():
     assert Lookahead(3).sigma == 1.0 and Lookahead(15).sigma == 5.0 and Lookahead(1).sigma == 0.5
     assert Lookahead(4, sigma=2.5).sigma == 2.5
-    for bad in (dict(n=-1), dict(n=1.5), dict(n=3, sigma=0.0), dict(n=3, sigma=float("nan"))):
+    for bad in ({"n": -1}, {"n": 1.5}, {"n": 3, "sigma": 0.0}, {"n": 3, "sigma": float("nan")}):
         with pytest.raises(ValueError):
             Lookahead(**bad)
 
@@ -129,7 +129,7 @@ def test_only_landmarks_and_box_change(rng):
 
 def test_two_interleaved_ids_never_mix(rng):
     n, t = 5, 60
-    base0, solo = still_track(t, 100.0, 1.5, rng, fid=0)
+    _, solo = still_track(t, 100.0, 1.5, rng, fid=0)
     far = rng.uniform(-40, 40, size=(K, 2)) + 5000.0
     mixed = []
     for i, r in enumerate(solo):
