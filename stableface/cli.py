@@ -31,6 +31,10 @@ Examples:
 
 log = logging.getLogger("stableface")
 
+# --lookahead for `track` (files): one place to change it; `webcam` always defaults to 0 (it adds latency)
+DEFAULT_LOOKAHEAD_FILES = 0
+LOOKAHEAD_RANGE = click.IntRange(0, 120)
+
 
 class Interrupted(Exception):
     def __init__(self, code: int) -> None:
@@ -99,11 +103,17 @@ def model_options(f):
     return f
 
 
-def _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every):
+def lookahead_option(default: int, extra: str = ""):
+    return click.option("--lookahead", type=LOOKAHEAD_RANGE, default=default, show_default=True, metavar="N",
+                        help="Fixed-lag smoothing per track: a zero-phase Gaussian over the N frames before and after "
+                             "each frame (0: off). " + (extra or "Output lags N frames."))
+
+
+def _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead=0):
     from stableface.onnx_util import WeightsError
     from stableface.pipeline import Pipeline, PipelineConfig
 
-    cfg = PipelineConfig(stabilizer=stabilizer, max_faces=max_faces, redetect_every=redetect_every)
+    cfg = PipelineConfig(stabilizer=stabilizer, max_faces=max_faces, redetect_every=redetect_every, lookahead=lookahead)
     try:
         return Pipeline.from_weights(weights, stabilizer_weights, device=device, config=cfg)
     except WeightsError as exc:
@@ -156,19 +166,52 @@ def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | N
     return plans
 
 
+class _Writer:
+    """Writes each (frame, result) to every sink; ``finish()`` completes a pair that an interrupt cut
+    short, so that after a signal every sink holds the same frames, none twice."""
+
+    def __init__(self, sinks: list, timer) -> None:
+        self.sinks, self.timer = sinks, timer
+        self.frames = self.faces = 0
+        self._pair = None
+        self._done = 0
+
+    def write(self, frame, result) -> None:
+        self._pair, self._done = (frame, result), 0
+        self.finish()
+
+    def finish(self) -> None:
+        if self._pair is None:
+            return
+        frame, result = self._pair
+        while self._done < len(self.sinks):
+            s = self.sinks[self._done]
+            with self.timer.stage("write"):
+                s.write(result, frame.image if s.needs_image else None)
+            self._done += 1
+        self._pair = None
+        self.frames += 1
+        self.faces += len(result.faces)
+
+
 def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
                 show: bool = False, reconnect: int = 0) -> tuple[int, int]:
-    """Track one source into its outputs; returns (frames, faces). Raises SourceError/SinkError."""
+    """Track one source into its outputs; returns (frames, faces). Raises SourceError/SinkError.
+
+    With a lookahead, the frames it still holds are written before the outputs close, also when
+    the run is interrupted (KeyboardInterrupt, Interrupted): every processed frame, in order.
+    """
     import cv2
 
     from stableface.draw import draw_result
-    from stableface.sinks import VideoSink, open_sink
+    from stableface.sinks import SinkError, VideoSink, open_sink
     from stableface.video import open_source
 
-    frames = faces = 0
     with ExitStack() as stack:
         src = stack.enter_context(open_source(spec, sequence=sequence, reconnect=reconnect))
-        sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, stabilizer, pipe.backbone.k)) for o in outs]
+        sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, stabilizer, pipe.backbone.k,
+                                               lookahead=pipe.config.lookahead)) for o in outs]
+        writer = _Writer(sinks, pipe.timer)
         progress = None
         if show_progress:
             from rich.console import Console
@@ -187,30 +230,37 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
             cv2.namedWindow(window, cv2.WINDOW_NORMAL)
         fps_ema = 0.0
         last = time.perf_counter()
-        for frame, result in pipe.stream(src):
-            now = time.perf_counter()
-            inst = 1.0 / max(now - last, 1e-6)
-            fps_ema = inst if fps_ema == 0 else 0.9 * fps_ema + 0.1 * inst
-            last = now
-            for s in sinks:
-                if isinstance(s, VideoSink):
-                    s.fps_text = f"{fps_ema:.1f} fps"
-                with pipe.timer.stage("write"):
-                    s.write(result, frame.image if s.needs_image else None)
-            frames += 1
-            faces += len(result.faces)
-            if progress is not None:
-                progress.update(task, advance=1, fps=frames / max(now - t0, 1e-6))
-            if window is not None:
-                cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
-                key = cv2.waitKey(1) & 0xFF
-                if key in (ord("q"), 27):
-                    break
+        failed = False
+        try:
+            for frame, result in pipe.stream(src):
+                now = time.perf_counter()
+                inst = 1.0 / max(now - last, 1e-6)
+                fps_ema = inst if fps_ema == 0 else 0.9 * fps_ema + 0.1 * inst
+                last = now
+                for s in sinks:
+                    if isinstance(s, VideoSink):
+                        s.fps_text = f"{fps_ema:.1f} fps"
+                writer.write(frame, result)
+                if progress is not None:
+                    progress.update(task, advance=1, fps=writer.frames / max(now - t0, 1e-6))
+                if window is not None:
+                    cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
+                    key = cv2.waitKey(1) & 0xFF
+                    if key in (ord("q"), 27):
+                        break
+        except (SinkError, BrokenPipeError):
+            failed = True  # an output is gone: nothing more can be written
+            raise
+        finally:
+            if not failed:  # the end, a quit key or an interrupt: the frames the lookahead holds
+                writer.finish()
+                for frame, result in pipe.drain():
+                    writer.write(frame, result)
         if progress is not None:  # containers can announce more frames than they hold
-            progress.update(task, total=frames, completed=frames)
+            progress.update(task, total=writer.frames, completed=writer.frames)
         if window is not None:
             cv2.destroyWindow(window)
-    return frames, faces
+    return writer.frames, writer.faces
 
 
 def _print_timings(pipe, frames: int) -> None:
@@ -265,9 +315,10 @@ def _read_source_list(path: str) -> list[str]:
 @click.option("--reconnect", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="Camera or stream sources: reopen after a drop, up to N times.")
 @click.option("--overwrite", is_flag=True, help="Replace output files that already exist (default: refuse).")
+@lookahead_option(DEFAULT_LOOKAHEAD_FILES)
 @model_options
-def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, overwrite, weights, stabilizer, stabilizer_weights, device,
-          max_faces, redetect_every, quiet, verbose):
+def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, overwrite, lookahead, weights, stabilizer,
+          stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
     """Landmarks for video files, images, image folders, camera indices or URLs."""
     from stableface.sinks import SinkError
     from stableface.video import SourceError, expand
@@ -295,7 +346,7 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             _fail(f"{out_dir}: cannot create output folder ({exc.strerror})", 1)
-    build_args = (weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
+    build_args = (weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     if jobs > 1 and len(specs) > 1:
         _build_pipeline(*build_args)  # bad weights: one clear error before any worker starts
         _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
@@ -384,16 +435,17 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
 @click.option("--reconnect", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="Reopen a stream that drops, up to N times (1 s apart).")
 @click.option("--overwrite", is_flag=True, help="Replace output files that already exist (default: refuse).")
+@lookahead_option(0, "Adds N frames of latency: the overlay and the recordings lag the camera by N frames.")
 @model_options
-def webcam(camera, show, outputs, reconnect, overwrite, weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every,
-           quiet, verbose):
+def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stabilizer, stabilizer_weights, device, max_faces,
+           redetect_every, quiet, verbose):
     """Live landmarks from a camera or stream, newest frame first (stale frames are dropped)."""
     from stableface.sinks import SinkError
     from stableface.video import SourceError
 
     _setup_logging(verbose, quiet)
     _output_plan([camera], outputs, None, "json", overwrite)
-    pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
+    pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     try:
         with _signals():
             frames, _ = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,

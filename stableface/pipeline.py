@@ -5,12 +5,16 @@
     result = pipe.update(frame)               # one Frame -> FrameResult
     for result in pipe.track("clip.mp4"):     # a whole source
         ...
+
+With ``PipelineConfig(lookahead=N)``, ``stream`` and ``track`` smooth each track over N frames
+ahead (``stableface.lookahead``): their results lag the source by N frames, and the last N come
+when the source ends. ``update`` is never delayed.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,8 @@ import numpy as np
 from stableface import codec, crop as C
 from stableface.backbone import HeatmapBackbone
 from stableface.detector import BlazeFace, FaceDetector, MultiRangeDetector
-from stableface.sinks import Sink
+from stableface.lookahead import Lookahead
+from stableface.sinks import Sink, SinkError
 from stableface.stabilizer import (ConvLSTMStabilizer, ConvLSTMStep, Decoder, NoStabilizer, OneEuroStabilizer,
                                    Stabilizer)
 from stableface.tracker import Tracker
@@ -80,6 +85,7 @@ class PipelineConfig:
     rotate_crops: bool = True
     start_score: float = 0.55  # mean heatmap peak needed to start a track from a detection
     min_score: float = 0.3  # a track whose mean heatmap peak falls below this ends
+    lookahead: int = 0  # frames of fixed-lag smoothing per track in stream()/track() (0: none, no delay)
 
 
 class Pipeline:
@@ -99,6 +105,8 @@ class Pipeline:
                                      config.pdc_mode)
         self.tracker = Tracker(self.new_stabilizer, max_faces=config.max_faces, crop_scale=backbone.crop_scale,
                                rotate=config.rotate_crops, min_score=config.min_score)
+        self.lookahead = Lookahead(config.lookahead)
+        self._held: deque[Frame] = deque()  # the frames whose results the lookahead still holds
         self.reset()
 
     @classmethod
@@ -130,6 +138,8 @@ class Pipeline:
     def reset(self) -> None:
         """Forget every track (call between unrelated sources)."""
         self.tracker.reset()
+        self.lookahead.reset()
+        self._held.clear()
         self.last_detect = None
         self.last_timestamp = None
         self._frame_count = 0
@@ -186,23 +196,64 @@ class Pipeline:
         return FrameResult(frame.index, frame.timestamp_ms, tuple(faces))
 
     def stream(self, source: Source, on_frame: Callable[[Frame, FrameResult], None] | None = None) -> Iterator[tuple[Frame, FrameResult]]:
-        """(frame, result) for every frame of an open source; resets tracks first."""
+        """(frame, result) for every frame of an open source, in order; resets tracks first.
+
+        With a lookahead of N the pairs lag the source by N frames and the last N come after the
+        source ends; each result comes with its own frame. If the loop stops early (an exception, a
+        break), ``drain()`` gives the pairs still held.
+        """
         self.reset()
         for frame in source:
             result = self.update(frame)
             if on_frame:
                 on_frame(frame, result)
-            yield frame, result
+            if not self.lookahead.n:
+                yield frame, result
+                continue
+            self._held.append(frame)
+            for out in self.lookahead.update(result):
+                yield self._pair(out)
+        yield from self.drain()
+
+    def drain(self) -> Iterator[tuple[Frame, FrameResult]]:
+        """The (frame, result) pairs the lookahead still holds, oldest first, smoothed with what there
+        is; for the end of a source, or after an interrupted ``stream()``. Each pair is taken out
+        as it is yielded, so a drain that stops early can be resumed by another."""
+        while (out := self.lookahead.pop()) is not None:
+            yield self._pair(out)
+
+    def _pair(self, result: FrameResult) -> tuple[Frame, FrameResult]:
+        frame = self._held.popleft()
+        assert frame.index == result.frame, (frame.index, result.frame)
+        return frame, result
+
+    def _write(self, sinks: list[Sink], frame: Frame, result: FrameResult) -> None:
+        for s in sinks:
+            with self.timer.stage("write"):
+                s.write(result, frame.image if s.needs_image else None)
 
     def track(self, source: str | Source, sinks: list[Sink] | None = None) -> Iterator[FrameResult]:
-        """Results for every frame of ``source`` (a path, URL, camera index or open Source), written to ``sinks``."""
+        """Results for every frame of ``source`` (a path, URL, camera index or open Source), written to ``sinks``.
+
+        One result per frame, in order. If the consumer stops early or the run is interrupted,
+        the results the lookahead still holds are written to ``sinks`` (not yielded) before this
+        returns, so the sinks hold every processed frame.
+        """
         src = open_source(source) if isinstance(source, str) else source
+        sinks = sinks or []
+        failed = False
         try:
             for frame, result in self.stream(src):
-                for s in sinks or []:
-                    with self.timer.stage("write"):
-                        s.write(result, frame.image if s.needs_image else None)
+                self._write(sinks, frame, result)
                 yield result
+        except (SinkError, BrokenPipeError):
+            failed = True
+            raise
         finally:
-            if isinstance(source, str):
-                src.close()
+            try:
+                if not failed:
+                    for frame, result in self.drain():
+                        self._write(sinks, frame, result)
+            finally:
+                if isinstance(source, str):
+                    src.close()

@@ -30,9 +30,10 @@ class SinkError(Exception):
     """An output cannot be written."""
 
 
-def header(info: SourceInfo, scheme: str, stabilizer: str) -> dict:
+def header(info: SourceInfo, scheme: str, stabilizer: str, lookahead: int = 0) -> dict:
     return {"stableface_version": __version__, "source": info.name, "width": info.width, "height": info.height,
-            "fps": round(float(info.fps), 3), "landmark_scheme": scheme, "stabilizer": stabilizer}
+            "fps": round(float(info.fps), 3), "landmark_scheme": scheme, "stabilizer": stabilizer,
+            "lookahead": int(lookahead)}
 
 
 class Sink:
@@ -99,9 +100,9 @@ class _AtomicText(Sink):
 class JsonSink(_AtomicText):
     """The whole track as one JSON document (SPEC ``.json``), streamed frame by frame."""
 
-    def __init__(self, path: Path, info: SourceInfo, scheme: str, stabilizer: str) -> None:
+    def __init__(self, path: Path, info: SourceInfo, scheme: str, stabilizer: str, lookahead: int = 0) -> None:
         super().__init__(path)
-        head = json.dumps(header(info, scheme, stabilizer))
+        head = json.dumps(header(info, scheme, stabilizer, lookahead))
         self._put(head[:-1] + ', "frames": [')
         self.count = 0
 
@@ -212,10 +213,10 @@ def kind_of(path: str) -> str:
     raise ValueError(f"{path}: unknown output format {ext or '(no extension)'}: use .json, .jsonl, .csv, .mp4 or .avi")
 
 
-def open_sink(path: str, info: SourceInfo, scheme: str, stabilizer: str, k: int) -> Sink:
+def open_sink(path: str, info: SourceInfo, scheme: str, stabilizer: str, k: int, lookahead: int = 0) -> Sink:
     kind = kind_of(path)
     if kind == "json":
-        return JsonSink(Path(path), info, scheme, stabilizer)
+        return JsonSink(Path(path), info, scheme, stabilizer, lookahead)
     if kind == "jsonl":
         return JsonlSink(path, info)
     if kind == "csv":

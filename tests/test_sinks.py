@@ -27,7 +27,7 @@ def test_json_exact(tmp_path):
     assert not (tmp_path / "out.json.partial").exists()
     assert json.loads(p.read_text()) == {
         "stableface_version": __version__, "source": "clip.mp4", "width": 64, "height": 48, "fps": 25.0,
-        "landmark_scheme": "test2", "stabilizer": "none",
+        "landmark_scheme": "test2", "stabilizer": "none", "lookahead": 0,
         "frames": [
             {"frame": 0, "timestamp_ms": 0.0, "faces": [
                 {"id": 0, "box": [1.0, 2.0, 3.5, 4.25], "score": 0.9, "landmarks": [[1.0, 2.0], [3.5, 4.25]],

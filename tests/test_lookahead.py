@@ -1,0 +1,407 @@
+"""The fixed-lag smoother with planted tracks, the pipeline that delays frames with it, and the CLI."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from stableface.lookahead import Lookahead, default_sigma
+from stableface.pipeline import Pipeline, PipelineConfig
+from stableface.types import Face, Frame, FrameResult
+
+from .conftest import shared_video
+from .test_cli import assert_closed_after_signal, run_cli
+
+K = 68
+
+
+def face(fid, pts, score=0.9):
+    pts = np.asarray(pts, np.float32)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return Face(fid, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), score, pts,
+                np.linspace(0.5, 0.9, len(pts)).astype(np.float32))
+
+
+def run(la, results):
+    """Every result through ``la``, then the flush; asserts the buffer bound at every step."""
+    out = []
+    for r in results:
+        out += la.update(r)
+        assert len(la) <= 2 * la.n + 1 and la.pending <= la.n
+    return out + la.flush()
+
+
+def kernel(n, sigma=None):
+    s = default_sigma(n) if sigma is None else sigma
+    w = np.exp(-0.5 * (np.arange(-n, n + 1) / s) ** 2)
+    return w / w.sum()
+
+
+def still_track(t, centre, noise, rng, fid=0):
+    base = rng.uniform(-40, 40, size=(K, 2)) + centre
+    return base, [FrameResult(i, i * 40.0, (face(fid, base + rng.normal(0, noise, (K, 2))),)) for i in range(t)]
+
+
+def track_of(results, fid=0):
+    return np.stack([f.landmarks for r in results for f in r.faces if f.id == fid]).astype(np.float64)
+
+
+def test_sigma_default_and_validation():
+    assert Lookahead(3).sigma == 1.0 and Lookahead(15).sigma == 5.0 and Lookahead(1).sigma == 0.5
+    assert Lookahead(4, sigma=2.5).sigma == 2.5
+    for bad in ({"n": -1}, {"n": 1.5}, {"n": 3, "sigma": 0.0}, {"n": 3, "sigma": float("nan")}):
+        with pytest.raises(ValueError):
+            Lookahead(**bad)
+
+
+def test_zero_is_the_identity_with_no_buffer(rng):
+    _, results = still_track(20, 200.0, 1.0, rng)
+    la = Lookahead(0)
+    for r in results:
+        out = la.update(r)
+        assert len(out) == 1 and out[0] is r and len(la) == 0
+    assert la.flush() == []
+
+
+def test_still_track_jitters_less_and_keeps_its_place(rng):
+    n, noise, t = 5, 1.0, 600
+    base, results = still_track(t, 300.0, noise, rng)
+    out = run(Lookahead(n), results)
+    raw, smooth = track_of(results), track_of(out)
+    inner = slice(n, t - n)  # frames whose whole window lies inside the track
+    # white noise through normalised weights w: its std shrinks by sqrt(sum w^2)
+    want = np.sqrt(np.sum(kernel(n) ** 2))
+    got = np.std(smooth[inner] - base, axis=0).mean() / np.std(raw[inner] - base, axis=0).mean()
+    assert want < 0.45 and got == pytest.approx(want, rel=0.08)
+    # no bias: the mean over the track stays the input's mean (to well under the noise's standard error)
+    assert np.abs(smooth.mean(axis=0) - raw.mean(axis=0)).max() < 0.02
+    # a noise-free still face keeps its place exactly, ends included
+    exact = run(Lookahead(n), [FrameResult(i, i * 40.0, (face(0, base),)) for i in range(30)])
+    assert np.allclose(track_of(exact), np.broadcast_to(base, (30, K, 2)), atol=1e-4, rtol=0)
+
+
+def test_constant_speed_keeps_its_line_inside_and_is_pulled_inwards_at_the_ends():
+    n, t = 4, 40
+    v = np.array([1.5, -0.75])
+    start = np.random.default_rng(5).uniform(100, 200, size=(K, 2))
+    line = start + np.arange(t)[:, None, None] * v
+    results = [FrameResult(i, i * 40.0, (face(0, line[i]),)) for i in range(t)]
+    smooth = track_of(run(Lookahead(n), results))
+    assert np.allclose(smooth[n:t - n], line[n:t - n], atol=2e-3, rtol=0)  # zero phase: no lag
+    # one-sided windows at the ends: the planted pull is v * sum(w_k k) / sum(w_k), k = 0..n
+    w = np.exp(-0.5 * (np.arange(n + 1) / default_sigma(n)) ** 2)
+    pull = v * (w * np.arange(n + 1)).sum() / w.sum()
+    assert np.abs(pull).min() > 0.5
+    assert np.allclose(smooth[-1], line[-1] - pull, atol=2e-3, rtol=0)
+    assert np.allclose(smooth[0], line[0] + pull, atol=2e-3, rtol=0)
+    # N = 1 (sigma 0.5) by hand: weights 1 and e^-2 at the last frame
+    smooth1 = track_of(run(Lookahead(1), results))
+    assert np.allclose(smooth1[-1], line[-1] - v * np.exp(-2) / (1 + np.exp(-2)), atol=2e-3, rtol=0)
+    assert np.allclose(smooth1[1:-1], line[1:-1], atol=2e-3, rtol=0)
+
+
+def test_no_recursion_the_impulse_response_is_the_kernel():
+    n, t, at = 6, 40, 20
+    x = np.zeros((t, K, 2))
+    x[at] = 1.0
+    smooth = track_of(run(Lookahead(n), [FrameResult(i, i * 40.0, (face(0, x[i] + 50),)) for i in range(t)])) - 50
+    resp = smooth[:, 0, 0]
+    assert np.allclose(resp[at - n: at + n + 1], kernel(n), atol=1e-5)  # symmetric: zero phase
+    assert np.abs(np.delete(resp, np.arange(at - n, at + n + 1))).max() < 1e-5  # nothing beyond N frames
+
+
+def test_only_landmarks_and_box_change(rng):
+    _, results = still_track(12, 150.0, 2.0, rng)
+    out = run(Lookahead(3), results)
+    for r, o in zip(results, out):
+        assert (o.frame, o.timestamp_ms) == (r.frame, r.timestamp_ms)
+        a, b = r.faces[0], o.faces[0]
+        assert (b.id, b.score) == (a.id, a.score) and b.landmark_scores is a.landmark_scores
+        assert b.landmarks.dtype == a.landmarks.dtype and not np.array_equal(b.landmarks, a.landmarks)
+        lo, hi = b.landmarks.min(axis=0), b.landmarks.max(axis=0)
+        assert b.box == pytest.approx((lo[0], lo[1], hi[0], hi[1]))
+
+
+def test_two_interleaved_ids_never_mix(rng):
+    n, t = 5, 60
+    _, solo = still_track(t, 100.0, 1.5, rng, fid=0)
+    far = rng.uniform(-40, 40, size=(K, 2)) + 5000.0
+    mixed = []
+    for i, r in enumerate(solo):
+        faces = r.faces
+        if i % 7 not in (3, 4):  # id 1 comes and goes; id 0 stays
+            faces = (face(1, far + rng.normal(0, 1.5, (K, 2))),) + faces if i % 2 else faces + (face(1, far),)
+        mixed.append(FrameResult(r.frame, r.timestamp_ms, faces))
+    out_mixed, out_solo = run(Lookahead(n), mixed), run(Lookahead(n), solo)
+    # id 0 comes out bit for bit as if id 1 had never been there
+    assert np.array_equal(track_of(out_mixed, 0), track_of(out_solo, 0))
+    one = track_of(out_mixed, 1)
+    assert one.min() > 4900 and track_of(out_mixed, 0).max() < 200
+    assert [[f.id for f in o.faces] for o in out_mixed] == [[f.id for f in r.faces] for r in mixed]
+
+
+def test_a_track_that_ends_or_restarts_starts_a_fresh_window():
+    n = 5
+    a, b, c = np.full((K, 2), 10.0), np.full((K, 2), 400.0), np.full((K, 2), 900.0)
+    results = ([FrameResult(i, i * 40.0, (face(0, a),)) for i in range(10)]  # id 0 ends at frame 9
+               + [FrameResult(i, i * 40.0, (face(1, b),)) for i in range(10, 14)]  # a new id begins
+               + [FrameResult(14, 14 * 40.0, ())]  # id 1 is absent for a frame ...
+               + [FrameResult(i, i * 40.0, (face(1, c),)) for i in range(15, 25)])  # ... and back elsewhere
+    out = run(Lookahead(n), results)
+    assert [o.frame for o in out] == list(range(25))
+    got = {o.frame: o.faces[0].landmarks for o in out if o.faces}
+    for i in range(10):
+        assert np.array_equal(got[i], a)
+    for i in range(10, 14):
+        assert np.array_equal(got[i], b)
+    for i in range(15, 25):
+        assert np.array_equal(got[i], c)
+    assert out[14].faces == ()
+
+
+def test_a_gap_in_frame_indices_breaks_the_window():
+    x = np.full((K, 2), 1.0)
+    results = ([FrameResult(i, i * 40.0, (face(0, x),)) for i in range(5)]
+               + [FrameResult(i, i * 40.0, (face(0, x + 100),)) for i in range(9, 14)])
+    out = run(Lookahead(3), results)
+    assert [o.frame for o in out] == [0, 1, 2, 3, 4, 9, 10, 11, 12, 13]
+    assert all(np.array_equal(o.faces[0].landmarks, x if o.frame < 5 else x + 100) for o in out)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 15])
+def test_every_frame_comes_out_once_in_order_with_the_lag(n, rng):
+    t = 90
+    results = []
+    for i in range(t):
+        faces = tuple(face(fid, rng.uniform(0, 300, size=(K, 2))) for fid in (0, 1, 2) if rng.random() < 0.6)
+        results.append(FrameResult(i, 13.0 + 41.5 * i, faces))
+    la = Lookahead(n)
+    out = []
+    for i, r in enumerate(results):
+        got = la.update(r)
+        assert len(got) == (1 if i >= n else 0)  # the output lags exactly N frames
+        assert all(g.frame == i - n for g in got)
+        out += got
+        assert len(la) <= 2 * n + 1
+    rest = la.flush()
+    assert len(rest) == n and len(la) == 0
+    out += rest
+    assert [(o.frame, o.timestamp_ms) for o in out] == [(r.frame, r.timestamp_ms) for r in results]
+    assert [[f.id for f in o.faces] for o in out] == [[f.id for f in r.faces] for r in results]
+
+
+def test_n15_on_a_source_shorter_than_the_window(rng):
+    _, results = still_track(9, 250.0, 1.0, rng)
+    la = Lookahead(15)
+    assert all(la.update(r) == [] for r in results)
+    out = la.flush()
+    assert [o.frame for o in out] == list(range(9))
+    raw, smooth = track_of(results), track_of(out)
+    assert np.abs(smooth - raw.mean(axis=0)).max() < np.abs(raw - raw.mean(axis=0)).max()
+
+
+def test_flush_starts_afresh_and_indices_must_increase(rng):
+    _, results = still_track(6, 250.0, 1.0, rng)
+    la = Lookahead(2)
+    first = run(la, results)
+    again = run(la, results)  # a second source after the flush: frame 0 again, no leftovers
+    assert all(np.array_equal(f.faces[0].landmarks, s.faces[0].landmarks) for f, s in zip(first, again))
+    la.update(results[3])
+    with pytest.raises(ValueError, match="frame indices must increase"):
+        la.update(results[3])
+    la.reset()
+    assert la.update(results[0]) == [] and len(la) == 1
+
+
+# -- the pipeline: delayed (frame, result) pairs, each with its own frame ----------------------------------
+
+
+class _Backbone:
+    size, stride, crop_scale, k = 64, 4.0, 1.3, K
+
+
+class _Detector:
+    def detect(self, image):
+        return []
+
+
+class Planted(Pipeline):
+    """A pipeline whose per-frame results are planted (no models); the lookahead is the real one."""
+
+    def __init__(self, lookahead, results):
+        super().__init__(_Detector(), _Backbone(), PipelineConfig(stabilizer="none", lookahead=lookahead))
+        self.planted = {r.frame: r for r in results}
+
+    def update(self, frame, timestamp_ms=None):
+        return self.planted[frame.index]
+
+
+def frames_of(t):
+    return [Frame(np.full((8, 8, 3), i, np.uint8), i, i * 40.0) for i in range(t)]
+
+
+class Recorder:
+    needs_image = True
+
+    def __init__(self):
+        self.got = []
+
+    def write(self, result, image=None):
+        self.got.append((result.frame, int(image[0, 0, 0])))
+
+
+@pytest.mark.parametrize("n", [0, 4, 15])
+def test_pipeline_stream_pairs_each_result_with_its_own_frame(n, rng):
+    t = 30
+    _, results = still_track(t, 200.0, 1.0, rng)
+    pipe = Planted(n, results)
+    pairs = list(pipe.stream(frames_of(t)))
+    assert [(f.index, r.frame, int(f.image[0, 0, 0])) for f, r in pairs] == [(i, i, i) for i in range(t)]
+    if n == 0:
+        assert all(r is results[i] for i, (_, r) in enumerate(pairs))
+    else:
+        assert np.array_equal(track_of([r for _, r in pairs]), track_of(run(Lookahead(n), results)))
+    rec = Recorder()
+    assert [r.frame for r in pipe.track(frames_of(t), [rec])] == list(range(t))  # track: one result per frame
+    assert rec.got == [(i, i) for i in range(t)]
+
+
+def test_pipeline_track_writes_every_processed_frame_when_interrupted(rng):
+    _, results = still_track(20, 200.0, 1.0, rng)
+
+    def interrupted_source():
+        yield from frames_of(12)
+        raise KeyboardInterrupt
+
+    rec = Recorder()
+    pipe = Planted(5, results)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in pipe.track(interrupted_source(), [rec]):
+            pass
+    assert rec.got == [(i, i) for i in range(12)]
+    # a consumer that stops early: the held frames still reach the sinks, once
+    rec = Recorder()
+    for r in pipe.track(frames_of(20), [rec]):
+        if r.frame == 3:
+            break
+    assert rec.got == [(i, i) for i in range(9)]  # frames 0..8 were processed (lag 5)
+    # after an interrupted stream, drain gives what was held, each with its frame
+    it = pipe.stream(frames_of(20))
+    seen = [next(it)[1].frame for _ in range(2)]
+    seen += [r.frame for _, r in pipe.drain()]
+    assert seen == list(range(7))
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------
+
+
+def short_clip(tmp_path, n):
+    cap = cv2.VideoCapture(str(shared_video()))
+    path = tmp_path / "short.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (512, 512))
+    for _ in range(n):
+        ok, f = cap.read()
+        assert ok
+        w.write(f)
+    w.release()
+    return path
+
+
+def test_cli_lookahead_option_and_help():
+    from stableface.cli import DEFAULT_LOOKAHEAD_FILES
+
+    r = run_cli("webcam", "--help")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "--lookahead N" in text and "Adds N frames of latency" in text and "[default: 0;" in text
+    r = run_cli("track", "--help")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "--lookahead N" in text and f"[default: {DEFAULT_LOOKAHEAD_FILES};" in text
+    r = run_cli("track", "x.png", "--lookahead", "121")
+    assert r.exit_code == 2 and "--lookahead" in r.output
+
+
+def test_cli_writer_completes_a_frame_an_interrupt_cut_short():
+    from stableface.cli import _Writer
+    from stableface.pipeline import Timer
+
+    class Flaky(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.armed = True
+
+        def write(self, result, image=None):
+            if self.armed and result.frame == 1:
+                self.armed = False
+                raise KeyboardInterrupt
+            super().write(result, image)
+
+    sinks = [Recorder(), Flaky(), Recorder()]
+    w = _Writer(sinks, Timer())
+    fr = frames_of(3)
+    w.write(fr[0], FrameResult(0, 0.0))
+    with pytest.raises(KeyboardInterrupt):
+        w.write(fr[1], FrameResult(1, 40.0))
+    w.finish()  # frame 1 reaches the sinks it had not reached, and only those
+    w.finish()
+    w.write(fr[2], FrameResult(2, 80.0))
+    assert [s.got for s in sinks] == [[(0, 0), (1, 1), (2, 2)]] * 3 and w.frames == 3
+
+
+@pytest.mark.slow
+def test_cli_track_with_lookahead_one_entry_per_frame(tmp_path):
+    clip = short_clip(tmp_path, 14)
+    out, raw = tmp_path / "out.json", tmp_path / "raw.json"
+    r = run_cli("track", str(clip), "--lookahead", "5", "-q", "-o", str(out), "-o", str(tmp_path / "out.csv"))
+    assert r.exit_code == 0, r.output
+    r = run_cli("track", str(clip), "-q", "-o", str(raw))
+    assert r.exit_code == 0, r.output
+    doc, ref = json.loads(out.read_text()), json.loads(raw.read_text())
+    assert doc["lookahead"] == 5 and ref["lookahead"] == 0
+    assert [f["frame"] for f in doc["frames"]] == list(range(14))
+    assert [f["timestamp_ms"] for f in doc["frames"]] == [f["timestamp_ms"] for f in ref["frames"]]
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 15
+    a = np.array([f["faces"][0]["landmarks"] for f in doc["frames"]])
+    b = np.array([f["faces"][0]["landmarks"] for f in ref["frames"]])
+    # the smoothed track moves less from frame to frame than the one it came from, and stays on it
+    assert np.abs(np.diff(a, axis=0)).mean() < np.abs(np.diff(b, axis=0)).mean()
+    assert np.abs(a - b).mean() < 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_cli_signal_with_lookahead_keeps_every_processed_frame(tmp_path, sig, code):
+    clip = shared_video()
+    out_json, out_csv, out_jsonl = tmp_path / "o.json", tmp_path / "o.csv", tmp_path / "o.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "stableface", "track", str(clip), "-q", "--lookahead", "15",
+                          "-o", str(out_json), "-o", str(out_csv), "-o", str(out_jsonl)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    # wait until frames come out: the lookahead then holds 15 processed frames
+    while (not out_jsonl.exists() or len(out_jsonl.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(getattr(signal, sig))
+    n = assert_closed_after_signal(p, code, out_json, out_csv)
+    lines = [json.loads(x) for x in out_jsonl.read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(n))
+    assert n >= 3 + 15 and n < 200  # the 15 held frames were written, the clip was not finished
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_webcam_with_lookahead_flushes_when_the_stream_ends(tmp_path):
+    from .mjpeg_server import MJPEGServer
+
+    out = tmp_path / "live.jsonl"
+    with MJPEGServer(fps=10, max_frames=6) as server:  # a stream shorter than the lookahead: all of it is the flush
+        r = subprocess.run([sys.executable, "-m", "stableface", "webcam", "--camera", server.url, "--no-show", "-q",
+                            "--stabilizer", "none", "--lookahead", "8", "-o", str(out), "-o", str(tmp_path / "live.json")],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    frames = [json.loads(x)["frame"] for x in out.read_text().splitlines()]
+    assert 1 <= len(frames) <= 6 and frames == list(range(len(frames)))
+    doc = json.loads((tmp_path / "live.json").read_text())
+    assert doc["lookahead"] == 8 and [f["frame"] for f in doc["frames"]] == frames
