@@ -123,12 +123,11 @@ def run(paths: list[Path], methods: dict[str, PipelineConfig], log=print, tracks
             d = tr[ok] - gt[ok]
             iod = ibug.interocular(gt[ok])
             m["bias_x_px"], m["bias_y_px"] = float(d[..., 0].mean()), float(d[..., 1].mean())
-            if hasattr(metrics, "lag_frames"):
-                m["lag_frames"] = float(metrics.lag_frames(tr, gt))
-            m["_iod"] = float(iod.mean())
+            m["iod_px"] = float(iod.mean())
             per[k].append(m)
         log(f"  {p.name}: " + ", ".join(f"{k} {per[k][-1]['jitter_error']:.3f}" for k in methods))
-    keys = ["nrmse", "nme", "jitter_error", "lag_frames", "bias_x_px", "bias_y_px", "missed"]
+    keys = ["nrmse", "nme", "jitter_error", "lag_frames", "nmj", "time_delay", "second_diff_error", "bias_x_px", "bias_y_px",
+            "missed", "iod_px"]
     return {k: {key: float(np.nanmean([m.get(key, np.nan) for m in v])) for key in keys} | {"clips": v}
             for k, v in per.items()}
 
@@ -169,11 +168,14 @@ def main() -> None:
     res = run(paths, methods, stabilizer=args.stabilizer)
     base = res.get("none")
     print(f"\n{len(paths)} clips x {args.frames} frames, 720x576 H.264; % of inter-ocular distance; lag in frames")
-    print("| method | NRMSE % | NME % | jitter error % | vs raw | lag (frames) | mean offset x / y (px) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"mean inter-ocular distance {np.mean([m['iod_px'] for m in next(iter(res.values()))['clips']]):.0f} px")
+    print("| method | NRMSE % | NME % | jitter error % | vs raw | lag (frames) | NMJ | FHR time delay | "
+          "2nd-difference error % | mean offset x / y (px) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for k, m in res.items():
         rel = f"{100 * (m['jitter_error'] / base['jitter_error'] - 1):+.0f}%" if base else ""
         print(f"| {k} | {m['nrmse']:.2f} | {m['nme']:.2f} | {m['jitter_error']:.3f} | {rel} | {m['lag_frames']:.2f} "
+              f"| {m['nmj']:.3f} | {m['time_delay']:.2f} | {m['second_diff_error']:.3f} "
               f"| {m['bias_x_px']:+.2f} / {m['bias_y_px']:+.2f} |")
     if args.json:
         args.json.write_text(json.dumps({"one_euro_tuned": tuned, "results": res}, indent=1, default=float))

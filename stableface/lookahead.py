@@ -114,11 +114,16 @@ class Lookahead:
         return f if f is not None and np.all(np.isfinite(f.landmarks)) else None
 
     def _smooth(self, i: int, face: Face) -> Face:
+        """Gaussian-weighted local-linear fit over the face's run around ``_buf[i]``, taken at offset 0.
+
+        With a full window (symmetric weights) this is the weighted mean; where the run is cut
+        short (a track's first or last frames, the end of the source) the linear term keeps a
+        moving face from being pulled towards the side that has frames (no lag at the ends).
+        """
         if not np.all(np.isfinite(face.landmarks)):
             return face
         n, w = self.n, self._weights
-        acc = w[n] * face.landmarks.astype(np.float64)
-        total = w[n]
+        ks, pts = [0.0], [face.landmarks.astype(np.float64)]
         for step in (-1, 1):
             j = i
             for k in range(1, n + 1):
@@ -128,11 +133,19 @@ class Lookahead:
                 if f is None:
                     break
                 j += step
-                acc += w[n + step * k] * f.landmarks
-                total += w[n + step * k]
-        if total == w[n]:  # alone in its window: nothing to average
+                ks.append(float(step * k))
+                pts.append(f.landmarks.astype(np.float64))
+        if len(ks) == 1:  # alone in its window: nothing to average
             return face
-        pts = (acc / total).astype(face.landmarks.dtype)
+        k = np.array(ks)
+        wk = w[(k + n).astype(int)]
+        x = np.stack(pts)
+        s0, s1, s2 = wk.sum(), (wk * k).sum(), (wk * k * k).sum()
+        m0 = np.tensordot(wk, x, axes=1)
+        m1 = np.tensordot(wk * k, x, axes=1)
+        det = s0 * s2 - s1 * s1
+        fit = (s2 * m0 - s1 * m1) / det if det > 1e-12 * s0 * s0 else m0 / s0
+        pts = fit.astype(face.landmarks.dtype)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         return Face(face.id, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), face.score, pts,
                     face.landmark_scores)
