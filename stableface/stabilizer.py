@@ -187,6 +187,12 @@ def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.asarray(pts, np.float64) @ m[:, :2].T + m[:, 2]
 
 
+def state_to_input(ref: CropBox, crop: CropBox, motion: np.ndarray, crop_size: int, stride: float) -> np.ndarray:
+    """Pull map: grid index of the state frame (``ref``'s grid) -> grid index of ``crop``'s heatmaps,
+    through the face's motion (2x3, source pixels of the first frame -> now)."""
+    return grid.compose(grid.source_to_index(crop, crop_size, stride), motion, grid.index_to_source(ref, crop_size, stride))
+
+
 class ConvLSTMStep:
     """One ConvLSTM step from an ONNX export (inputs o, h, c -> outputs s, h, c)."""
 
@@ -256,9 +262,7 @@ class ConvLSTMStabilizer:
         return self.decoder(heatmaps, crop)
 
     def state_to_input(self, crop: CropBox, motion: np.ndarray) -> np.ndarray:
-        """Pull map: state-frame grid index -> this crop's grid index, through the face's motion."""
-        size, stride = self.decoder.crop_size, self.decoder.stride
-        return grid.compose(grid.source_to_index(crop, size, stride), motion, grid.index_to_source(self.ref, size, stride))
+        return state_to_input(self.ref, crop, motion, self.decoder.crop_size, self.decoder.stride)
 
     def _step(self, o: np.ndarray) -> np.ndarray:
         if self.h is None or self.c is None:  # a new track: primed as a face that has held still

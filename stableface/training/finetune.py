@@ -22,7 +22,7 @@ from stableface import codec, ibug
 from stableface.metrics import sequence_metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import CropBox
-from stableface.stabilizer import ConvLSTMStabilizer, Decoder, FaceMotion, MotionConfig
+from stableface.stabilizer import FaceMotion, MotionConfig, state_to_input
 from stableface.training import data as D
 from stableface.training.run import cosine_lr, load_resume, save_atomic, set_lr, start_run
 from stableface.training.convlstm import ConvLSTM, export
@@ -162,18 +162,16 @@ def motion_plan(raw: np.ndarray, crop_size: int, stride: float, motion: MotionCo
     frame's grid index -> the input's grid index (what the runtime warps the input heatmaps with),
     and ``push`` (B, T, 2, 3), state-frame crop pixels -> crop pixels (what carries the decoded
     landmarks back). The motion depends only on the raw landmarks, so training reproduces the
-    runtime exactly: both call ``ConvLSTMStabilizer.state_to_input`` and ``FaceMotion``.
+    runtime exactly: both call ``stabilizer.state_to_input`` and ``FaceMotion``.
     """
     box = CropBox(crop_size / 2, crop_size / 2, float(crop_size))  # crop pixels = source pixels
     b, t = raw.shape[:2]
     pull, push = np.zeros((b, t, 2, 3)), np.zeros((b, t, 2, 3))
     for i in range(b):
         fm = FaceMotion(motion)
-        stab = ConvLSTMStabilizer.__new__(ConvLSTMStabilizer)  # only its geometry: no model needed
-        stab.decoder, stab.ref = Decoder(crop_size, stride), box
         for j in range(t):
             m = fm.update(raw[i, j], j * 1000.0 / fps, box.side)
-            pull[i, j] = stab.state_to_input(box, m)
+            pull[i, j] = state_to_input(box, box, m, crop_size, stride)
             push[i, j] = m
     return pull.astype(np.float32), push.astype(np.float32)
 
