@@ -93,7 +93,7 @@ def tune_one_euro(raw: list[np.ndarray], gts: list[np.ndarray], fps: float = 25.
 
     _, raw_nr = score(raw)
     best, best_je, closest = None, float("inf"), (float("inf"), (4.0, 1.0))
-    for mc, beta in itertools.product([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], [0.0, 0.1, 0.3, 1.0, 3.0]):
+    for mc, beta in itertools.product([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0], [0.0, 0.1, 0.3, 1.0, 3.0]):
         out = []
         for tr, gt in zip(raw, gts):
             unit = 1.3 * float(np.ptp(gt[0], axis=0).max()) / 100.0  # the pipeline's One Euro works in crop side / 100
@@ -140,6 +140,36 @@ def run(paths: list[Path], methods: dict[str, PipelineConfig], log=print, tracks
             for k, v in per.items()}
 
 
+def smooth_offline(track: np.ndarray, n: int) -> np.ndarray:
+    """``--lookahead n`` applied to a (T, K, 2) single-face raw track: the same ``Lookahead`` the pipeline
+    runs downstream of the tracker (it does not feed back into the crops, which follow the raw
+    landmarks under a lookahead), so this is exact."""
+    from stableface.lookahead import Lookahead
+    from stableface.types import Face, FrameResult
+
+    la, out = Lookahead(n), []
+    def faces(t):
+        if not np.isfinite(track[t]).all():
+            return ()
+        return (Face(0, (0.0, 0.0, 1.0, 1.0), 1.0, track[t].astype(np.float32), np.ones(len(track[t]), np.float32)),)
+    results = [r for t in range(len(track)) for r in la.update(FrameResult(t, t * 40.0, faces(t)))] + la.flush()
+    for r in results:
+        out.append(r.faces[0].landmarks if r.faces else np.full(track.shape[1:], np.nan))
+    return np.array(out, np.float64)
+
+
+def sweep_lookahead(tracks: list[np.ndarray], gts: list[np.ndarray], ns: list[int]) -> dict[int, dict[str, float]]:
+    """Mean NRMSE, jitter error and lag of each lookahead N over the clips."""
+    from stableface.evaluate import accuracy
+
+    scorer = Scorer.build()
+    out = {}
+    for n in ns:
+        rows = [accuracy(smooth_offline(tr, n), gt, scorer) for tr, gt in zip(tracks, gts)]
+        out[n] = {k: float(np.nanmean([r[k] for r in rows])) for k in ("nrmse", "jitter_error", "lag_frames")}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT / "shared" / "data" / "300w_train")
@@ -149,10 +179,12 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default="none,one-euro,one-euro-tuned,convlstm,lookahead",
-                    help="Rows to run: none, none-hard, one-euro, one-euro-tuned, convlstm, convlstm-hard, lookahead, none-lookahead.")
+                    help="Rows to run: none, none-hard, one-euro, one-euro-tuned, convlstm, convlstm-hard, lookahead.")
     ap.add_argument("--lookahead", type=int, default=8)
     ap.add_argument("--stabilizer", type=Path, default=None, help="A stabilizer .onnx other than the shipped one.")
+    ap.add_argument("--sweep", default="", help="Lookahead lengths to measure offline on the convlstm tracks, e.g. 0,2,4,8,12,15.")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--save-tracks", type=Path, default=None, help="Write every method's tracks to this .npz.")
     args = ap.parse_args()
     print(f"building {args.clips} clips x {args.frames} frames in {args.out} (seed {args.seed})")
     paths = build(args.out, args.data, args.videos, args.clips, args.frames, args.seed)
@@ -169,11 +201,11 @@ def main() -> None:
              "convlstm": PipelineConfig(stabilizer="convlstm"), "convlstm-hard": PipelineConfig(stabilizer="convlstm", pdc_mode="hard")}
     if tuned:
         table["one-euro-tuned"] = PipelineConfig(stabilizer="one-euro", one_euro_min_cutoff=tuned[0], one_euro_beta=tuned[1])
-    if "lookahead" in wanted or "none-lookahead" in wanted:
-        table["lookahead"] = PipelineConfig(stabilizer="convlstm", lookahead=args.lookahead)
-        table["none-lookahead"] = PipelineConfig(stabilizer="none", lookahead=args.lookahead)
+    if "lookahead" in wanted:  # the fixed-lag smoother of the raw landmarks (it replaces the causal stabilizer)
+        table["lookahead"] = PipelineConfig(stabilizer="none", lookahead=args.lookahead)
     methods = {"none": table["none"]} | {k: table[k] for k in wanted if k in table}  # raw first: offsets are against it
-    res = run(paths, methods, stabilizer=args.stabilizer, tracks={})
+    tracks = {}
+    res = run(paths, methods, stabilizer=args.stabilizer, tracks=tracks)
     base = res.get("none")
     print(f"\n{len(paths)} clips x {args.frames} frames, 720x576 H.264; % of inter-ocular distance; lag in frames")
     print(f"mean inter-ocular distance {np.mean([m['iod_px'] for m in next(iter(res.values()))['clips']]):.0f} px")
@@ -185,8 +217,19 @@ def main() -> None:
         print(f"| {k} | {m['nrmse']:.2f} | {m['nme']:.2f} | {m['jitter_error']:.3f} | {rel} | {m['lag_frames']:.2f} "
               f"| {m['nmj']:.3f} | {m['time_delay']:.2f} | {m['second_diff_error']:.3f} "
               f"| {m['offset_raw_x_px']:+.2f} / {m['offset_raw_y_px']:+.2f} |")
+    if args.save_tracks:
+        np.savez_compressed(args.save_tracks, **{f"{k}__{i}": t for k, v in tracks.items() for i, t in enumerate(v)})
+    sweep = {}
+    if args.sweep:
+        ns = [int(v) for v in args.sweep.split(",")]
+        sweep = sweep_lookahead(tracks["none"], [np.load(p.with_suffix(".npy")) for p in paths], ns)
+        print("\n| --lookahead N (raw landmarks, sigma N/4) | NRMSE % | jitter error % | lag (frames) |")
+        print("|---|---|---|---|")
+        for n, m in sweep.items():
+            print(f"| {n} | {m['nrmse']:.2f} | {m['jitter_error']:.3f} | {m['lag_frames']:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps({"one_euro_tuned": tuned, "results": res}, indent=1, default=float))
+        args.json.write_text(json.dumps({"one_euro_tuned": tuned, "results": res, "lookahead_sweep": sweep}, indent=1,
+                                        default=float))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ Examples:
 log = logging.getLogger("stableface")
 
 # --lookahead for `track` (files): one place to change it; `webcam` always defaults to 0 (it adds latency)
-DEFAULT_LOOKAHEAD_FILES = 0
+DEFAULT_LOOKAHEAD_FILES = 8  # benchmarks/real_motion.py --sweep: jitter error -43% vs raw at a lower NRMSE
 LOOKAHEAD_RANGE = click.IntRange(0, 120)
 
 
@@ -105,8 +105,17 @@ def model_options(f):
 
 def lookahead_option(default: int, extra: str = ""):
     return click.option("--lookahead", type=LOOKAHEAD_RANGE, default=default, show_default=True, metavar="N",
-                        help="Fixed-lag smoothing per track: a zero-phase Gaussian over the N frames before and after "
-                             "each frame (0: off). " + (extra or "Output lags N frames."))
+                        help="Fixed-lag smoothing per track: a zero-phase local quadratic fit (Gaussian weights) of the "
+                             "raw landmarks over the N frames before and after each frame; it takes the place of the "
+                             "causal --stabilizer, which applies with --lookahead 0. " + (extra or "Output lags N frames."))
+
+
+def _note_lookahead(lookahead: int) -> None:
+    """One line when --stabilizer was given but a lookahead will smooth the raw landmarks instead."""
+    ctx = click.get_current_context(silent=True)
+    if lookahead and ctx is not None and ctx.get_parameter_source("stabilizer") == click.core.ParameterSource.COMMANDLINE:
+        log.warning("--lookahead %d smooths the raw landmarks over +-%d frames; --stabilizer applies with --lookahead 0",
+                    lookahead, lookahead)
 
 
 def _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead=0):
@@ -209,7 +218,7 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
 
     with ExitStack() as stack:
         src = stack.enter_context(open_source(spec, sequence=sequence, reconnect=reconnect))
-        sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, stabilizer, pipe.backbone.k,
+        sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, pipe.stabilizer_label, pipe.backbone.k,
                                                lookahead=pipe.config.lookahead)) for o in outs]
         writer = _Writer(sinks, pipe.timer)
         progress = None
@@ -346,6 +355,7 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             _fail(f"{out_dir}: cannot create output folder ({exc.strerror})", 1)
+    _note_lookahead(lookahead)
     build_args = (weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     if jobs > 1 and len(specs) > 1:
         _build_pipeline(*build_args)  # bad weights: one clear error before any worker starts
@@ -445,6 +455,7 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
 
     _setup_logging(verbose, quiet)
     _output_plan([camera], outputs, None, "json", overwrite)
+    _note_lookahead(lookahead)
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     try:
         with _signals():
@@ -483,8 +494,9 @@ def demo(out_dir, frames, noise, device, quiet):
               help="Annotated images: all, or the fixed validation split (every 10th file by name).")
 @click.option("--crop", type=click.Choice(["gt", "detector"]), default="gt", show_default=True,
               help="Annotated images: crop from the annotation (protocol) or detect first (the whole pipeline).")
-@click.option("--stabilizers", default="none,one-euro,convlstm", show_default=True,
-              help="Videos: comma-separated stabilizers to compare.")
+@click.option("--stabilizers", default="none,one-euro,convlstm,lookahead", show_default=True,
+              help="Videos: comma-separated methods to compare: none, one-euro, convlstm, lookahead (the files' default, "
+                   f"--lookahead {DEFAULT_LOOKAHEAD_FILES}) or lookaheadN (e.g. lookahead4).")
 @click.option("--annotations", type=click.Path(exists=True, path_type=Path), default=None,
               help="One video's per-frame annotations: a .npy of (frames, points, 2) or a folder of one .pts per frame. "
                    "Without it, NAME.npy, NAME/ or NAME_annot/ beside each video (or annot/, 300-VW style) is used when present.")
@@ -564,7 +576,7 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
         if annotations is not None and len(videos) != 1:
             raise click.UsageError("--annotations goes with one video; for a folder, put NAME.npy or NAME/ beside each video")
         kinds = [k.strip() for k in stabilizers.split(",") if k.strip()]
-        pipes = {k: Pipeline.from_weights(weights, device=device, config=PipelineConfig(stabilizer=k)) for k in kinds}
+        pipes = {k: Pipeline.from_weights(weights, device=device, config=E.method_config(k, DEFAULT_LOOKAHEAD_FILES)) for k in kinds}
     except WeightsError as exc:
         _fail(str(exc), 2)
     except ValueError as exc:

@@ -208,6 +208,20 @@ def evaluate_video(path: Path, pipelines: dict[str, object], annotations: Path |
     return VideoReport(path.name, out, tracks, gt)
 
 
+def method_config(name: str, lookahead_default: int = 8) -> "PipelineConfig":
+    """A method of ``evaluate --stabilizers``: a stabilizer (``none``, ``one-euro``, ``convlstm``), or
+    ``lookahead`` / ``lookaheadN`` (the fixed-lag smoother over N frames, N = 8 by default)."""
+    from stableface.pipeline import STABILIZERS, PipelineConfig
+
+    if name in STABILIZERS:
+        return PipelineConfig(stabilizer=name)
+    if name.startswith("lookahead"):
+        n = name[len("lookahead"):]
+        if n == "" or (n.isdigit() and 0 < int(n) <= 120):
+            return PipelineConfig(stabilizer="none", lookahead=int(n) if n else lookahead_default)
+    raise ValueError(f"unknown method {name!r}: use none, one-euro, convlstm, lookahead or lookaheadN (N in 1..120)")
+
+
 def list_videos(root: Path) -> list[Path]:
     return [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS)
 

@@ -7,15 +7,16 @@
     for out in la.flush():            # end of the source: the last 5
         ...
 
-The result for frame t is emitted when frame t + N arrives: each face's landmarks become the
-Gaussian-weighted mean (sigma = N / 3 frames by default, at least 0.5) of the same face id's
-*input* landmarks over frames t - N .. t + N (no recursion: a pure fixed-lag smoother, zero
-phase). The window stops where the id is absent from a frame, at a gap in the frame indices,
-and at the ends of what was given (a track's start or end, the end of the source); the weights
-that remain are renormalised. So a still face keeps its place exactly and a face moving at
-constant speed keeps its line wherever the whole window is inside the track; at a track's
-first and last N frames the window is one-sided and moving points are pulled towards the
-track's interior.
+The result for frame t is emitted when frame t + N arrives: each face's landmarks become a
+Gaussian-weighted local polynomial fit (quadratic by default, sigma = N / 4 frames, at least
+0.5), evaluated at frame t, of the same face id's *input* landmarks over frames t - N .. t + N
+(no recursion: a pure fixed-lag smoother, zero phase). The quadratic term lets a wider window
+average noise without rounding off accelerations (speech, nods): on the real-motion benchmark
+it beats a Gaussian mean of any width (``benchmarks/real_motion.py --sweep``). The window stops
+where the id is absent from a frame, at a gap in the frame indices, and at the ends of what was
+given (a track's start or end, the end of the source); the fit then uses what remains, so a
+still face keeps its place exactly and a face moving at constant speed (or constant
+acceleration) keeps its path everywhere, ends included.
 
 Only ``landmarks`` change; ``box`` is the min/max of the smoothed landmarks; ``id``, ``score``,
 ``landmark_scores``, the frame index and the timestamp stay. Memory is O(N): at most 2N + 1
@@ -33,19 +34,33 @@ from stableface.types import Face, FrameResult
 
 def default_sigma(n: int) -> float:
     """Kernel width in frames for a window of N frames on each side."""
-    return max(n / 3.0, 0.5)
+    return max(n / 4.0, 0.5)
+
+
+def local_fit(k: np.ndarray, w: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
+    """Weighted least-squares polynomial of ``degree`` through samples ``x`` (M, D) at offsets ``k`` (M,),
+    evaluated at offset 0 (its constant term)."""
+    a = np.vander(k, degree + 1, increasing=True)  # (M, degree + 1)
+    aw = a.T * w
+    gram = aw @ a
+    if np.linalg.cond(gram) > 1e10:  # too few distinct offsets for this degree
+        return local_fit(k, w, x, degree - 1) if degree else (w @ x) / w.sum()
+    return np.linalg.solve(gram, aw @ x)[0]
 
 
 class Lookahead:
-    """Per-track fixed-lag Gaussian smoother; ``update(result) -> [result N frames back]``."""
+    """Per-track fixed-lag smoother (Gaussian-weighted local polynomial); ``update(result) -> [result N frames back]``."""
 
-    def __init__(self, n: int, sigma: float | None = None) -> None:
+    def __init__(self, n: int, sigma: float | None = None, degree: int = 2) -> None:
         if int(n) != n or n < 0:
             raise ValueError(f"lookahead must be a whole number of frames >= 0, got {n}")
         self.n = int(n)
         self.sigma = default_sigma(self.n) if sigma is None else float(sigma)
         if not (np.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive number of frames, got {sigma}")
+        if degree not in (0, 1, 2):
+            raise ValueError(f"degree must be 0, 1 or 2, got {degree}")
+        self.degree = degree
         offsets = np.arange(-self.n, self.n + 1, dtype=np.float64)
         self._weights = np.exp(-0.5 * (offsets / self.sigma) ** 2)  # index k + n for offset k
         self._buf: deque[tuple[FrameResult, dict[int, Face]]] = deque()
@@ -114,11 +129,11 @@ class Lookahead:
         return f if f is not None and np.all(np.isfinite(f.landmarks)) else None
 
     def _smooth(self, i: int, face: Face) -> Face:
-        """Gaussian-weighted local-linear fit over the face's run around ``_buf[i]``, taken at offset 0.
+        """Gaussian-weighted local polynomial fit over the face's run around ``_buf[i]``, at offset 0.
 
-        With a full window (symmetric weights) this is the weighted mean; where the run is cut
-        short (a track's first or last frames, the end of the source) the linear term keeps a
-        moving face from being pulled towards the side that has frames (no lag at the ends).
+        With a full window and degree 0 or 1 this is the weighted mean; degree 2 also keeps
+        accelerations. Where the run is cut short (a track's first or last frames, the end of the
+        source) the fit uses what remains, so a moving face is not pulled towards the side that has frames.
         """
         if not np.all(np.isfinite(face.landmarks)):
             return face
@@ -138,13 +153,8 @@ class Lookahead:
         if len(ks) == 1:  # alone in its window: nothing to average
             return face
         k = np.array(ks)
-        wk = w[(k + n).astype(int)]
-        x = np.stack(pts)
-        s0, s1, s2 = wk.sum(), (wk * k).sum(), (wk * k * k).sum()
-        m0 = np.tensordot(wk, x, axes=1)
-        m1 = np.tensordot(wk * k, x, axes=1)
-        det = s0 * s2 - s1 * s1
-        fit = (s2 * m0 - s1 * m1) / det if det > 1e-12 * s0 * s0 else m0 / s0
+        x = np.stack(pts).reshape(len(ks), -1)
+        fit = local_fit(k, w[(k + n).astype(int)], x, min(self.degree, len(ks) - 1)).reshape(face.landmarks.shape)
         pts = fit.astype(face.landmarks.dtype)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         return Face(face.id, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), face.score, pts,

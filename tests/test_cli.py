@@ -108,7 +108,8 @@ def test_track_subprocess_jsonl_stdout_and_files(tmp_path):
     assert {f["faces"][0]["id"] for f in frames} == {0}
     assert frames[1]["timestamp_ms"] == pytest.approx(40.0)
     doc = json.loads((tmp_path / "t.json").read_text())
-    assert doc["stabilizer"] == "convlstm" and len(doc["frames"]) == 12
+    # files default to the fixed-lag smoother of the raw landmarks (--lookahead 8)
+    assert doc["stabilizer"] == "none" and doc["lookahead"] == 8 and len(doc["frames"]) == 12
     rows = (tmp_path / "t.csv").read_text().splitlines()
     assert len(rows) == 13 and rows[1].split(",")[4] == "1"
     # the torch-free promise holds for a real run too

@@ -36,10 +36,14 @@ def run(la, results):
     return out + la.flush()
 
 
-def kernel(n, sigma=None):
+def kernel(n, sigma=None, degree=2):
+    """The equivalent kernel of the Gaussian-weighted local polynomial fit over a full window:
+    e0^T (A^T W A)^-1 A^T W (for degree 0 and 1, the normalised Gaussian)."""
     s = default_sigma(n) if sigma is None else sigma
-    w = np.exp(-0.5 * (np.arange(-n, n + 1) / s) ** 2)
-    return w / w.sum()
+    k = np.arange(-n, n + 1, dtype=float)
+    w = np.exp(-0.5 * (k / s) ** 2)
+    a = np.vander(k, degree + 1, increasing=True)
+    return np.linalg.solve((a.T * w) @ a, a.T * w)[0]
 
 
 def still_track(t, centre, noise, rng, fid=0):
@@ -52,7 +56,7 @@ def track_of(results, fid=0):
 
 
 def test_sigma_default_and_validation():
-    assert Lookahead(3).sigma == 1.0 and Lookahead(15).sigma == 5.0 and Lookahead(1).sigma == 0.5
+    assert Lookahead(4).sigma == 1.0 and Lookahead(8).sigma == 2.0 and Lookahead(1).sigma == 0.5
     assert Lookahead(4, sigma=2.5).sigma == 2.5
     for bad in ({"n": -1}, {"n": 1.5}, {"n": 3, "sigma": 0.0}, {"n": 3, "sigma": float("nan")}):
         with pytest.raises(ValueError):
@@ -69,7 +73,7 @@ def test_zero_is_the_identity_with_no_buffer(rng):
 
 
 def test_still_track_jitters_less_and_keeps_its_place(rng):
-    n, noise, t = 5, 1.0, 600
+    n, noise, t = 8, 1.0, 600
     base, results = still_track(t, 300.0, noise, rng)
     out = run(Lookahead(n), results)
     raw, smooth = track_of(results), track_of(out)
@@ -77,7 +81,7 @@ def test_still_track_jitters_less_and_keeps_its_place(rng):
     # white noise through normalised weights w: its std shrinks by sqrt(sum w^2)
     want = np.sqrt(np.sum(kernel(n) ** 2))
     got = np.std(smooth[inner] - base, axis=0).mean() / np.std(raw[inner] - base, axis=0).mean()
-    assert want < 0.45 and got == pytest.approx(want, rel=0.08)
+    assert want < 0.6 and got == pytest.approx(want, rel=0.08)
     # no bias: the mean over the track stays the input's mean (to well under the noise's standard error)
     assert np.abs(smooth.mean(axis=0) - raw.mean(axis=0)).max() < 0.02
     # a noise-free still face keeps its place exactly, ends included
@@ -97,7 +101,7 @@ def test_constant_speed_keeps_its_line_everywhere_ends_included():
     smooth = track_of(run(Lookahead(n), results))
     assert np.allclose(smooth[n:t - n], line[n:t - n], atol=2e-3, rtol=0)  # zero phase: no lag
     w = np.exp(-0.5 * (np.arange(n + 1) / default_sigma(n)) ** 2)
-    assert np.abs(v * (w * np.arange(n + 1)).sum() / w.sum()).min() > 0.5  # what a plain mean would lose
+    assert np.abs(v * (w * np.arange(n + 1)).sum() / w.sum()).min() > 0.35  # what a plain mean would lose
     assert np.allclose(smooth[-1], line[-1], atol=2e-3, rtol=0)
     assert np.allclose(smooth[0], line[0], atol=2e-3, rtol=0)
     assert np.allclose(smooth, line, atol=2e-3, rtol=0)
@@ -107,7 +111,7 @@ def test_constant_speed_keeps_its_line_everywhere_ends_included():
 
 def test_a_bent_path_is_smoothed_towards_its_chord():
     """Not only lines pass: a zig-zag (noise on every other frame) is averaged away inside."""
-    n, t = 3, 30
+    n, t = 8, 40
     x = np.full((t, K, 2), 100.0)
     x[::2] += 1.0
     smooth = track_of(run(Lookahead(n), [FrameResult(i, i * 40.0, (face(0, x[i]),)) for i in range(t)]))
@@ -368,10 +372,11 @@ def test_cli_track_with_lookahead_one_entry_per_frame(tmp_path):
     out, raw = tmp_path / "out.json", tmp_path / "raw.json"
     r = run_cli("track", str(clip), "--lookahead", "5", "-q", "-o", str(out), "-o", str(tmp_path / "out.csv"))
     assert r.exit_code == 0, r.output
-    r = run_cli("track", str(clip), "-q", "-o", str(raw))
+    r = run_cli("track", str(clip), "-q", "--lookahead", "0", "--stabilizer", "none", "-o", str(raw))
     assert r.exit_code == 0, r.output
     doc, ref = json.loads(out.read_text()), json.loads(raw.read_text())
     assert doc["lookahead"] == 5 and ref["lookahead"] == 0
+    assert doc["stabilizer"] == "none" and ref["stabilizer"] == "none"  # a lookahead smooths the raw landmarks
     assert [f["frame"] for f in doc["frames"]] == list(range(14))
     assert [f["timestamp_ms"] for f in doc["frames"]] == [f["timestamp_ms"] for f in ref["frames"]]
     assert len((tmp_path / "out.csv").read_text().splitlines()) == 15
@@ -415,3 +420,30 @@ def test_webcam_with_lookahead_flushes_when_the_stream_ends(tmp_path):
     assert 1 <= len(frames) <= 6 and frames == list(range(len(frames)))
     doc = json.loads((tmp_path / "live.json").read_text())
     assert doc["lookahead"] == 8 and [f["frame"] for f in doc["frames"]] == frames
+
+
+def test_constant_acceleration_is_kept_inside():
+    """The quadratic term: a face accelerating uniformly keeps its path (a Gaussian mean would
+    round it off by sigma^2 * a / 2 at every frame)."""
+    n, t = 8, 40
+    acc = np.array([0.2, -0.1])
+    start = np.random.default_rng(6).uniform(100, 200, size=(K, 2))
+    k = np.arange(t)[:, None, None]
+    path = start + 0.5 * acc * k ** 2
+    smooth = track_of(run(Lookahead(n), [FrameResult(i, i * 40.0, (face(0, path[i]),)) for i in range(t)]))
+    assert np.allclose(smooth, path, atol=2e-3, rtol=0)
+    mean = track_of(run(Lookahead(n, degree=0), [FrameResult(i, i * 40.0, (face(0, path[i]),)) for i in range(t)]))
+    assert np.abs(mean[n:t - n] - path[n:t - n]).max() > 0.2  # the plain mean does round it off
+
+
+def test_pipeline_lookahead_smooths_the_raw_landmarks():
+    """Under a lookahead the tracker's stabilizers are the raw decoder (no causal lag to smooth
+    over), and output headers say so."""
+    from stableface.pipeline import Pipeline, PipelineConfig
+    from stableface.stabilizer import NoStabilizer
+
+    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="convlstm", lookahead=8))
+    assert isinstance(pipe.new_stabilizer(), NoStabilizer) and pipe.step is None
+    assert pipe.stabilizer_label == "none"
+    live = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="convlstm"))
+    assert not isinstance(live.new_stabilizer(), NoStabilizer) and live.stabilizer_label == "convlstm"
