@@ -345,10 +345,21 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": history,
                      "config": asdict(cfg), "k": backbone.k, "heatmap_size": backbone.heatmap_size}, last)
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {run / seen:.5f}: " + _summary(metrics))
+    if cfg.tune_motion and history and not history[-1].get("motion_tuned"):
+        # once more with the trained network: the filter the export will carry
+        motion, table = tune_motion(model, hms, gts, backbone, motion, cfg)
+        for row in table:
+            log("motion filter (trained) " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        log(f"chosen for the export: min_cutoff {motion.min_cutoff}, beta {motion.beta}")
+        cfg.motion = asdict(motion)
+        history[-1]["motion_tuned"] = True
+        ck = load_resume(last, cfg.device)
+        ck.update(config=asdict(cfg), history=history)
+        save_atomic(ck, last)
     return history[-1] if history else {}
 
 
-MOTION_GRID = [(mc, beta) for mc in (0.5, 1.0, 2.0, 4.0) for beta in (0.1, 0.3, 1.0)]
+MOTION_GRID = [(mc, beta) for mc in (1.0, 2.0, 4.0, 8.0, 16.0, 1000.0) for beta in (0.3, 1.0)]  # 1000 Hz: unfiltered
 
 
 @torch.no_grad()
