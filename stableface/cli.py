@@ -453,11 +453,10 @@ def demo(out_dir, frames, noise, device, quiet):
 def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, norm, plot_dir, landmarks, fmt, weights,
              device, quiet):
     """Accuracy on annotated images or videos; stability (Allan deviation, MCV) on any video."""
-    import json
-
     from stableface import evaluate as E
     from stableface import metrics
     from stableface.backbone import HeatmapBackbone
+    from stableface.ibug import AnnotationError
     from stableface.onnx_util import WeightsError
     from stableface.pipeline import Pipeline, PipelineConfig
     from stableface.points import Scorer
@@ -495,9 +494,9 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
                 written.append(_plot(lambda: plots.error_cdf(rep.errors, plot_dir / "error_cdf.png",
                                                              f"{dataset.name}: {rep.n} images, crop from {crop}")))
             if fmt == "json":
-                click.echo(json.dumps({"images": rep.n, "crop": crop, "missed": rep.missed, "map": scorer.full.name,
-                                       "points": int(len(scorer.used.ours)), "norm": norm, "decoders": table,
-                                       "plots": [str(w) for w in written]}, indent=2))
+                click.echo(_json_report({"images": rep.n, "crop": crop, "missed": rep.missed, "map": scorer.full.name,
+                                         "points": int(len(scorer.used.ours)), "norm": norm, "decoders": table,
+                                         "plots": [str(w) for w in written]}))
             else:
                 click.echo(f"{rep.n} images, crop from {crop}, {len(scorer.used.ours)} points ({scorer.full.name} map), "
                            f"normalised by {norm}" + (f", detector missed {rep.missed}" if crop == "detector" else ""))
@@ -517,6 +516,8 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
         pipes = {k: Pipeline.from_weights(weights, device=device, config=PipelineConfig(stabilizer=k)) for k in kinds}
     except WeightsError as exc:
         _fail(str(exc), 2)
+    except AnnotationError as exc:  # bad data, not a bad command line
+        _fail(str(exc), 1)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     reports, written = [], []
@@ -524,12 +525,16 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
         ann = annotations if annotations is not None else E.find_annotations(v)
         try:
             rep = E.evaluate_video(v, pipes, ann, scorer)
+        except AnnotationError as exc:
+            _fail(str(exc), 1)
         except ValueError as exc:
             _fail(f"{v}: {exc}", 1)
         reports.append(rep)
         if not quiet:
+            gaps = next(iter(rep.metrics.values())).get("annotation_missing", 0)
             click.echo(f"  {v.name}: Allan dev % IOD " + ", ".join(f"{k} {r['allan_dev_pct_iod']:.3f}" for k, r in rep.metrics.items())
-                       + (", annotated" if rep.gt is not None else ""), err=True)
+                       + (", annotated" if rep.gt is not None else "")
+                       + (f" ({gaps} frames without annotation)" if gaps else ""), err=True)
         if plot_dir is not None:
             gt = scorer.to_ours(rep.gt) if rep.gt is not None else None
             stem = plot_dir / v.stem
@@ -550,14 +555,17 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
         summary[k] = {}
         for key in keys:
             vals = [r.metrics[k][key] for r in reports if key in r.metrics[k]]
-            summary[k][key] = float(np.sum(vals)) if key == "missed" else float(np.nanmean(vals)) if vals else float("nan")
+            known = [v for v in vals if not np.isnan(v)]  # (np.nanmean warns on stderr when there are none)
+            summary[k][key] = float(np.sum(vals)) if key == "missed" else float(np.mean(known)) if known else float("nan")
     if fmt == "json":
-        click.echo(json.dumps({"videos": {r.name: r.metrics for r in reports}, "mean": summary, "map": scorer.full.name,
-                               "norm": norm, "plots": [str(w) for w in written]}, indent=2))
+        click.echo(_json_report({"videos": {r.name: r.metrics for r in reports}, "mean": summary, "map": scorer.full.name,
+                                 "norm": norm, "plots": [str(w) for w in written]}))
         return
     annotated = "nme" in keys
+    gaps = sum(next(iter(r.metrics.values())).get("annotation_missing", 0) for r in reports)
     click.echo(f"{len(reports)} video(s)" + (f", {sum(r.gt is not None for r in reports)} annotated "
-                                              f"({len(scorer.used.ours)} points, {scorer.full.name} map, normalised by {norm})"
+                                              f"({len(scorer.used.ours)} points, {scorer.full.name} map, normalised by {norm}"
+                                              + (f"; {gaps} frames without annotation, not scored" if gaps else "") + ")"
                                               if annotated else ""))
     if annotated:
         click.echo("| stabilizer | NME % | NRMSE % | jitter error % | Allan deviation (% IOD) | MCV | missed frames |")
@@ -572,6 +580,25 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
             click.echo(f"| {k} | {m['allan_dev_pct_iod']:.3f} | {m['cvar']:.5f} |")
     for w in written:
         click.echo(f"wrote {w}", err=True)
+
+
+def _finite(obj):
+    """``obj`` with every NaN or infinite float as None (JSON has no NaN: strict parsers reject it)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _json_report(obj) -> str:
+    import json
+
+    return json.dumps(_finite(obj), indent=2, allow_nan=False)
 
 
 def _plot(draw: Callable[[], Path]) -> Path:
