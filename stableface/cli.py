@@ -32,7 +32,10 @@ Examples:
 log = logging.getLogger("stableface")
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
+    """SIGTERM. Like ``KeyboardInterrupt`` it is not an ``Exception``: sinks left by it close their
+    outputs (valid up to the last frame) instead of dropping them as failed."""
+
     def __init__(self, code: int) -> None:
         self.code = code
 
