@@ -1,8 +1,10 @@
 """Planted faults through the real CLI: each gives its exit code and one clear stderr line."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -83,3 +85,116 @@ def test_tiny_huge_odd_and_unusual_images(tmp_path):
         w, h = found[name]["width"], found[name]["height"]
         pts = np.array(faces[0]["landmarks"])
         assert (pts[:, 0] > 0).all() and (pts[:, 0] < w).all() and (pts[:, 1] > 0).all() and (pts[:, 1] < h).all()
+
+
+def stableface(*args, env=None, **kw):
+    kw.setdefault("timeout", 120)
+    return subprocess.run([sys.executable, "-m", "stableface", *map(str, args)], capture_output=True, text=True, env=env, **kw)
+
+
+def noise_video(path, n=100, size=64, seed=0):
+    """A faceless clip: fast to track, frames that do not compress away."""
+    rng = np.random.default_rng(seed)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (size, size))
+    for _ in range(n):
+        w.write(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    w.release()
+    return path
+
+
+def files_in(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("name", ["full.mp4", "full.avi", "full.jsonl", "full.json"])
+def test_a_full_disk_is_one_line_exit_1_and_no_file(tmp_path, name):
+    """RLIMIT_FSIZE makes every write past the limit fail (EFBIG), like a full disk does (ENOSPC)."""
+    import resource
+
+    src = noise_video(tmp_path / "in.avi", n=150)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))  # Python ignores SIGXFSZ: writes fail instead
+
+    r = subprocess.run([sys.executable, "-m", "stableface", "track", str(src), "-o", str(out / name), "-q",
+                        "--stabilizer", "none"], capture_output=True, text=True, timeout=120, preexec_fn=small_disk)
+    assert r.returncode == 1, r.stderr
+    line = one_error_line(r.stderr)
+    assert line.startswith(f"stableface: error: {out / name}: cannot write (") and line.endswith("partial output removed")
+    assert files_in(out) == []
+
+
+def test_two_runs_on_one_output_never_interleave(tmp_path):
+    from .mjpeg_server import MJPEGServer
+
+    out = tmp_path / "out.json"
+    img = tmp_path / "blank.png"
+    cv2.imwrite(str(img), np.full((48, 48, 3), 90, np.uint8))
+    with MJPEGServer(fps=30, max_frames=100000) as server:
+        first = subprocess.Popen([sys.executable, "-m", "stableface", "track", server.url, "-o", str(out), "-q",
+                                  "--stabilizer", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not list(tmp_path.glob("out.json.*.partial")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            second = stableface("track", img, "-o", out, "--overwrite", "-q", "--stabilizer", "none")
+            assert second.returncode == 1
+            assert one_error_line(second.stderr) == \
+                f"stableface: error: {out}: being written by another stableface run (pid {first.pid})"
+        finally:
+            first.send_signal(signal.SIGINT)
+            _, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err
+    doc = json.loads(out.read_text())
+    assert doc["source"] == server.url and len(doc["frames"]) > 0
+    assert files_in(tmp_path) == ["blank.png", "out.json"]
+
+
+def test_a_url_that_serves_no_video_and_a_symlink_loop_say_what_they_are(tmp_path):
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Noise(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(np.random.default_rng(0).bytes(100_000))
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Noise)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cam.mjpg"
+    try:
+        r = stableface("track", url, "-o", tmp_path / "u.json", "-q")
+    finally:
+        server.shutdown()
+    assert r.returncode == 1
+    line = one_error_line(r.stderr)
+    assert line == f"stableface: error: {url}: not a readable video (the server answered, but not with a video stream)"
+    os.symlink("loop.mp4", tmp_path / "loop.mp4")
+    r = stableface("track", tmp_path / "loop.mp4", "-o", tmp_path / "l.json", "-q")
+    assert r.returncode == 1 and one_error_line(r.stderr) == f"stableface: error: {tmp_path / 'loop.mp4'}: symbolic link loop"
+    os.symlink("gone.mp4", tmp_path / "dangling.mp4")
+    r = stableface("track", tmp_path / "dangling.mp4", "-o", tmp_path / "d.json", "-q")
+    assert one_error_line(r.stderr).endswith("dangling.mp4: broken symbolic link (its target does not exist)")
+    assert files_in(tmp_path) == ["dangling.mp4", "loop.mp4"]
+
+
+def test_webcam_failures_leave_no_files(tmp_path):
+    from .mjpeg_server import MJPEGServer
+
+    r = stableface("webcam", "--camera", "57", "--no-show", "-q", "-o", tmp_path / "a.mp4", "-o", tmp_path / "a.jsonl")
+    assert r.returncode == 1 and "camera 57" in one_error_line(r.stderr)
+    assert files_in(tmp_path) == []
+    with MJPEGServer(fps=30, max_frames=100000) as server:  # the second output cannot be written
+        r = stableface("webcam", "--camera", server.url, "--no-show", "-q", "--stabilizer", "none",
+                       "-o", tmp_path / "ok.mp4", "-o", tmp_path / "ok.jsonl", "-o", tmp_path / "missing" / "x.json")
+    assert r.returncode == 1
+    assert one_error_line(r.stderr).startswith(f"stableface: error: {tmp_path / 'missing' / 'x.json'}: cannot write")
+    assert files_in(tmp_path) == []
