@@ -7,9 +7,12 @@ Exit codes: 0 all sources done; 1 a source failed (the others still complete); 2
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -38,6 +41,13 @@ class Interrupted(BaseException):
 
     def __init__(self, code: int) -> None:
         self.code = code
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error about files (exists, is a folder, is an input, given twice): exit 2, one line."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"stableface: error: {self.format_message()}", err=True)
 
 
 @contextmanager
@@ -73,6 +83,42 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"stableface: error: {message}", err=True)
     sys.exit(code)
+
+
+def _standard_fds() -> None:
+    """A closed stdin/stdout/stderr (``>&-``) becomes /dev/null, so that files opened later never take
+    fd 0-2 and receive what libraries print. (``sys.stdout`` stays None: ``-o -`` says it is closed.)"""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def _need_stdout(outputs) -> None:
+    if "-" in outputs and sys.stdout is None:
+        _fail("-o -: standard output is closed (nothing would receive the JSONL)", 2)
+
+
+def _pipe_closed(exc: BrokenPipeError, outs: list[str]) -> None:
+    """The reader of ``-o -`` went away (``| head``): stop. Exit 0, unless the same source was also
+    written to files: for a finite source those are incomplete and were dropped (exit 1, one line);
+    a live source's recordings are closed, as after Ctrl-C."""
+    from stableface.sinks import OutputClosed
+
+    try:  # no "Exception ignored ... BrokenPipeError" when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    files = [o for o in outs if o != "-"]
+    kept = isinstance(exc, OutputClosed) and exc.live
+    if files and not kept:
+        after = f" after {exc.frames} frames" if isinstance(exc, OutputClosed) else ""
+        _fail(f"{', '.join(files)} incomplete: output pipe closed{after}; partial output removed", 1)
+    sys.exit(0)
 
 
 def _progress_enabled(quiet: bool) -> bool:
@@ -127,10 +173,64 @@ def main() -> None:
       stableface track clip.mp4 -o out.json
       stableface webcam --show
     """
+    _standard_fds()
+
+
+def _file_key(path: str) -> tuple:
+    """The same key for two names of one file (symlinks, ``..``, hard links)."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", real)
+
+
+def _name_parts(spec: str) -> tuple[str, list[str]]:
+    """(stem, parent folder names from the root down) of a source, for ``--out-dir`` names."""
+    if "://" in spec:
+        rest = spec.split("://", 1)[1].split("?", 1)[0]
+        return "stream", [re.sub(r"[^\w.-]+", "_", c) for c in rest.split("/") if c]
+    p = Path(os.path.abspath(spec))
+    return p.stem or "source", [re.sub(r"[^\w.-]+", "_", c) for c in p.parent.parts[1:]]
+
+
+def out_dir_names(sources: list[str]) -> list[str]:
+    """File stems for ``--out-dir``: each source's own stem; sources that share one get their parent
+    folders' names prepended, one folder at a time, until they differ (``d1/a.mp4 -> d1_a``,
+    ``d2/a.mp4 -> d2_a``). Names are compared ignoring case (as some file systems do); sources whose
+    names still collide raise ``OneLineUsageError`` naming them."""
+    parts = [_name_parts(s) for s in sources]
+    depth = [0] * len(sources)
+
+    def name(i: int) -> str:
+        stem, parents = parts[i]
+        return "_".join(parents[len(parents) - depth[i]:] + [stem]) if depth[i] else stem
+
+    while True:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i in range(len(sources)):
+            groups[name(i).casefold()].append(i)
+        clashes = [g for g in groups.values() if len(g) > 1]
+        if not clashes:
+            return [name(i) for i in range(len(sources))]
+        grew = False
+        for g in clashes:
+            for i in g:
+                if depth[i] < len(parts[i][1]):
+                    depth[i] += 1
+                    grew = True
+        if not grew:
+            g = clashes[0]
+            raise OneLineUsageError(f"--out-dir: {sources[g[0]]} and {sources[g[1]]} would write the same file: "
+                                    "rename one, or run them separately")
 
 
 def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | None, fmt: str,
-                 overwrite: bool = False) -> list[list[str]]:
+                 overwrite: bool = False, inputs: tuple[str, ...] = ()) -> list[list[str]]:
+    """The outputs of each source, checked before any work: formats, no folder given as ``-o``, no
+    file written twice, no output that is also an input (even with ``overwrite``), none that exists
+    (unless ``overwrite``). ``inputs``: more input files than ``sources`` (a --from-file list)."""
     from stableface.sinks import kind_of
 
     for o in outputs:
@@ -138,24 +238,36 @@ def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | N
             kind_of(o)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        if o != "-" and Path(o).is_dir():
+            raise OneLineUsageError(f"-o {o}: is a folder; -o takes a file name (for a folder, --out-dir)")
     if len(sources) > 1 and outputs and any(o != "-" for o in outputs):
         raise click.UsageError("with several sources use --out-dir DIR --format json|jsonl|csv (or -o - for JSONL on stdout)")
+    names = out_dir_names(sources) if out_dir is not None else []
     plans: list[list[str]] = []
-    stems: dict[str, int] = {}
-    for s in sources:
+    for i, _ in enumerate(sources):
         outs = list(outputs)
         if out_dir is not None:
-            stem = Path(s.rstrip("/")).stem if "://" not in s else "stream"
-            n = stems.get(stem, 0)
-            stems[stem] = n + 1
-            name = stem if n == 0 else f"{stem}-{n}"
-            outs.append(str(out_dir / f"{name}.{fmt}"))
+            outs.append(str(out_dir / f"{names[i]}.{fmt}"))
         plans.append(outs)
+    read = {_file_key(s): s for s in [*sources, *inputs] if "://" not in s and not s.isdigit()}
+    written: dict[tuple, str] = {}
+    for outs in plans:
+        if outs.count("-") > 1:
+            raise OneLineUsageError("-o - is given twice")
+        for o in outs:
+            if o == "-":
+                continue
+            key = _file_key(o)
+            if key in read:
+                raise OneLineUsageError(f"{o} is also an input ({read[key]}): choose another output name")
+            if key in written:
+                raise OneLineUsageError(f"{o}: given twice as an output" + (f" (as {written[key]})" if written[key] != o else ""))
+            written[key] = o
     if not overwrite:
         existing = sorted({o for outs in plans for o in outs if o != "-" and Path(o).exists()})
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise click.UsageError(f"{existing[0]}{more} already exists: use --overwrite to replace it")
+            raise OneLineUsageError(f"{existing[0]}{more} already exists: use --overwrite to replace it")
     return plans
 
 
@@ -261,7 +373,10 @@ def _read_source_list(path: str) -> list[str]:
 @click.option("-o", "--output", "outputs", multiple=True, metavar="OUT",
               help="Output file; format from the extension: .json .jsonl .csv .mp4 .avi; '-' is JSONL on stdout. Repeatable.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="With several sources: one file per source, named after its stem.")
+              help="With several sources: one file per source, named after its stem (clip.mp4 -> DIR/clip.json). "
+                   "Sources that share a stem get their folders' names prepended until they differ "
+                   "(d1/a.mp4 -> d1_a.json, d2/a.mp4 -> d2_a.json); names compare ignoring case, and sources whose "
+                   "names still collide are refused before any work.")
 @click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "csv"]), default="json", show_default=True,
               help="File format for --out-dir.")
 @click.option("--sequence", is_flag=True, help="A folder is the frames of one video (default: a batch of sources).")
@@ -290,7 +405,8 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
         specs = expand(sources, sequence=sequence)
     except SourceError as exc:
         _fail(str(exc), 1)
-    plans = _output_plan(specs, outputs, out_dir, fmt, overwrite)
+    plans = _output_plan(specs, outputs, out_dir, fmt, overwrite, (from_file,) if from_file not in (None, "-") else ())
+    _need_stdout(outputs)
     if not any(plans):
         log.warning("no output given (-o or --out-dir): results are computed but not saved")
     if out_dir is not None:
