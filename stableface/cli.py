@@ -1,7 +1,11 @@
 """The ``stableface`` command line: parse, build configs, call the library, map errors to exit codes.
 
-Exit codes: 0 all sources done; 1 a source failed (the others still complete); 2 usage error;
+Exit codes: 0 all sources done; 1 a source failed (the others still complete; its own outputs are
+removed, never left incomplete under their names); 2 usage error (including outputs that exist,
+are folders, are inputs, are given twice, or would collide in --out-dir: refused before any work);
 130 / 143 interrupted by SIGINT / SIGTERM (outputs are closed and valid up to the last frame).
+A closed ``-o -`` pipe (``| head``) stops the run with 0, or 1 when other files of the source are
+left incomplete (they are removed).
 """
 
 from __future__ import annotations
@@ -360,7 +364,19 @@ def _worker_run(job: tuple[str, list[str]]) -> tuple[str, int, int, str | None]:
 
 
 def _read_source_list(path: str) -> list[str]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    """Sources from a text file or stdin, one a line. OSError, or ValueError for what is not such a list."""
+    if path == "-":
+        if sys.stdin is None:
+            raise ValueError("standard input is closed")
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        data = Path(path).read_bytes()
+    try:
+        if b"\0" in data:
+            raise UnicodeError
+        text = data.decode("utf-8")
+    except UnicodeError:
+        raise ValueError("not a text list of sources (binary data; expected one path or URL a line, UTF-8)") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
@@ -397,6 +413,8 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
             sources += _read_source_list(from_file)
         except OSError as exc:
             _fail(f"{from_file}: cannot read the source list ({exc.strerror})", 2)
+        except ValueError as exc:
+            _fail(f"--from-file {from_file}: {exc}", 2)
     if not sources:
         raise click.UsageError("no SOURCE given (as arguments or with --from-file)")
     if jobs > 1 and "-" in outputs:
@@ -422,7 +440,9 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     pipe = _build_pipeline(*build_args)
     show_progress = _progress_enabled(quiet)
     failures: list[str] = []
+    faceless: list[str] = []
     total_frames = 0
+    outs: list[str] = []
     try:
         with _signals():
             for spec, outs in zip(specs, plans):
@@ -431,6 +451,7 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
                     total_frames += frames
                     if not quiet and not show_progress:
                         log.info("%s: %d frames, %d faces", spec, frames, faces)
+                    _note_faceless(spec, frames, faces, faceless)
                 except (SourceError, SinkError) as exc:
                     failures.append(str(exc))
                     click.echo(f"stableface: error: {exc}", err=True)
@@ -440,14 +461,22 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     except Interrupted as exc:
         click.echo("stableface: terminated; outputs closed up to the last processed frame", err=True)
         sys.exit(exc.code)
-    except BrokenPipeError:
-        sys.stderr.close()
-        sys.exit(0)
+    except BrokenPipeError as exc:
+        _pipe_closed(exc, outs)
     _print_timings(pipe, total_frames)
-    _summarise(failures, len(specs))
+    _summarise(failures, len(specs), faceless)
 
 
-def _summarise(failures: list[str], n: int) -> None:
+def _note_faceless(spec: str, frames: int, faces: int, faceless: list[str]) -> None:
+    """A source that gave frames but not one face: worth a warning, even without -v."""
+    if frames and not faces:
+        faceless.append(spec)
+        log.warning("no face found in %s", spec)
+
+
+def _summarise(failures: list[str], n: int, faceless: list[str] = ()) -> None:
+    if faceless and n > 1:
+        log.warning("%d of %d sources had no face in any frame", len(faceless), n)
     if failures:
         if n > 1:
             click.echo(f"stableface: {len(failures)} of {n} sources failed:", err=True)
@@ -462,6 +491,7 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     failures: list[str] = []
+    faceless: list[str] = []
     ctx = mp.get_context("spawn")  # no inherited onnxruntime threads
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=ctx, initializer=_worker_init,
                                initargs=(build_args, sequence, stabilizer))
@@ -481,8 +511,10 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
                 if error:
                     failures.append(error)
                     click.echo(f"stableface: error: {error}", err=True)
-                elif not quiet and progress is None:
-                    log.info("%s: %d frames, %d faces", spec, frames, faces)
+                else:
+                    if not quiet and progress is None:
+                        log.info("%s: %d frames, %d faces", spec, frames, faces)
+                    _note_faceless(spec, frames, faces, faceless)
                 if progress is not None:
                     progress.update(task, advance=1)
     except (KeyboardInterrupt, Interrupted) as exc:
@@ -493,7 +525,19 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
         click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
         sys.exit(code)
     pool.shutdown(wait=True)
-    _summarise(failures, len(specs))
+    _summarise(failures, len(specs), faceless)
+
+
+def _no_window_reason() -> str | None:
+    """Why a ``--show`` window cannot open here (None: it can)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display"
+    import cv2
+
+    gui = [ln for ln in cv2.getBuildInformation().splitlines() if ln.strip().startswith("GUI:")]
+    if gui and gui[0].split(":", 1)[1].strip().upper() == "NONE":
+        return "this OpenCV build has no window support"
+    return None
 
 
 @main.command()
@@ -512,11 +556,17 @@ def webcam(camera, show, outputs, reconnect, overwrite, weights, stabilizer, sta
 
     _setup_logging(verbose, quiet)
     _output_plan([camera], outputs, None, "json", overwrite)
+    _need_stdout(outputs)
+    if show and (why := _no_window_reason()):
+        log.warning("%s: running without --show", why)
+        show = False
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every)
     try:
         with _signals():
             frames, _ = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,
                                     reconnect=reconnect)
+    except BrokenPipeError as exc:
+        _pipe_closed(exc, list(outputs))
     except (SourceError, SinkError) as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:

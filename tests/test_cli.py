@@ -144,9 +144,9 @@ def test_signals_leave_valid_outputs(tmp_path, sig, code):
     p = subprocess.Popen([sys.executable, "-m", "stableface", "track", str(clip), "-q", "-o", str(out_json),
                           "-o", str(out_csv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("o.json.*.partial")) and time.monotonic() < deadline:
+    # frames have been written once the partial file is not empty (its buffer holds a few frames)
+    while not any(f.stat().st_size for f in tmp_path.glob("o.json.*.partial")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
     p.send_signal(getattr(signal, sig))
     n = assert_closed_after_signal(p, code, out_json, out_csv)
     assert n < 200
@@ -189,7 +189,8 @@ def test_webcam_signals_leave_valid_recordings(tmp_path, sig, code):
                               "--stabilizer", "none", "-o", str(out), "-o", str(tmp_path / "live.csv")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
-        while server.sent < 30 and time.monotonic() < deadline:
+        # both outputs are open and frames were written once the JSON's partial file is not empty
+        while not any(f.stat().st_size for f in tmp_path.glob("live.json.*.partial")) and time.monotonic() < deadline:
             time.sleep(0.05)
         p.send_signal(getattr(signal, sig))
         assert_closed_after_signal(p, code, out, tmp_path / "live.csv")
