@@ -1,15 +1,22 @@
 """The ``stableface`` command line: parse, build configs, call the library, map errors to exit codes.
 
-Exit codes: 0 all sources done; 1 a source failed (the others still complete); 2 usage error;
+Exit codes: 0 all sources done; 1 a source failed (the others still complete; its own outputs are
+removed, never left incomplete under their names); 2 usage error (including outputs that exist,
+are folders, are inputs, are given twice, or would collide in --out-dir: refused before any work);
 130 / 143 interrupted by SIGINT / SIGTERM (outputs are closed and valid up to the last frame).
+A closed ``-o -`` pipe (``| head``) stops the run with 0, or 1 when other files of the source are
+left incomplete (they are removed).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -36,9 +43,19 @@ DEFAULT_LOOKAHEAD_FILES = 8  # benchmarks/real_motion.py --sweep: jitter error -
 LOOKAHEAD_RANGE = click.IntRange(0, 120)
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
+    """SIGTERM. Like ``KeyboardInterrupt`` it is not an ``Exception``: sinks left by it close their
+    outputs (valid up to the last frame) instead of dropping them as failed."""
+
     def __init__(self, code: int) -> None:
         self.code = code
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error about files (exists, is a folder, is an input, given twice): exit 2, one line."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"stableface: error: {self.format_message()}", err=True)
 
 
 @contextmanager
@@ -76,6 +93,42 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _standard_fds() -> None:
+    """A closed stdin/stdout/stderr (``>&-``) becomes /dev/null, so that files opened later never take
+    fd 0-2 and receive what libraries print. (``sys.stdout`` stays None: ``-o -`` says it is closed.)"""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def _need_stdout(outputs) -> None:
+    if "-" in outputs and sys.stdout is None:
+        _fail("-o -: standard output is closed (nothing would receive the JSONL)", 2)
+
+
+def _pipe_closed(exc: BrokenPipeError, outs: list[str]) -> None:
+    """The reader of ``-o -`` went away (``| head``): stop. Exit 0, unless the same source was also
+    written to files: for a finite source those are incomplete and were dropped (exit 1, one line);
+    a live source's recordings are closed, as after Ctrl-C."""
+    from stableface.sinks import OutputClosed
+
+    try:  # no "Exception ignored ... BrokenPipeError" when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    files = [o for o in outs if o != "-"]
+    kept = isinstance(exc, OutputClosed) and exc.live
+    if files and not kept:
+        after = f" after {exc.frames} frames" if isinstance(exc, OutputClosed) else ""
+        _fail(f"{', '.join(files)} incomplete: output pipe closed{after}; partial output removed", 1)
+    sys.exit(0)
+
+
 def _progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
@@ -111,9 +164,10 @@ def lookahead_option(default: int, extra: str = ""):
 
 
 def _note_lookahead(lookahead: int) -> None:
-    """One line when --stabilizer was given but a lookahead will smooth the raw landmarks instead."""
+    """One line when a causal --stabilizer was asked for but a lookahead smooths the raw landmarks instead."""
     ctx = click.get_current_context(silent=True)
-    if lookahead and ctx is not None and ctx.get_parameter_source("stabilizer") == click.core.ParameterSource.COMMANDLINE:
+    if lookahead and ctx is not None and ctx.params.get("stabilizer") != "none" \
+            and ctx.get_parameter_source("stabilizer") == click.core.ParameterSource.COMMANDLINE:
         log.warning("--lookahead %d smooths the raw landmarks over +-%d frames; --stabilizer applies with --lookahead 0",
                     lookahead, lookahead)
 
@@ -143,10 +197,64 @@ def main() -> None:
       stableface track clip.mp4 -o out.json
       stableface webcam --show
     """
+    _standard_fds()
+
+
+def _file_key(path: str) -> tuple:
+    """The same key for two names of one file (symlinks, ``..``, hard links)."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", real)
+
+
+def _name_parts(spec: str) -> tuple[str, list[str]]:
+    """(stem, parent folder names from the root down) of a source, for ``--out-dir`` names."""
+    if "://" in spec:
+        rest = spec.split("://", 1)[1].split("?", 1)[0]
+        return "stream", [re.sub(r"[^\w.-]+", "_", c) for c in rest.split("/") if c]
+    p = Path(os.path.abspath(spec))
+    return p.stem or "source", [re.sub(r"[^\w.-]+", "_", c) for c in p.parent.parts[1:]]
+
+
+def out_dir_names(sources: list[str]) -> list[str]:
+    """File stems for ``--out-dir``: each source's own stem; sources that share one get their parent
+    folders' names prepended, one folder at a time, until they differ (``d1/a.mp4 -> d1_a``,
+    ``d2/a.mp4 -> d2_a``). Names are compared ignoring case (as some file systems do); sources whose
+    names still collide raise ``OneLineUsageError`` naming them."""
+    parts = [_name_parts(s) for s in sources]
+    depth = [0] * len(sources)
+
+    def name(i: int) -> str:
+        stem, parents = parts[i]
+        return "_".join(parents[len(parents) - depth[i]:] + [stem]) if depth[i] else stem
+
+    while True:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i in range(len(sources)):
+            groups[name(i).casefold()].append(i)
+        clashes = [g for g in groups.values() if len(g) > 1]
+        if not clashes:
+            return [name(i) for i in range(len(sources))]
+        grew = False
+        for g in clashes:
+            for i in g:
+                if depth[i] < len(parts[i][1]):
+                    depth[i] += 1
+                    grew = True
+        if not grew:
+            g = clashes[0]
+            raise OneLineUsageError(f"--out-dir: {sources[g[0]]} and {sources[g[1]]} would write the same file: "
+                                    "rename one, or run them separately")
 
 
 def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | None, fmt: str,
-                 overwrite: bool = False) -> list[list[str]]:
+                 overwrite: bool = False, inputs: tuple[str, ...] = ()) -> list[list[str]]:
+    """The outputs of each source, checked before any work: formats, no folder given as ``-o``, no
+    file written twice, no output that is also an input (even with ``overwrite``), none that exists
+    (unless ``overwrite``). ``inputs``: more input files than ``sources`` (a --from-file list)."""
     from stableface.sinks import kind_of
 
     for o in outputs:
@@ -154,24 +262,36 @@ def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | N
             kind_of(o)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        if o != "-" and Path(o).is_dir():
+            raise OneLineUsageError(f"-o {o}: is a folder; -o takes a file name (for a folder, --out-dir)")
     if len(sources) > 1 and outputs and any(o != "-" for o in outputs):
         raise click.UsageError("with several sources use --out-dir DIR --format json|jsonl|csv (or -o - for JSONL on stdout)")
+    names = out_dir_names(sources) if out_dir is not None else []
     plans: list[list[str]] = []
-    stems: dict[str, int] = {}
-    for s in sources:
+    for i, _ in enumerate(sources):
         outs = list(outputs)
         if out_dir is not None:
-            stem = Path(s.rstrip("/")).stem if "://" not in s else "stream"
-            n = stems.get(stem, 0)
-            stems[stem] = n + 1
-            name = stem if n == 0 else f"{stem}-{n}"
-            outs.append(str(out_dir / f"{name}.{fmt}"))
+            outs.append(str(out_dir / f"{names[i]}.{fmt}"))
         plans.append(outs)
+    read = {_file_key(s): s for s in [*sources, *inputs] if "://" not in s and not s.isdigit()}
+    written: dict[tuple, str] = {}
+    for outs in plans:
+        if outs.count("-") > 1:
+            raise OneLineUsageError("-o - is given twice")
+        for o in outs:
+            if o == "-":
+                continue
+            key = _file_key(o)
+            if key in read:
+                raise OneLineUsageError(f"{o} is also an input ({read[key]}): choose another output name")
+            if key in written:
+                raise OneLineUsageError(f"{o}: given twice as an output" + (f" (as {written[key]})" if written[key] != o else ""))
+            written[key] = o
     if not overwrite:
         existing = sorted({o for outs in plans for o in outs if o != "-" and Path(o).exists()})
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise click.UsageError(f"{existing[0]}{more} already exists: use --overwrite to replace it")
+            raise OneLineUsageError(f"{existing[0]}{more} already exists: use --overwrite to replace it")
     return plans
 
 
@@ -304,7 +424,19 @@ def _worker_run(job: tuple[str, list[str]]) -> tuple[str, int, int, str | None]:
 
 
 def _read_source_list(path: str) -> list[str]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    """Sources from a text file or stdin, one a line. OSError, or ValueError for what is not such a list."""
+    if path == "-":
+        if sys.stdin is None:
+            raise ValueError("standard input is closed")
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        data = Path(path).read_bytes()
+    try:
+        if b"\0" in data:
+            raise UnicodeError
+        text = data.decode("utf-8")
+    except UnicodeError:
+        raise ValueError("not a text list of sources (binary data; expected one path or URL a line, UTF-8)") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
@@ -317,7 +449,10 @@ def _read_source_list(path: str) -> list[str]:
 @click.option("-o", "--output", "outputs", multiple=True, metavar="OUT",
               help="Output file; format from the extension: .json .jsonl .csv .mp4 .avi; '-' is JSONL on stdout. Repeatable.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="With several sources: one file per source, named after its stem.")
+              help="With several sources: one file per source, named after its stem (clip.mp4 -> DIR/clip.json). "
+                   "Sources that share a stem get their folders' names prepended until they differ "
+                   "(d1/a.mp4 -> d1_a.json, d2/a.mp4 -> d2_a.json); names compare ignoring case, and sources whose "
+                   "names still collide are refused before any work.")
 @click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "csv"]), default="json", show_default=True,
               help="File format for --out-dir.")
 @click.option("--sequence", is_flag=True, help="A folder is the frames of one video (default: a batch of sources).")
@@ -339,6 +474,8 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
             sources += _read_source_list(from_file)
         except OSError as exc:
             _fail(f"{from_file}: cannot read the source list ({exc.strerror})", 2)
+        except ValueError as exc:
+            _fail(f"--from-file {from_file}: {exc}", 2)
     if not sources:
         raise click.UsageError("no SOURCE given (as arguments or with --from-file)")
     if jobs > 1 and "-" in outputs:
@@ -347,7 +484,8 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
         specs = expand(sources, sequence=sequence)
     except SourceError as exc:
         _fail(str(exc), 1)
-    plans = _output_plan(specs, outputs, out_dir, fmt, overwrite)
+    plans = _output_plan(specs, outputs, out_dir, fmt, overwrite, (from_file,) if from_file not in (None, "-") else ())
+    _need_stdout(outputs)
     if not any(plans):
         log.warning("no output given (-o or --out-dir): results are computed but not saved")
     if out_dir is not None:
@@ -364,7 +502,9 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     pipe = _build_pipeline(*build_args)
     show_progress = _progress_enabled(quiet)
     failures: list[str] = []
+    faceless: list[str] = []
     total_frames = 0
+    outs: list[str] = []
     try:
         with _signals():
             for spec, outs in zip(specs, plans):
@@ -373,6 +513,7 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
                     total_frames += frames
                     if not quiet and not show_progress:
                         log.info("%s: %d frames, %d faces", spec, frames, faces)
+                    _note_faceless(spec, frames, faces, faceless)
                 except (SourceError, SinkError) as exc:
                     failures.append(str(exc))
                     click.echo(f"stableface: error: {exc}", err=True)
@@ -382,14 +523,22 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     except Interrupted as exc:
         click.echo("stableface: terminated; outputs closed up to the last processed frame", err=True)
         sys.exit(exc.code)
-    except BrokenPipeError:
-        sys.stderr.close()
-        sys.exit(0)
+    except BrokenPipeError as exc:
+        _pipe_closed(exc, outs)
     _print_timings(pipe, total_frames)
-    _summarise(failures, len(specs))
+    _summarise(failures, len(specs), faceless)
 
 
-def _summarise(failures: list[str], n: int) -> None:
+def _note_faceless(spec: str, frames: int, faces: int, faceless: list[str]) -> None:
+    """A source that gave frames but not one face: worth a warning, even without -v."""
+    if frames and not faces:
+        faceless.append(spec)
+        log.warning("no face found in %s", spec)
+
+
+def _summarise(failures: list[str], n: int, faceless: list[str] = ()) -> None:
+    if faceless and n > 1:
+        log.warning("%d of %d sources had no face in any frame", len(faceless), n)
     if failures:
         if n > 1:
             click.echo(f"stableface: {len(failures)} of {n} sources failed:", err=True)
@@ -404,6 +553,7 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     failures: list[str] = []
+    faceless: list[str] = []
     ctx = mp.get_context("spawn")  # no inherited onnxruntime threads
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=ctx, initializer=_worker_init,
                                initargs=(build_args, sequence, stabilizer))
@@ -423,8 +573,10 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
                 if error:
                     failures.append(error)
                     click.echo(f"stableface: error: {error}", err=True)
-                elif not quiet and progress is None:
-                    log.info("%s: %d frames, %d faces", spec, frames, faces)
+                else:
+                    if not quiet and progress is None:
+                        log.info("%s: %d frames, %d faces", spec, frames, faces)
+                    _note_faceless(spec, frames, faces, faceless)
                 if progress is not None:
                     progress.update(task, advance=1)
     except (KeyboardInterrupt, Interrupted) as exc:
@@ -435,7 +587,19 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
         click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
         sys.exit(code)
     pool.shutdown(wait=True)
-    _summarise(failures, len(specs))
+    _summarise(failures, len(specs), faceless)
+
+
+def _no_window_reason() -> str | None:
+    """Why a ``--show`` window cannot open here (None: it can)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display"
+    import cv2
+
+    gui = [ln for ln in cv2.getBuildInformation().splitlines() if ln.strip().startswith("GUI:")]
+    if gui and gui[0].split(":", 1)[1].strip().upper() == "NONE":
+        return "this OpenCV build has no window support"
+    return None
 
 
 @main.command()
@@ -455,12 +619,18 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
 
     _setup_logging(verbose, quiet)
     _output_plan([camera], outputs, None, "json", overwrite)
+    _need_stdout(outputs)
+    if show and (why := _no_window_reason()):
+        log.warning("%s: running without --show", why)
+        show = False
     _note_lookahead(lookahead)
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     try:
         with _signals():
             frames, _ = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,
                                     reconnect=reconnect)
+    except BrokenPipeError as exc:
+        _pipe_closed(exc, list(outputs))
     except (SourceError, SinkError) as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:
@@ -520,6 +690,7 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
     from stableface import evaluate as E
     from stableface import metrics
     from stableface.backbone import HeatmapBackbone
+    from stableface.ibug import AnnotationError
     from stableface.onnx_util import WeightsError
     from stableface.pipeline import Pipeline, PipelineConfig
     from stableface.points import Scorer
@@ -579,6 +750,8 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
         pipes = {k: Pipeline.from_weights(weights, device=device, config=E.method_config(k, DEFAULT_LOOKAHEAD_FILES)) for k in kinds}
     except WeightsError as exc:
         _fail(str(exc), 2)
+    except AnnotationError as exc:  # bad data, not a bad command line
+        _fail(str(exc), 1)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     reports, written = [], []
@@ -586,12 +759,16 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
         ann = annotations if annotations is not None else E.find_annotations(v)
         try:
             rep = E.evaluate_video(v, pipes, ann, scorer)
+        except AnnotationError as exc:
+            _fail(str(exc), 1)
         except ValueError as exc:
             _fail(f"{v}: {exc}", 1)
         reports.append(rep)
         if not quiet:
+            gaps = next(iter(rep.metrics.values())).get("annotation_missing", 0)
             click.echo(f"  {v.name}: Allan dev % IOD " + ", ".join(f"{k} {r['allan_dev_pct_iod']:.3f}" for k, r in rep.metrics.items())
-                       + (", annotated" if rep.gt is not None else ""), err=True)
+                       + (", annotated" if rep.gt is not None else "")
+                       + (f" ({gaps} frames without annotation)" if gaps else ""), err=True)
         if plot_dir is not None:
             gt = scorer.to_ours(rep.gt) if rep.gt is not None else None
             stem = plot_dir / v.stem
@@ -614,15 +791,17 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
         summary[k] = {}
         for key in keys:
             vals = [r.metrics[k][key] for r in reports if key in r.metrics[k]]
-            finite = [v for v in vals if np.isfinite(v)]
-            summary[k][key] = float(np.sum(vals)) if key == "missed" else float(np.mean(finite)) if finite else float("nan")
+            known = [v for v in vals if not np.isnan(v)]  # (np.nanmean warns on stderr when there are none)
+            summary[k][key] = float(np.sum(vals)) if key == "missed" else float(np.mean(known)) if known else float("nan")
     if fmt == "json":
         click.echo(_json({"videos": {r.name: r.metrics for r in reports}, "mean": summary, "map": scorer.full.name,
                           "norm": norm, "plots": [str(w) for w in written]}))
         return
     annotated = "nme" in keys
+    gaps = sum(next(iter(r.metrics.values())).get("annotation_missing", 0) for r in reports)
     click.echo(f"{len(reports)} video(s)" + (f", {sum(r.gt is not None for r in reports)} annotated "
-                                              f"({len(scorer.used.ours)} points, {scorer.full.name} map, normalised by {norm})"
+                                              f"({len(scorer.used.ours)} points, {scorer.full.name} map, normalised by {norm}"
+                                              + (f"; {gaps} frames without annotation, not scored" if gaps else "") + ")"
                                               if annotated else ""))
     if annotated:
         click.echo("| stabilizer | NME % | NRMSE % | jitter error % | 2nd-diff error % | NMJ | FHR time delay (frames) "

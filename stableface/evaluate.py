@@ -4,8 +4,12 @@
   failure rates at 8% / 10%, AUC at 10%, for PDC and argmax decoding. ``--crop gt`` crops from
   the annotated landmark box (the usual protocol); ``--crop detector`` runs the whole pipeline.
 * (b) Videos with per-frame annotations (a ``.npy`` of (T, K, 2), or a folder of one ``.pts``
-  per frame sorted by name): NME, NRMSE, jitter and second-difference error, LDEQ's NMJ, FHR's
-  time delay and second difference, lag in frames, Allan deviation and MCV per stabilizer.
+  per frame): NME, NRMSE, jitter and second-difference error, LDEQ's NMJ, FHR's
+  time delay and second difference, lag in frames, Allan deviation and MCV per stabilizer. A ``.pts`` file's
+  frame is the last number in its name (``frame_000012.pts`` and ``000012.pts`` are frame 12);
+  when the smallest number is 1 the names count from 1, as 300-VW's ``000001.pts`` do, and
+  ``000001.pts`` is frame 0. A frame without a file is a gap: a NaN row, not scored, and
+  counted in ``annotation_missing``.
 * (c) Videos without annotations: Allan deviation (Eq. 11, % of the mean inter-ocular
   distance) and MCV (Eq. 9-10), per stabilizer.
 
@@ -15,6 +19,7 @@ Annotations in another layout are matched through a :class:`stableface.points.Sc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,7 @@ import numpy as np
 from stableface import codec, ibug, metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import box_from_landmarks, to_source, warp
+from stableface.ibug import AnnotationError
 from stableface.points import Scorer
 from stableface.video import VIDEO_EXTS, open_source, read_image
 
@@ -57,6 +63,7 @@ def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "g
     pipe = pipeline_factory() if crop == "detector" else None
     for i, f in enumerate(files):
         img, gt = read_image(f), ibug.read_pts(f.with_suffix(".pts"))
+        _enough_points(f.with_suffix(".pts"), gt, scorer)
         norm = float(scorer.normaliser(gt))
 
         def err(p: np.ndarray) -> float:
@@ -84,6 +91,30 @@ def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "g
     return ImageReport(len(files), {k: np.array(v) for k, v in errors.items()}, missed)
 
 
+def _enough_points(path: Path, gt: np.ndarray, scorer: Scorer) -> None:
+    need = scorer.full.annotation_points
+    if gt.shape[-2] < need:
+        raise AnnotationError(f"{path}: {gt.shape[-2]} points; the {scorer.full.name} map needs {need} (choose another --map)")
+
+
+def frame_numbers(files: list[Path]) -> list[int]:
+    """The frame index of each per-frame ``.pts``: the last number in its name, minus 1 when the
+    smallest is 1 (names that count from 1, like 300-VW's). Raises AnnotationError naming the file."""
+    numbers = []
+    for f in files:
+        found = re.findall(r"\d+", f.stem)
+        if not found:
+            raise AnnotationError(f"{f}: no frame number in the file name (expected e.g. 000012.pts)")
+        numbers.append(int(found[-1]))
+    first: dict[int, Path] = {}
+    for f, n in zip(files, numbers):
+        if n in first:
+            raise AnnotationError(f"{f}: the same frame number ({n}) as {first[n].name}")
+        first[n] = f
+    offset = 1 if min(numbers) == 1 else 0
+    return [n - offset for n in numbers]
+
+
 def find_annotations(video: Path) -> Path | None:
     """Per-frame annotations of a video, by convention: ``NAME.npy`` beside it, a folder ``NAME/``
     or ``NAME_annot/`` of ``.pts`` files, or (300-VW layout) ``annot/`` beside ``vid.avi``."""
@@ -96,17 +127,29 @@ def find_annotations(video: Path) -> Path | None:
     return None
 
 
-def load_annotation_track(path: str | Path) -> np.ndarray:
-    """(T, K, 2) float64 from a ``.npy`` or a folder of per-frame ``.pts`` (sorted by name); NaN rows allowed."""
+def load_annotation_track(path: str | Path, scorer: Scorer | None = None) -> np.ndarray:
+    """(T, K, 2) float64 from a ``.npy`` (NaN rows allowed: not annotated) or a folder of per-frame
+    ``.pts`` matched to frames by the number in their names (:func:`frame_numbers`; a missing
+    frame is a NaN row). A ``.pts`` that is malformed, or has fewer points than ``scorer``'s map
+    needs or another count than the others, raises AnnotationError naming it."""
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.pts"))
         if not files:
-            raise ValueError(f"{path}: no .pts files")
+            raise AnnotationError(f"{path}: no .pts files")
+        index = frame_numbers(files)
         tracks = [ibug.read_pts(f) for f in files]
-        if len({t.shape for t in tracks}) != 1:
-            raise ValueError(f"{path}: the .pts files do not all have the same number of points")
-        return np.stack(tracks).astype(np.float64)
+        if scorer is not None:
+            for f, t in zip(files, tracks):
+                _enough_points(f, t, scorer)
+        counts = [len(t) for t in tracks]
+        usual = max(set(counts), key=counts.count)
+        for f, c in zip(files, counts):
+            if c != usual:
+                raise AnnotationError(f"{f}: {c} points, the other .pts files here have {usual}")
+        out = np.full((max(index) + 1, usual, 2), np.nan)
+        out[index] = np.stack(tracks)
+        return out
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -196,19 +239,21 @@ class VideoReport:
 def evaluate_video(path: Path, pipelines: dict[str, object], annotations: Path | None = None,
                    scorer: Scorer | None = None) -> VideoReport:
     scorer = scorer or Scorer.build()
-    gt = load_annotation_track(annotations) if annotations is not None else None
+    gt = load_annotation_track(annotations, scorer) if annotations is not None else None
     tracks = run_tracks(str(path), pipelines, gt, scorer)
     out = {}
     for name, tr in tracks.items():
         out[name] = stability(tr)
         if gt is not None:
             out[name].update(accuracy(tr, gt, scorer))
+            # video frames with no annotation: gaps in the .pts numbering, NaN rows, frames past the end
+            out[name]["annotation_missing"] = len(tr) - out[name]["annotated"]
             if len(gt) != len(tr):
                 out[name]["annotation_frames"] = len(gt)
     return VideoReport(path.name, out, tracks, gt)
 
 
-def method_config(name: str, lookahead_default: int = 8) -> "PipelineConfig":
+def method_config(name: str, lookahead_default: int = 8):
     """A method of ``evaluate --stabilizers``: a stabilizer (``none``, ``one-euro``, ``convlstm``), or
     ``lookahead`` / ``lookaheadN`` (the fixed-lag smoother over N frames, N = 8 by default)."""
     from stableface.pipeline import STABILIZERS, PipelineConfig

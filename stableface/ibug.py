@@ -37,18 +37,48 @@ CONTOURS = [(0, 17, False), (17, 22, False), (22, 27, False), (27, 31, False), (
             (36, 42, True), (42, 48, True), (48, 60, True), (60, 68, True)]
 
 
+class AnnotationError(ValueError):
+    """An annotation file that is not what it should be; the message names the file."""
+
+
 def read_pts(path: str | Path) -> np.ndarray:
-    """Read an iBUG ``.pts`` file into a (K, 2) float32 array (coordinates as written)."""
-    lines = Path(path).read_text().split("\n")
+    """Read an iBUG ``.pts`` file into a (K, 2) float32 array (coordinates as written).
+
+    Raises :class:`AnnotationError` (naming the file and line) for anything else: no ``{ }`` block,
+    a value that is not a number, a NaN or infinite point, a count that differs from ``n_points``.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     try:
         start = next(i for i, ln in enumerate(lines) if ln.strip() == "{")
         end = next(i for i, ln in enumerate(lines) if ln.strip() == "}")
     except StopIteration:
-        raise ValueError(f"{path}: not an iBUG .pts file (no '{{' ... '}}' block)") from None
-    pts = np.array([[float(v) for v in ln.split()[:2]] for ln in lines[start + 1:end] if ln.strip()], dtype=np.float32)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"{path}: malformed point lines")
-    return pts
+        raise AnnotationError(f"{path}: not an iBUG .pts file (no '{{' ... '}}' block)") from None
+    pts = []
+    for n in range(start + 1, end):
+        text = lines[n].strip()
+        if not text:
+            continue
+        vals = text.split()
+        try:
+            if len(vals) < 2:
+                raise ValueError
+            x, y = float(vals[0]), float(vals[1])
+        except ValueError:
+            raise AnnotationError(f"{path}, line {n + 1}: expected two numbers 'x y', got {text!r}") from None
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise AnnotationError(f"{path}, line {n + 1}: point {len(pts)} is not finite ({text})")
+        pts.append((x, y))
+    if not pts:
+        raise AnnotationError(f"{path}: no points")
+    for ln in lines[:start]:
+        key, _, value = ln.partition(":")
+        if key.strip() == "n_points" and value.strip().isdigit() and int(value) != len(pts):
+            raise AnnotationError(f"{path}: n_points says {int(value)}, the file has {len(pts)} points")
+    return np.array(pts, dtype=np.float32)
 
 
 def write_pts(path: str | Path, points: np.ndarray) -> None:

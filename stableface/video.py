@@ -7,7 +7,9 @@ slow consumer never works through a growing backlog: stale frames are dropped an
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -152,8 +154,9 @@ class LiveSource(Source):
         self.cap = cv2.VideoCapture(spec)
         if not self.cap.isOpened():
             self.cap.release()
-            what = f"camera {spec}" if isinstance(spec, int) else str(spec)
-            raise SourceError(f"{what}: cannot open (no such camera, or the stream refused the connection)")
+            if isinstance(spec, int):
+                raise SourceError(f"camera {spec}: cannot open (no such camera, or the stream refused the connection)")
+            raise SourceError(f"{spec}: {why_stream_failed(spec)}")
         ok, first = self.cap.read()
         if not ok or first is None:
             self.cap.release()
@@ -225,6 +228,30 @@ def is_url(spec: str) -> bool:
     return "://" in spec
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322, "rtmp": 1935}
+
+
+def why_stream_failed(url: str, timeout_s: float = 3.0) -> str:
+    """Why OpenCV could not open ``url``: the server cannot be reached, or it answers with something
+    that is not a video. (A TCP connection to the host says which.)"""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    try:
+        port = u.port or DEFAULT_PORTS.get(u.scheme.lower())
+    except ValueError:
+        return "cannot open (not a valid URL: bad port)"
+    if not u.hostname or port is None:
+        return "cannot open (not a readable video stream)"
+    try:
+        socket.create_connection((u.hostname, port), timeout=timeout_s).close()
+    except socket.gaierror:
+        return f"cannot open (unknown host {u.hostname})"
+    except OSError as exc:
+        return f"cannot open (cannot connect to {u.hostname}:{port}: {exc.strerror or exc or 'timed out'})"
+    return "not a readable video (the server answered, but not with a video stream)"
+
+
 def expand(specs: list[str], sequence: bool = False) -> list[str]:
     """Folders become their media files (sorted) unless ``sequence``; other specs pass through."""
     out: list[str] = []
@@ -250,8 +277,14 @@ def open_source(spec: str, sequence: bool = False, reconnect: int = 0) -> Source
     if is_url(spec):
         return LiveSource(spec, spec, reconnect=reconnect)
     p = Path(spec)
-    if not p.exists():
-        raise SourceError(f"{spec}: no such file or folder")
+    try:
+        p.stat()
+    except FileNotFoundError:
+        raise SourceError(f"{spec}: " + ("broken symbolic link (its target does not exist)" if p.is_symlink()
+                                         else "no such file or folder")) from None
+    except OSError as exc:
+        what = "symbolic link loop" if exc.errno == errno.ELOOP else f"cannot open ({exc.strerror or exc})"
+        raise SourceError(f"{spec}: {what}") from None
     if p.is_dir():
         return SequenceSource(p)
     if p.suffix.lower() in IMAGE_EXTS:

@@ -145,9 +145,9 @@ def test_signals_leave_valid_outputs(tmp_path, sig, code):
     p = subprocess.Popen([sys.executable, "-m", "stableface", "track", str(clip), "-q", "-o", str(out_json),
                           "-o", str(out_csv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not (tmp_path / "o.json.partial").exists() and time.monotonic() < deadline:
+    # frames have been written once the partial file is not empty (its buffer holds a few frames)
+    while not any(f.stat().st_size for f in tmp_path.glob("o.json.*.partial")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
     p.send_signal(getattr(signal, sig))
     n = assert_closed_after_signal(p, code, out_json, out_csv)
     assert n < 200
@@ -190,7 +190,8 @@ def test_webcam_signals_leave_valid_recordings(tmp_path, sig, code):
                               "--stabilizer", "none", "-o", str(out), "-o", str(tmp_path / "live.csv")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
-        while server.sent < 30 and time.monotonic() < deadline:
+        # both outputs are open and frames were written once the JSON's partial file is not empty
+        while not any(f.stat().st_size for f in tmp_path.glob("live.json.*.partial")) and time.monotonic() < deadline:
             time.sleep(0.05)
         p.send_signal(getattr(signal, sig))
         assert_closed_after_signal(p, code, out, tmp_path / "live.csv")
@@ -226,3 +227,64 @@ def test_backbone_with_the_wrong_output_shape_is_refused(tmp_path):
     r = run_cli("track", str(img), "--weights", str(bad), "--stabilizer", "none")
     assert r.exit_code == 2
     assert "flat.onnx: expected a 4-D image input and a 4-D heatmap output (N, K, H, W)" in r.output
+
+
+def test_an_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path):
+    import os
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"precious")
+    os.symlink(clip, tmp_path / "link.mp4")
+    for out in (clip, tmp_path / "link.mp4", tmp_path / "sub" / ".." / "clip.mp4"):
+        r = run_cli("track", str(clip), "-o", str(out), "--overwrite")
+        assert r.exit_code == 2
+        assert r.output.strip().splitlines() == [f"stableface: error: {out} is also an input ({clip}): choose another output name"]
+    # an --out-dir file that resolves to a source
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.csv").write_text("precious")
+    r = run_cli("track", str(tmp_path / "out" / "a.csv"), str(clip), "--out-dir", str(tmp_path / "out"), "--format", "csv",
+                "--overwrite")
+    assert r.exit_code == 2 and "out/a.csv is also an input" in r.output
+    assert clip.read_bytes() == b"precious" and (tmp_path / "out" / "a.csv").read_text() == "precious"
+
+
+def test_a_folder_as_output_and_an_output_given_twice_are_usage_errors_before_any_work(tmp_path):
+    missing = str(tmp_path / "nope.mp4")  # reached only if the plan let it through: then exit 1
+    (tmp_path / "res.json").mkdir()
+    r = run_cli("track", missing, "-o", str(tmp_path / "res.json"))
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        f"stableface: error: -o {tmp_path / 'res.json'}: is a folder; -o takes a file name (for a folder, --out-dir)"]
+    for twice in ([str(tmp_path / "x.json")] * 2, [str(tmp_path / "x.json"), str(tmp_path / "d" / ".." / "x.json")], ["-", "-"]):
+        r = run_cli("track", missing, *[a for o in twice for a in ("-o", o)])
+        assert r.exit_code == 2 and "given twice" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_out_dir_names_never_collide():
+    from stableface.cli import OneLineUsageError, out_dir_names
+
+    assert out_dir_names(["/v/d1/a.mp4", "/v/a-1.mp4", "/v/d2/a.mp4"]) == ["d1_a", "a-1", "d2_a"]
+    assert out_dir_names(["/v/x/001/vid.avi", "/v/x/002/vid.avi", "/v/y.mp4"]) == ["001_vid", "002_vid", "y"]
+    assert out_dir_names(["/a/same/clip.mp4", "/b/same/clip.mp4"]) == ["a_same_clip", "b_same_clip"]
+    assert out_dir_names(["/v/A.mp4", "/w/a.mp4"]) == ["v_A", "w_a"]  # case-insensitive file systems
+    for clash in (["/v/a.mp4", "/v/a.avi"], ["/v/a.mp4", "/v/a.mp4"]):
+        with pytest.raises(OneLineUsageError, match="would write the same file"):
+            out_dir_names(clash)
+
+
+def test_out_dir_with_sources_of_one_name_writes_one_file_each(tmp_path):
+    srcs = [tmp_path / "d1" / "a.png", tmp_path / "a-1.png", tmp_path / "d2" / "a.png"]
+    for i, s in enumerate(srcs):
+        s.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(s), np.full((40 + i, 40, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    r = run_cli("track", *map(str, srcs), "--out-dir", str(out), "--stabilizer", "none", "-q")
+    assert r.exit_code == 0, r.output
+    got = {p.name: json.loads(p.read_text())["source"] for p in out.iterdir()}
+    assert got == {"d1_a.json": str(srcs[0]), "a-1.json": str(srcs[1]), "d2_a.json": str(srcs[2])}
+    cv2.imwrite(str(tmp_path / "a-1.jpg"), np.full((40, 40, 3), 90, np.uint8))
+    r = run_cli("track", str(tmp_path / "a-1.png"), str(tmp_path / "a-1.jpg"), "--out-dir", str(tmp_path / "o2"))
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        f"stableface: error: --out-dir: {tmp_path / 'a-1.png'} and {tmp_path / 'a-1.jpg'} would write the same file: "
+        "rename one, or run them separately"]
+    assert not (tmp_path / "o2").exists()

@@ -1,6 +1,7 @@
 """`stableface evaluate` on annotated videos, point maps and subsets, plots: planted answers."""
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -221,3 +222,105 @@ def test_evaluate_unannotated_video_table_and_bad_options(clip, tmp_path):
     for args in (["--points", "cheeks"], ["--map", str(tmp_path / "nope.csv")], ["--landmarks", "99"]):
         res = runner.invoke(main, ["evaluate", str(path), *args])
         assert res.exit_code == 2, args
+
+
+def strict_json(text):
+    def no_constant(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=no_constant)
+
+
+def test_per_frame_pts_are_matched_by_the_number_in_their_names(tmp_path, rng):
+    from stableface.evaluate import frame_numbers
+
+    gt = face(rng, 6)
+    vw = tmp_path / "vw"  # 300-VW: 000001.pts is the first frame; 000004.pts is missing
+    vw.mkdir()
+    for i in (0, 1, 2, 4, 5):
+        ibug.write_pts(vw / f"{i + 1:06d}.pts", gt[i])
+    track = load_annotation_track(vw)
+    assert track.shape == (6, 68, 2)
+    assert np.isnan(track[3]).all() and np.allclose(track[[0, 1, 2, 4, 5]], gt[[0, 1, 2, 4, 5]], atol=1e-3)
+    zero = tmp_path / "zero"  # 0-based names with a prefix; frame 2 missing
+    zero.mkdir()
+    for i in (0, 1, 3):
+        ibug.write_pts(zero / f"frame_{i:06d}.pts", gt[i])
+    track = load_annotation_track(zero)
+    assert track.shape == (4, 68, 2) and np.isnan(track[2]).all() and np.allclose(track[3], gt[3], atol=1e-3)
+    assert frame_numbers([tmp_path / "clip7_000010.pts", tmp_path / "clip7_000011.pts"]) == [10, 11]
+
+
+def test_evaluate_reports_annotation_gaps_instead_of_shifting_frames(clip, tmp_path):
+    path, raw = clip
+    folder = tmp_path / "annot"
+    folder.mkdir()
+    for i, g in enumerate(raw):
+        if i != 3:
+            ibug.write_pts(folder / f"{i + 1:06d}.pts", g)  # 300-VW names; frame 3 (000004.pts) missing
+    res = CliRunner().invoke(main, ["evaluate", str(path), "--annotations", str(folder), "--stabilizers", "none",
+                                    "--format", "json", "-q"])
+    assert res.exit_code == 0, res.output
+    m = strict_json(res.output)["videos"]["clip.avi"]["none"]
+    assert m["annotated"] == 9 and m["annotation_missing"] == 1 and m["missed"] == 0
+    assert m["nme"] == pytest.approx(0.0, abs=1e-3)  # each file scored against its own frame
+    res = CliRunner().invoke(main, ["evaluate", str(path), "--annotations", str(folder), "--stabilizers", "none", "-q"])
+    assert res.exit_code == 0 and "1 frames without annotation, not scored" in res.output
+
+
+def test_evaluate_json_has_null_where_a_number_is_undefined(tmp_path):
+    blank = tmp_path / "blank.avi"
+    w = cv2.VideoWriter(str(blank), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    for _ in range(3):
+        w.write(np.full((64, 64, 3), 90, np.uint8))
+    w.release()
+    res = CliRunner().invoke(main, ["evaluate", str(blank), "--stabilizers", "none", "--format", "json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "NaN" not in res.output and "Infinity" not in res.output
+    doc = strict_json(res.output)
+    assert doc["videos"]["blank.avi"]["none"]["allan_dev_px"] is None
+    assert doc["mean"]["none"]["allan_dev_pct_iod"] is None
+
+
+@pytest.mark.parametrize("case,problem", [
+    ("word", r", line 7: expected two numbers 'x y', got '12\.0 abc'"),
+    ("nan", r", line 7: point 3 is not finite \(nan 5\)"),
+    ("sixty", r": 60 points; the ibug68 map needs 68 \(choose another --map\)"),
+    ("header", r": n_points says 68, the file has 67 points"),
+])
+def test_a_bad_pts_file_is_one_line_naming_it_exit_1(tmp_path, rng, case, problem):
+    gt = face(rng, 3)
+    folder = tmp_path / "annot"
+    folder.mkdir()
+    for i, g in enumerate(gt):
+        ibug.write_pts(folder / f"{i:06d}.pts", g)
+    bad = folder / "000001.pts"
+    lines = bad.read_text().splitlines()
+    if case == "word":
+        lines[6] = "12.0 abc"
+    elif case == "nan":
+        lines[6] = "nan 5"
+    elif case == "sixty":
+        ibug.write_pts(bad, gt[1][:60])
+        lines = bad.read_text().splitlines()
+    else:
+        del lines[6]
+    bad.write_text("\n".join(lines) + "\n")
+    video = tmp_path / "v.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    for _ in range(3):
+        w.write(np.full((64, 64, 3), 90, np.uint8))
+    w.release()
+    res = CliRunner().invoke(main, ["evaluate", str(video), "--annotations", str(folder), "--stabilizers", "none", "-q"])
+    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit)
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(rf"stableface: error: {re.escape(str(bad))}{problem}", lines[0]), res.output
+    # the same file beside an image of an annotated-image folder
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "face.png"), np.full((64, 64, 3), 90, np.uint8))
+    (images / "face.pts").write_text(bad.read_text())
+    res = CliRunner().invoke(main, ["evaluate", str(images), "-q"])
+    assert res.exit_code == 1
+    assert re.fullmatch(rf"stableface: error: {re.escape(str(images / 'face.pts'))}{problem}", res.output.strip()), res.output

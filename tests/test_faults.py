@@ -1,8 +1,11 @@
 """Planted faults through the real CLI: each gives its exit code and one clear stderr line."""
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -83,3 +86,198 @@ def test_tiny_huge_odd_and_unusual_images(tmp_path):
         w, h = found[name]["width"], found[name]["height"]
         pts = np.array(faces[0]["landmarks"])
         assert (pts[:, 0] > 0).all() and (pts[:, 0] < w).all() and (pts[:, 1] > 0).all() and (pts[:, 1] < h).all()
+
+
+def stableface(*args, env=None, **kw):
+    kw.setdefault("timeout", 120)
+    return subprocess.run([sys.executable, "-m", "stableface", *map(str, args)], capture_output=True, text=True, env=env, **kw)
+
+
+def noise_video(path, n=100, size=64, seed=0):
+    """A faceless clip: fast to track, frames that do not compress away."""
+    rng = np.random.default_rng(seed)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (size, size))
+    for _ in range(n):
+        w.write(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    w.release()
+    return path
+
+
+def files_in(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("name", ["full.mp4", "full.avi", "full.jsonl", "full.json"])
+def test_a_full_disk_is_one_line_exit_1_and_no_file(tmp_path, name):
+    """RLIMIT_FSIZE makes every write past the limit fail (EFBIG), like a full disk does (ENOSPC)."""
+    import resource
+
+    src = noise_video(tmp_path / "in.avi", n=150)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))  # Python ignores SIGXFSZ: writes fail instead
+
+    r = subprocess.run([sys.executable, "-m", "stableface", "track", str(src), "-o", str(out / name), "-q",
+                        "--stabilizer", "none"], capture_output=True, text=True, timeout=120, preexec_fn=small_disk)
+    assert r.returncode == 1, r.stderr
+    line = one_error_line(r.stderr)
+    assert line.startswith(f"stableface: error: {out / name}: cannot write (") and line.endswith("partial output removed")
+    assert files_in(out) == []
+
+
+def test_a_closed_output_pipe_drops_the_incomplete_side_files(tmp_path):
+    """`track -o - -o side.json | head -n 2`: the side file would hold a prefix; it is removed, exit 1."""
+    src = noise_video(tmp_path / "in.avi", n=400, size=32)
+    for side in ([], ["-o", tmp_path / "side.json", "-o", tmp_path / "side.mp4"]):
+        p = subprocess.Popen([sys.executable, "-m", "stableface", "track", str(src), "-o", "-", *map(str, side), "-q",
+                              "--stabilizer", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = [p.stdout.readline() for _ in range(2)]
+        p.stdout.close()  # head exits
+        err = p.stderr.read()
+        p.wait(timeout=60)
+        assert [json.loads(x)["frame"] for x in lines] == [0, 1]
+        if not side:
+            assert p.returncode == 0 and err == ""
+            continue
+        assert p.returncode == 1, err
+        line = one_error_line(err)
+        assert re.fullmatch(rf"stableface: error: {re.escape(str(side[1]))}, {re.escape(str(side[3]))} incomplete: "
+                            r"output pipe closed after \d+ frames; partial output removed", line), line
+        assert files_in(tmp_path) == ["in.avi"]
+
+
+def test_two_runs_on_one_output_never_interleave(tmp_path):
+    from .mjpeg_server import MJPEGServer
+
+    out = tmp_path / "out.json"
+    img = tmp_path / "blank.png"
+    cv2.imwrite(str(img), np.full((48, 48, 3), 90, np.uint8))
+    with MJPEGServer(fps=30, max_frames=100000) as server:
+        first = subprocess.Popen([sys.executable, "-m", "stableface", "track", server.url, "-o", str(out), "-q",
+                                  "--stabilizer", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not list(tmp_path.glob("out.json.*.partial")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            second = stableface("track", img, "-o", out, "--overwrite", "-q", "--stabilizer", "none")
+            assert second.returncode == 1
+            assert one_error_line(second.stderr) == \
+                f"stableface: error: {out}: being written by another stableface run (pid {first.pid})"
+        finally:
+            first.send_signal(signal.SIGINT)
+            _, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err
+    doc = json.loads(out.read_text())
+    assert doc["source"] == server.url and len(doc["frames"]) > 0
+    assert files_in(tmp_path) == ["blank.png", "out.json"]
+
+
+def test_closed_stdout_and_stdin_and_binary_source_lists_are_one_line(tmp_path):
+    img = tmp_path / "blank.png"
+    cv2.imwrite(str(img), np.full((48, 48, 3), 90, np.uint8))
+    cmd = f"{sys.executable} -m stableface track {img} -q"
+    r = subprocess.run(["bash", "-c", cmd + " -o - >&-"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert one_error_line(r.stderr) == "stableface: error: -o -: standard output is closed (nothing would receive the JSONL)"
+    r = subprocess.run(["bash", "-c", cmd + " --from-file - <&-"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and one_error_line(r.stderr) == "stableface: error: --from-file -: standard input is closed"
+    binary = tmp_path / "list.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    r = stableface("track", "--from-file", binary, "-q")
+    assert r.returncode == 2
+    assert one_error_line(r.stderr).startswith(f"stableface: error: --from-file {binary}: not a text list of sources")
+
+
+def test_a_url_that_serves_no_video_and_a_symlink_loop_say_what_they_are(tmp_path):
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Noise(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(np.random.default_rng(0).bytes(100_000))
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Noise)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cam.mjpg"
+    try:
+        r = stableface("track", url, "-o", tmp_path / "u.json", "-q")
+    finally:
+        server.shutdown()
+    assert r.returncode == 1
+    line = one_error_line(r.stderr)
+    assert line == f"stableface: error: {url}: not a readable video (the server answered, but not with a video stream)"
+    os.symlink("loop.mp4", tmp_path / "loop.mp4")
+    r = stableface("track", tmp_path / "loop.mp4", "-o", tmp_path / "l.json", "-q")
+    assert r.returncode == 1 and one_error_line(r.stderr) == f"stableface: error: {tmp_path / 'loop.mp4'}: symbolic link loop"
+    os.symlink("gone.mp4", tmp_path / "dangling.mp4")
+    r = stableface("track", tmp_path / "dangling.mp4", "-o", tmp_path / "d.json", "-q")
+    assert one_error_line(r.stderr).endswith("dangling.mp4: broken symbolic link (its target does not exist)")
+    assert files_in(tmp_path) == ["dangling.mp4", "loop.mp4"]
+
+
+def test_a_source_without_any_face_is_a_warning_and_counted(tmp_path):
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((48, 48, 3), 90, np.uint8))
+    r = stableface("track", tmp_path / "a.png", tmp_path / "b.png", "--out-dir", tmp_path / "out", "--stabilizer", "none")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [f"stableface: no face found in {tmp_path / 'a.png'}",
+                                     f"stableface: no face found in {tmp_path / 'b.png'}",
+                                     "stableface: 2 of 2 sources had no face in any frame"]
+
+
+def test_webcam_stops_quietly_when_its_pipe_closes_and_keeps_live_recordings(tmp_path):
+    from .mjpeg_server import MJPEGServer
+
+    with MJPEGServer(fps=30, max_frames=100000) as server:
+        for side in ([], ["-o", str(tmp_path / "live.json")]):
+            p = subprocess.Popen([sys.executable, "-m", "stableface", "webcam", "--camera", server.url, "--no-show", "-q",
+                                  "--stabilizer", "none", "-o", "-", *side],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            lines = [p.stdout.readline() for _ in range(2)]
+            p.stdout.close()
+            err = p.stderr.read()
+            p.wait(timeout=60)
+            assert p.returncode == 0 and err == ""
+            assert [json.loads(x)["frame"] for x in lines] == [0, 1]
+    doc = json.loads((tmp_path / "live.json").read_text())  # a live source has no end: closed as after Ctrl-C
+    assert len(doc["frames"]) >= 2
+    assert files_in(tmp_path) == ["live.json"]
+
+
+def test_webcam_show_without_a_display_runs_headless(tmp_path):
+    import os
+
+    from .mjpeg_server import MJPEGServer
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    with MJPEGServer(fps=30, max_frames=20) as server:
+        r = stableface("webcam", "--camera", server.url, "--show", "-q", "--stabilizer", "none",
+                       "-o", tmp_path / "rec.json", "-o", tmp_path / "rec.avi", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["stableface: no display: running without --show"]
+    frames = json.loads((tmp_path / "rec.json").read_text())["frames"]
+    assert 1 <= len(frames) <= 20
+    assert int(cv2.VideoCapture(str(tmp_path / "rec.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == len(frames)
+
+
+def test_webcam_failures_leave_no_files(tmp_path):
+    from .mjpeg_server import MJPEGServer
+
+    r = stableface("webcam", "--camera", "57", "--no-show", "-q", "-o", tmp_path / "a.mp4", "-o", tmp_path / "a.jsonl")
+    assert r.returncode == 1 and "camera 57" in one_error_line(r.stderr)
+    assert files_in(tmp_path) == []
+    with MJPEGServer(fps=30, max_frames=100000) as server:  # the second output cannot be written
+        r = stableface("webcam", "--camera", server.url, "--no-show", "-q", "--stabilizer", "none",
+                       "-o", tmp_path / "ok.mp4", "-o", tmp_path / "ok.jsonl", "-o", tmp_path / "missing" / "x.json")
+    assert r.returncode == 1
+    assert one_error_line(r.stderr).startswith(f"stableface: error: {tmp_path / 'missing' / 'x.json'}: cannot write")
+    assert files_in(tmp_path) == []

@@ -41,9 +41,9 @@ def test_csv_exact(tmp_path):
         for r in results():
             s.write(r)
     assert p.read_text() == (
-        "frame,face_id,timestamp,confidence,success,x_0,x_1,y_0,y_1\n"
-        "0,0,0.000,0.900,1,1.00,3.50,2.00,4.25\n"
-        "1,,0.040,0,0,,,,\n")
+        "frame,face_id,timestamp,confidence,success,x_0,x_1,y_0,y_1,s_0,s_1\n"
+        "0,0,0.000,0.900,1,1.00,3.50,2.00,4.25,0.8000,0.7000\n"
+        "1,,0.040,0,0,,,,,,\n")
 
 
 def test_jsonl_exact(tmp_path):
@@ -117,3 +117,163 @@ def test_unwritable_destination_is_a_clear_error(tmp_path):
     blocker.write_text("x")  # even root cannot create files inside a regular file
     with pytest.raises(SinkError, match=r"not_a_folder/a.csv: cannot write \(Not a directory\)"):
         CsvSink(blocker / "a.csv", 2)
+
+
+ALL_FILES = ["out.json", "out.jsonl", "out.csv", "out.avi", "out.mp4"]
+FRAME = np.zeros((48, 64, 3), np.uint8)
+
+
+def write_all(sinks, n=1):
+    for r in (results() * n)[:max(n, 1)]:
+        for s in sinks:
+            s.write(r, FRAME)
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_every_format_is_written_under_a_partial_name_and_renamed_when_complete(tmp_path, name):
+    import os
+
+    final = tmp_path / name
+    with open_sink(str(final), INFO, "x", "none", 2) as s:
+        write_all([s], 2)
+        assert not final.exists()
+        partial = [p.name for p in tmp_path.iterdir() if p.name != name + ".lock"]
+        want = f"{name}.{os.getpid()}.partial" + (final.suffix if final.suffix in (".avi", ".mp4") else "")
+        assert partial == [want]
+        assert (tmp_path / (name + ".lock")).read_text().strip() == str(os.getpid())
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no partial, no lock left
+
+
+def test_an_error_inside_the_block_drops_every_output_and_an_interrupt_keeps_them(tmp_path):
+    from contextlib import ExitStack
+
+    with pytest.raises(RuntimeError):
+        with ExitStack() as stack:
+            sinks = [stack.enter_context(open_sink(str(tmp_path / n), INFO, "x", "none", 2)) for n in ALL_FILES]
+            write_all(sinks, 2)
+            raise RuntimeError("the pipeline broke")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt):
+        with ExitStack() as stack:
+            sinks = [stack.enter_context(open_sink(str(tmp_path / n), INFO, "x", "none", 2)) for n in ALL_FILES]
+            write_all(sinks, 2)
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ALL_FILES)
+    assert len(json.loads((tmp_path / "out.json").read_text())["frames"]) == 2
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+
+
+def test_jsonl_disk_full_removes_the_partial_output(tmp_path, monkeypatch):
+    import errno
+
+    from stableface.sinks import SinkError
+
+    s = JsonlSink(tmp_path / "out.jsonl", INFO)
+    s.write(results()[0])
+
+    def full(_text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(s.fh, "write", full)
+    with pytest.raises(SinkError, match=r"out.jsonl: cannot write \(No space left on device\); partial output removed"):
+        s.write(results()[1])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["o.avi", "o.mp4"])
+def test_a_video_short_on_disk_is_an_error_and_no_file(tmp_path, name):
+    """OpenCV's writer does not report a full disk: close reads the file back and counts its frames."""
+    from stableface.sinks import SinkError
+
+    s = open_sink(str(tmp_path / name), INFO, "x", "none", 2)
+    write_all([s], 5)
+
+    class CutOnRelease:  # what a full disk leaves: the first bytes only
+        def __init__(self, writer):
+            self.writer = writer
+
+        def release(self):
+            self.writer.release()
+            with open(s.tmp, "r+b") as fh:
+                fh.truncate(2000)
+
+    s.writer = CutOnRelease(s.writer)
+    with pytest.raises(SinkError, match=rf"{name}: cannot write \(the video holds \d of 5 frames: is the disk full\?\)"):
+        s.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_video_writer_that_does_not_open_is_an_error_and_no_file(tmp_path, monkeypatch):
+    import stableface.sinks as S
+
+    class Closed:
+        def __init__(self, *a):
+            pass
+
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(S.cv2, "VideoWriter", Closed)
+    with pytest.raises(S.SinkError, match="o.mp4: cannot open a video writer here"):
+        open_sink(str(tmp_path / "o.mp4"), INFO, "x", "none", 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_output_one_writer_and_a_stale_lock_is_taken_over(tmp_path):
+    import os
+
+    from stableface.sinks import SinkError, holder_of
+
+    first = JsonSink(tmp_path / "out.json", INFO, "x", "none")
+    assert holder_of(tmp_path / "out.json") == str(os.getpid())
+    with pytest.raises(SinkError, match=rf"out.json: being written by another stableface run \(pid {os.getpid()}\)"):
+        CsvSink(tmp_path / "out.json", 2)  # any writer, any format: the lock is on the name
+    first.close()
+    assert holder_of(tmp_path / "out.json") is None
+    (tmp_path / "out.json.lock").write_text("99999999\n")  # left by a run that was killed
+    assert holder_of(tmp_path / "out.json") is None
+    with JsonSink(tmp_path / "out.json", INFO, "x", "none") as s:
+        s.write(results()[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_stdout_closed_by_its_reader_drops_finite_files_and_keeps_live_recordings(tmp_path, monkeypatch):
+    import dataclasses
+    import sys
+    from contextlib import ExitStack
+
+    from stableface.sinks import OutputClosed
+
+    class Gone:
+        def write(self, _text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    for live in (False, True):
+        info = dataclasses.replace(INFO, live=live)
+        monkeypatch.setattr(sys, "stdout", sys.__stdout__)
+        with pytest.raises(OutputClosed) as caught:
+            with ExitStack() as stack:
+                side = stack.enter_context(open_sink(str(tmp_path / "side.json"), info, "x", "none", 2))
+                out = stack.enter_context(open_sink("-", info, "x", "none", 2))
+                out.frames = 3  # three lines went through before the reader left
+                monkeypatch.setattr(sys, "stdout", Gone())
+                side.write(results()[0])
+                out.write(results()[0])
+        assert caught.value.frames == 3 and caught.value.live is live
+        assert [p.name for p in tmp_path.iterdir()] == (["side.json"] if live else [])
+
+
+def test_stdout_that_is_closed_is_a_sink_error(monkeypatch):
+    import sys
+
+    from stableface.sinks import SinkError
+
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(SinkError, match="standard output is closed"):
+        open_sink("-", INFO, "x", "none", 2)
