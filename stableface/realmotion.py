@@ -271,8 +271,8 @@ def render(image: np.ndarray, points: np.ndarray, script: MotionScript, spec: Re
                                                   border[:, 1].max())), (w, h))
     sigma = float(rng.uniform(*spec.noise))
     phase, period = rng.uniform(0, 2 * np.pi), rng.uniform(3, 8) * spec.fps
-    tint = rng.uniform(-1, 1, size=3) * 0.03
-    grad = rng.uniform(-1, 1, size=2) * 0.08
+    tint = rng.uniform(-1, 1, size=3) * spec.light_drift / 4  # colour cast, and a gradient that drifts across the face
+    grad = rng.uniform(-1, 1, size=2) * spec.light_drift * 2 / 3
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ramp = ((xx / w - 0.5) * grad[0] + (yy / h - 0.5) * grad[1])[..., None]
     frames, gts, prev = [], [], None
