@@ -21,7 +21,7 @@ from stableface.pipeline import Pipeline, PipelineConfig
 from stableface.sinks import JsonSink
 from stableface.video import open_source
 
-STAGES = ["decode", "detect", "crop", "backbone", "stabilizer", "pdc", "write"]
+STAGES = ["decode", "detect", "crop", "backbone", "stabilizer", "pdc", "lookahead", "write"]
 
 
 def decode_only(path: Path) -> tuple[int, float]:
@@ -38,7 +38,7 @@ def full(pipe: Pipeline, path: Path, out: Path) -> tuple[int, float, dict[str, f
     n = 0
     t0 = time.perf_counter()
     decode = 0.0
-    with open_source(str(path)) as src, JsonSink(out, src.info, pipe.scheme, pipe.config.stabilizer) as sink:
+    with open_source(str(path)) as src, JsonSink(out, src.info, pipe.scheme, pipe.stabilizer_label, pipe.config.lookahead) as sink:
         it = iter(src)
         while True:
             td = time.perf_counter()
@@ -49,9 +49,16 @@ def full(pipe: Pipeline, path: Path, out: Path) -> tuple[int, float, dict[str, f
             if n == 0:
                 pipe.reset()
             result = pipe.update(frame)
+            with pipe.timer.stage("lookahead"):
+                ready = pipe.lookahead.update(result) if pipe.lookahead.n else [result]
             with pipe.timer.stage("write"):
-                sink.write(result)
+                for r in ready:
+                    sink.write(r)
             n += 1
+        with pipe.timer.stage("lookahead"):
+            ready = pipe.lookahead.flush()
+        for r in ready:
+            sink.write(r)
     total = time.perf_counter() - t0
     stages = dict(pipe.timer.total)
     stages["decode"] = decode
@@ -64,11 +71,13 @@ def main() -> None:
     ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "videos")
     ap.add_argument("--stabilizer", default="convlstm")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--lookahead", type=int, default=0, help="8 is what `track` does to files by default.")
     args = ap.parse_args()
     clips = sorted(p for p in args.videos.glob("*.mp4") if cv2.VideoCapture(str(p)).get(cv2.CAP_PROP_FRAME_WIDTH) == 512)
-    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer=args.stabilizer), threads=args.threads)
+    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer=args.stabilizer, lookahead=args.lookahead),
+                                threads=args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
-          f"stabilizer={args.stabilizer}")
+          f"stabilizer={args.stabilizer}, lookahead={args.lookahead}")
     print("| clip | frames | decode-only fps | end-to-end fps | ratio | " + " | ".join(f"{s} ms" for s in STAGES) + " |")
     print("|---" * (5 + len(STAGES)) + "|")
     tot_n = tot_full = tot_dec = 0.0
