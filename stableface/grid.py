@@ -13,6 +13,8 @@ Every 2x3 matrix here maps *output* coordinates to *input* coordinates (a pull m
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from stableface.crop import CropBox, invert
@@ -54,11 +56,18 @@ def crop_change(old: CropBox, new: CropBox, crop_size: int, stride: float) -> np
     return compose(source_to_index(old, crop_size, stride), index_to_source(new, crop_size, stride))
 
 
-def taps(matrix: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear taps of a pull map over an (h, w) grid: flat indices (4, h*w) and weights (4, h*w)."""
+@lru_cache(maxsize=8)
+def _cells(h: int, w: int) -> np.ndarray:
+    """Homogeneous grid indices (3, h*w) of every cell, row by row."""
     ys, xs = np.mgrid[0:h, 0:w]
     q = np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)]).astype(np.float64)
-    src = np.asarray(matrix, np.float64) @ q  # (2, h*w) input grid index
+    q.setflags(write=False)
+    return q
+
+
+def taps(matrix: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear taps of a pull map over an (h, w) grid: flat indices (4, h*w) and weights (4, h*w)."""
+    src = np.asarray(matrix, np.float64) @ _cells(h, w)  # (2, h*w) input grid index
     sx = np.clip(src[0], 0, w - 1)  # edges replicated
     sy = np.clip(src[1], 0, h - 1)
     x0 = np.minimum(np.floor(sx).astype(np.intp), w - 2 if w > 1 else 0)
@@ -78,5 +87,5 @@ def warp(maps: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         return maps
     idx, wts = taps(matrix, h, w)
     flat = maps.reshape(*maps.shape[:-2], h * w)
-    out = (flat[..., idx] * wts).sum(axis=-2)
+    out = np.einsum("...ij,ij->...j", flat[..., idx], wts)
     return out.reshape(maps.shape).astype(maps.dtype, copy=False)
