@@ -1,11 +1,12 @@
 """The ``stableface`` command line: parse, build configs, call the library, map errors to exit codes.
 
 Exit codes: 0 all sources done; 1 a source failed (the others still complete; its own outputs are
-removed, never left incomplete under their names); 2 usage error (including outputs that exist,
-are folders, are inputs, are given twice, or would collide in --out-dir: refused before any work);
-130 / 143 interrupted by SIGINT / SIGTERM (outputs are closed and valid up to the last frame).
-A closed ``-o -`` pipe (``| head``) stops the run with 0, or 1 when other files of the source are
-left incomplete (they are removed).
+removed, never left incomplete under their names) or was incomplete (frames that could not be
+decoded: its outputs hold every other frame, the JSON lists the missing ones, a line names them);
+2 usage error (including outputs that exist, are folders, are inputs, are given twice, or would
+collide in --out-dir: refused before any work); 130 / 143 interrupted by SIGINT / SIGTERM
+(outputs are closed and valid up to the last frame). A closed ``-o -`` pipe (``| head``) stops
+the run with 0, or 1 when other files of the source are left incomplete (they are removed).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -323,12 +325,61 @@ class _Writer:
         self.faces += len(result.faces)
 
 
+@dataclass
+class SourceReport:
+    """What became of one source: frames written, faces, and what the source could not give."""
+
+    spec: str
+    frames: int = 0
+    faces: int = 0
+    unreadable: list[int] = field(default_factory=list)  # frames that could not be decoded
+    dropped: int = 0  # live: stale frames skipped
+    live: bool = False
+    stop_reason: str | None = None  # why the source ended early
+    error: str | None = None  # it failed: its outputs were removed
+
+    @property
+    def incomplete(self) -> bool:
+        """A finite source that did not give all its frames (its outputs hold the others)."""
+        return self.error is None and not self.live and (bool(self.unreadable) or self.stop_reason is not None)
+
+    def incomplete_line(self) -> str:
+        n = len(self.unreadable)
+        what = (f"{n} of {self.frames + n} frames could not be decoded (frame{'s' if n > 1 else ''} "
+                f"{_ranges(self.unreadable)})" if n else "decoding stopped early")
+        reason = f"; {self.stop_reason}" if self.stop_reason else ""
+        return f"{self.spec}: incomplete: {what}{reason}; the outputs hold the other {self.frames} frames"
+
+
+def _ranges(numbers: list[int], limit: int = 6) -> str:
+    """``[3, 4, 5, 9]`` -> ``3-5, 9``; more than ``limit`` runs are counted, not listed."""
+    runs: list[list[int]] = []
+    for v in sorted(numbers):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:limit])
+    return text + (f" and {len(runs) - limit} more runs" if len(runs) > limit else "")
+
+
+def _live_note(src, frames: int, ended: bool) -> None:
+    """A live source says on stderr when it ended by itself, and how many stale frames it dropped."""
+    dropped = (f"{src.dropped} stale frame{'s' if src.dropped != 1 else ''} dropped (processing was slower than "
+               "the source)") if src.dropped else ""
+    if ended and src.stop_reason:
+        log.warning("%s: %s after %d frames%s", src.info.name, src.stop_reason, frames, f"; {dropped}" if dropped else "")
+    elif dropped:
+        log.warning("%s: %d frames; %s", src.info.name, frames, dropped)
+
+
 def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
-                show: bool = False, reconnect: int = 0) -> tuple[int, int]:
-    """Track one source into its outputs; returns (frames, faces). Raises SourceError/SinkError.
+                show: bool = False, reconnect: int = 0) -> SourceReport:
+    """Track one source into its outputs. Raises SourceError/SinkError.
 
     With a lookahead, the frames it still holds are written before the outputs close, also when
     the run is interrupted (KeyboardInterrupt, Interrupted): every processed frame, in order.
+    The outputs are told which frames the source could not give (``Sink.footer``).
     """
     import cv2
 
@@ -359,7 +410,7 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
             cv2.namedWindow(window, cv2.WINDOW_NORMAL)
         fps_ema = 0.0
         last = time.perf_counter()
-        failed = False
+        failed = ended = False
         try:
             for frame, result in pipe.stream(src):
                 now = time.perf_counter()
@@ -377,6 +428,8 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
                     key = cv2.waitKey(1) & 0xFF
                     if key in (ord("q"), 27):
                         break
+            else:
+                ended = True
         except (SinkError, BrokenPipeError):
             failed = True  # an output is gone: nothing more can be written
             raise
@@ -385,11 +438,16 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
                 writer.finish()
                 for frame, result in pipe.drain():
                     writer.write(frame, result)
+                for s in sinks:
+                    s.footer(list(src.unreadable), src.dropped)
+                if src.info.live:
+                    _live_note(src, writer.frames, ended)
         if progress is not None:  # containers can announce more frames than they hold
             progress.update(task, total=writer.frames, completed=writer.frames)
         if window is not None:
             cv2.destroyWindow(window)
-    return writer.frames, writer.faces
+    return SourceReport(spec, writer.frames, writer.faces, list(src.unreadable), src.dropped, src.info.live,
+                        None if src.info.live else src.stop_reason)
 
 
 def _print_timings(pipe, frames: int) -> None:
@@ -410,17 +468,49 @@ def _worker_init(build_args: tuple, sequence: bool, stabilizer: str) -> None:
     _WORKER.update(pipe=_build_pipeline(*build_args), sequence=sequence, stabilizer=stabilizer)
 
 
-def _worker_run(job: tuple[str, list[str]]) -> tuple[str, int, int, str | None]:
+def _worker_run(job: tuple[str, list[str]]) -> SourceReport:
+    spec, outs = job
+    with _signals():
+        return _track_guarded(_WORKER["pipe"], spec, outs, _WORKER["sequence"], False, _WORKER["stabilizer"])
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _track_guarded(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
+                   reconnect: int = 0) -> SourceReport:
+    """One source of a batch: a failure, foreseen or not, is that source's (its report says why, its
+    outputs are removed), never the end of the batch. A closed ``-o -`` pipe still ends the run."""
     from stableface.sinks import SinkError
     from stableface.video import SourceError
 
-    spec, outs = job
-    with _signals():
-        try:
-            frames, faces = _run_source(_WORKER["pipe"], spec, outs, _WORKER["sequence"], False, _WORKER["stabilizer"])
-            return spec, frames, faces, None
-        except (SourceError, SinkError) as exc:
-            return spec, 0, 0, str(exc)
+    try:
+        return _run_source(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
+    except (SourceError, SinkError) as exc:
+        return SourceReport(spec, error=str(exc))
+    except BrokenPipeError:
+        raise
+    except Exception as exc:  # a library error no check foresaw: this source fails, the batch goes on
+        log.debug("%s failed", spec, exc_info=True)
+        return SourceReport(spec, error=f"{spec}: failed ({type(exc).__name__}: {_one_line(exc)}; -vv shows where)")
+
+
+def _account(rep: SourceReport, failures: list[str], incomplete: list[str], faceless: list[str], quiet: bool,
+             progress: bool) -> None:
+    """The lines for one finished source, and its place in the batch summary."""
+    if rep.error:
+        failures.append(rep.error)
+        click.echo(f"stableface: error: {rep.error}", err=True)
+        return
+    if not quiet and not progress:
+        log.info("%s: %d frames, %d faces", rep.spec, rep.frames, rep.faces)
+    if rep.incomplete:
+        line = rep.incomplete_line()
+        incomplete.append(line)
+        click.echo(f"stableface: error: {line}", err=True)
+    _note_faceless(rep.spec, rep.frames, rep.faces, faceless)
 
 
 def _read_source_list(path: str) -> list[str]:
@@ -464,7 +554,6 @@ def _read_source_list(path: str) -> list[str]:
 def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, overwrite, lookahead, weights, stabilizer,
           stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
     """Landmarks for video files, images, image folders, camera indices or URLs."""
-    from stableface.sinks import SinkError
     from stableface.video import SourceError, expand
 
     _setup_logging(verbose, quiet)
@@ -502,21 +591,16 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     pipe = _build_pipeline(*build_args)
     show_progress = _progress_enabled(quiet)
     failures: list[str] = []
+    incomplete: list[str] = []
     faceless: list[str] = []
     total_frames = 0
     outs: list[str] = []
     try:
         with _signals():
             for spec, outs in zip(specs, plans):
-                try:
-                    frames, faces = _run_source(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
-                    total_frames += frames
-                    if not quiet and not show_progress:
-                        log.info("%s: %d frames, %d faces", spec, frames, faces)
-                    _note_faceless(spec, frames, faces, faceless)
-                except (SourceError, SinkError) as exc:
-                    failures.append(str(exc))
-                    click.echo(f"stableface: error: {exc}", err=True)
+                rep = _track_guarded(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
+                total_frames += rep.frames
+                _account(rep, failures, incomplete, faceless, quiet, show_progress)
     except KeyboardInterrupt:
         click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
         sys.exit(130)
@@ -526,7 +610,7 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     except BrokenPipeError as exc:
         _pipe_closed(exc, outs)
     _print_timings(pipe, total_frames)
-    _summarise(failures, len(specs), faceless)
+    _summarise(failures, len(specs), faceless, incomplete)
 
 
 def _note_faceless(spec: str, frames: int, faces: int, faceless: list[str]) -> None:
@@ -536,14 +620,18 @@ def _note_faceless(spec: str, frames: int, faces: int, faceless: list[str]) -> N
         log.warning("no face found in %s", spec)
 
 
-def _summarise(failures: list[str], n: int, faceless: list[str] = ()) -> None:
+def _summarise(failures: list[str], n: int, faceless: list[str] = (), incomplete: list[str] = ()) -> None:
+    """The batch's last lines; exit 1 when a source failed or was incomplete."""
     if faceless and n > 1:
         log.warning("%d of %d sources had no face in any frame", len(faceless), n)
-    if failures:
-        if n > 1:
-            click.echo(f"stableface: {len(failures)} of {n} sources failed:", err=True)
-            for f in failures:
-                click.echo(f"  - {f}", err=True)
+    if n > 1:
+        for what, lines in (("failed", failures), ("incomplete (their outputs hold the frames that could be decoded)",
+                                                   incomplete)):
+            if lines:
+                click.echo(f"stableface: {len(lines)} of {n} sources {what}:", err=True)
+                for f in lines:
+                    click.echo(f"  - {f}", err=True)
+    if failures or incomplete:
         sys.exit(1)
 
 
@@ -553,6 +641,7 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     failures: list[str] = []
+    incomplete: list[str] = []
     faceless: list[str] = []
     ctx = mp.get_context("spawn")  # no inherited onnxruntime threads
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=ctx, initializer=_worker_init,
@@ -569,14 +658,7 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
                 task = progress.add_task("sources", total=len(specs))
             futures = [pool.submit(_worker_run, (spec, outs)) for spec, outs in zip(specs, plans)]
             for fut in as_completed(futures):
-                spec, frames, faces, error = fut.result()
-                if error:
-                    failures.append(error)
-                    click.echo(f"stableface: error: {error}", err=True)
-                else:
-                    if not quiet and progress is None:
-                        log.info("%s: %d frames, %d faces", spec, frames, faces)
-                    _note_faceless(spec, frames, faces, faceless)
+                _account(fut.result(), failures, incomplete, faceless, quiet, progress is not None)
                 if progress is not None:
                     progress.update(task, advance=1)
     except (KeyboardInterrupt, Interrupted) as exc:
@@ -587,7 +669,7 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
         click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
         sys.exit(code)
     pool.shutdown(wait=True)
-    _summarise(failures, len(specs), faceless)
+    _summarise(failures, len(specs), faceless, incomplete)
 
 
 def _no_window_reason() -> str | None:
@@ -627,8 +709,8 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     try:
         with _signals():
-            frames, _ = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,
-                                    reconnect=reconnect)
+            rep = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,
+                              reconnect=reconnect)
     except BrokenPipeError as exc:
         _pipe_closed(exc, list(outputs))
     except (SourceError, SinkError) as exc:
@@ -638,7 +720,9 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
         sys.exit(130)
     except Interrupted as exc:
         sys.exit(exc.code)
-    _print_timings(pipe, frames)
+    _print_timings(pipe, rep.frames)
+    if rep.incomplete:  # a URL to a file, read to its end
+        _fail(rep.incomplete_line(), 1)
 
 
 @main.command()

@@ -145,6 +145,11 @@ class Sink:
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         raise NotImplementedError
 
+    def footer(self, unreadable: list[int], dropped: int) -> None:
+        """What the source could not give, told before ``close``: the numbers of the frames that could
+        not be decoded, and how many stale frames a live source dropped. (Frame numbers are the
+        source's, so in every format those frames are the numbers missing; JSON also lists them.)"""
+
     def close(self) -> None:
         """Finish the output: complete and valid up to the last frame written."""
 
@@ -221,14 +226,18 @@ class JsonSink(_AtomicText):
         head = json.dumps(header(info, scheme, stabilizer, lookahead))
         self._put(head[:-1] + ', "frames": [')
         self.count = 0
+        self.tail = {"unreadable_frames": [], "dropped_frames": 0}
 
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         self._put(("," if self.count else "") + "\n" + json.dumps(result.to_dict(), separators=(",", ":")))
         self.count += 1
 
+    def footer(self, unreadable: list[int], dropped: int) -> None:
+        self.tail = {"unreadable_frames": [int(i) for i in unreadable], "dropped_frames": int(dropped)}
+
     def _finish(self) -> None:
         assert self.fh is not None
-        self.fh.write("\n]}\n")
+        self.fh.write("\n], " + json.dumps(self.tail, separators=(", ", ": "))[1:] + "\n")
 
 
 class CsvSink(_AtomicText):

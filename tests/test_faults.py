@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from .conftest import shared_video
+from .media import FileServer, corrupt_middle, decodable_frames, write_clip
 
 
 def track(*args, timeout=120):
@@ -247,7 +248,8 @@ def test_webcam_stops_quietly_when_its_pipe_closes_and_keeps_live_recordings(tmp
             err = p.stderr.read()
             p.wait(timeout=60)
             assert p.returncode == 0 and err == ""
-            assert [json.loads(x)["frame"] for x in lines] == [0, 1]
+            first, second = (json.loads(x)["frame"] for x in lines)
+            assert first == 0 < second  # the stream's numbers (a stale frame dropped leaves its number out)
     doc = json.loads((tmp_path / "live.json").read_text())  # a live source has no end: closed as after Ctrl-C
     assert len(doc["frames"]) >= 2
     assert files_in(tmp_path) == ["live.json"]
@@ -263,7 +265,9 @@ def test_webcam_show_without_a_display_runs_headless(tmp_path):
         r = stableface("webcam", "--camera", server.url, "--show", "-q", "--stabilizer", "none",
                        "-o", tmp_path / "rec.json", "-o", tmp_path / "rec.avi", env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.splitlines() == ["stableface: no display: running without --show"]
+    lines = r.stderr.splitlines()
+    assert lines[0] == "stableface: no display: running without --show"
+    assert lines[1].startswith(f"stableface: {server.url}: the stream ended after ") and len(lines) == 2
     frames = json.loads((tmp_path / "rec.json").read_text())["frames"]
     assert 1 <= len(frames) <= 20
     assert int(cv2.VideoCapture(str(tmp_path / "rec.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == len(frames)
@@ -281,3 +285,69 @@ def test_webcam_failures_leave_no_files(tmp_path):
     assert r.returncode == 1
     assert one_error_line(r.stderr).startswith(f"stableface: error: {tmp_path / 'missing' / 'x.json'}: cannot write")
     assert files_in(tmp_path) == []
+
+
+def test_a_corrupt_stretch_is_skipped_listed_in_the_output_and_exit_1(tmp_path):
+    """200 KB of noise in the middle of a clip: OpenCV stopped there (half the frames, exit 0, no word);
+    now every decodable frame is tracked under its own number, the rest are listed, and the exit is 1."""
+    clip = write_clip(tmp_path / "clip.mp4", n=120)
+    bad = corrupt_middle(clip, tmp_path / "bad.mp4", clip.stat().st_size // 4)
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((48, 48, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    r = track(bad, good, "--out-dir", out, "--stabilizer", "none")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    doc = json.loads((out / "bad.json").read_text())
+    got = [f["frame"] for f in doc["frames"]]
+    lost = doc["unreadable_frames"]
+    assert len(got) == decodable_frames(bad) and 0 < len(lost) < 100
+    assert sorted(got + lost) == list(range(120)) and got[-1] == 119
+    assert [f["timestamp_ms"] for f in doc["frames"]] == [40.0 * i for i in got]
+    runs = re.escape(f"{lost[0]}-{lost[-1]}") if lost == list(range(lost[0], lost[-1] + 1)) else r"[\d, -]+"
+    line = (rf"stableface: error: {re.escape(str(bad))}: incomplete: {len(lost)} of 120 frames could not be decoded "
+            rf"\(frames {runs}\); the outputs hold the other {len(got)} frames")
+    lines = [ln for ln in r.stderr.splitlines() if "no face" not in ln]
+    assert re.fullmatch(line, lines[0]), lines
+    assert lines[1:] == ["stableface: 1 of 2 sources incomplete (their outputs hold the frames that could be decoded):",
+                         "  - " + lines[0].removeprefix("stableface: error: ")]
+    assert json.loads((out / "good.json").read_text())["unreadable_frames"] == []
+
+
+def test_variable_frame_rate_timestamps_reach_the_outputs(tmp_path):
+    times = [40 * i for i in range(13)] + [480 + 120 * i for i in range(1, 8)]
+    clip = write_clip(tmp_path / "vfr.mp4", n=len(times), times_ms=times, noise=False)
+    r = track(clip, "-o", tmp_path / "v.json", "-o", tmp_path / "v.csv", "--stabilizer", "one-euro", "--lookahead", "0")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "v.json").read_text())
+    assert [f["timestamp_ms"] for f in doc["frames"]] == [float(t) for t in times]
+    assert doc["frames"][12]["timestamp_ms"] == 480.0
+    rows = (tmp_path / "v.csv").read_text().splitlines()[1:]
+    assert [float(r.split(",")[2]) for r in rows] == [t / 1000 for t in times]
+
+
+def test_a_url_to_a_file_is_tracked_like_the_file(tmp_path):
+    """http://host/clip.mp4 has a length: every frame, its own numbers (it was 25 of 800, renumbered)."""
+    write_clip(tmp_path / "clip.mp4", n=150, noise=False)
+    with FileServer(tmp_path) as server:
+        url = server.url("clip.mp4")
+        r = track(url, "-o", tmp_path / "u.jsonl", "--stabilizer", "none")
+    assert r.returncode == 0 and r.stderr == ""
+    lines = [json.loads(x) for x in (tmp_path / "u.jsonl").read_text().splitlines()]
+    assert [(x["frame"], x["timestamp_ms"], x["source"]) for x in lines] == [(i, 40.0 * i, url) for i in range(150)]
+
+
+def test_a_live_stream_keeps_its_frame_numbers_counts_drops_and_says_it_ended(tmp_path):
+    from .mjpeg_server import MJPEGServer
+
+    with MJPEGServer(fps=100, max_frames=150) as server:
+        r = stableface("webcam", "--camera", server.url, "--no-show", "-q", "--max-faces", "4", "-o", tmp_path / "l.json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "l.json").read_text())
+    numbers = [f["frame"] for f in doc["frames"]]
+    assert all(b > a for a, b in zip(numbers, numbers[1:]))
+    missing = numbers[-1] + 1 - len(numbers)
+    assert 0 < missing <= doc["dropped_frames"] and doc["unreadable_frames"] == []
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        rf"stableface: {re.escape(server.url)}: the stream ended after {len(numbers)} frames; "
+        rf"{doc['dropped_frames']} stale frames dropped \(processing was slower than the source\)", lines[0]), lines

@@ -32,7 +32,18 @@ def test_json_exact(tmp_path):
             {"frame": 0, "timestamp_ms": 0.0, "faces": [
                 {"id": 0, "box": [1.0, 2.0, 3.5, 4.25], "score": 0.9, "landmarks": [[1.0, 2.0], [3.5, 4.25]],
                  "landmark_scores": [0.8, 0.7]}]},
-            {"frame": 1, "timestamp_ms": 40.0, "faces": []}]}
+            {"frame": 1, "timestamp_ms": 40.0, "faces": []}],
+        "unreadable_frames": [], "dropped_frames": 0}
+
+
+def test_json_footer_lists_the_frames_the_source_could_not_give(tmp_path):
+    p = tmp_path / "out.json"
+    with JsonSink(p, INFO, "test2", "none") as s:
+        for r in results():
+            s.write(r)
+        s.footer([2, 3, 7], 5)
+    doc = json.loads(p.read_text())
+    assert (doc["unreadable_frames"], doc["dropped_frames"]) == ([2, 3, 7], 5)
 
 
 def test_csv_exact(tmp_path):
