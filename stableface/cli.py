@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -460,11 +460,11 @@ def _print_timings(pipe, frames: int) -> None:
 _WORKER: dict = {}
 
 
-def _worker_init(build_args: tuple, sequence: bool, stabilizer: str) -> None:
+def _worker_init(build_args: tuple, sequence: bool, stabilizer: str, verbose: int = 0, quiet: bool = False) -> None:
     import signal as _signal
 
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the parent decides; it terminates the pool
-    _quiet_opencv()
+    _setup_logging(verbose, quiet)  # the pipeline's warnings reach stderr as the parent's do
     _WORKER.update(pipe=_build_pipeline(*build_args), sequence=sequence, stabilizer=stabilizer)
 
 
@@ -586,7 +586,7 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     build_args = (weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     if jobs > 1 and len(specs) > 1:
         _build_pipeline(*build_args)  # bad weights: one clear error before any worker starts
-        _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
+        _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet, verbose)
         return
     pipe = _build_pipeline(*build_args)
     show_progress = _progress_enabled(quiet)
@@ -635,17 +635,76 @@ def _summarise(failures: list[str], n: int, faceless: list[str] = (), incomplete
         sys.exit(1)
 
 
-def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet) -> None:
-    """Sources in ``jobs`` worker processes; progress counts finished sources."""
+def _worker_main(conn, build_args: tuple, sequence: bool, stabilizer: str, verbose: int, quiet: bool) -> None:
+    """A --jobs worker: builds its pipeline once, says so, then tracks the sources it is sent, one at
+    a time, sending back each one's report; ``None`` ends it."""
+    _worker_init(build_args, sequence, stabilizer, verbose, quiet)
+    conn.send("ready")
+    try:
+        while (job := conn.recv()) is not None:
+            conn.send(_worker_run(job))
+    except Interrupted as exc:  # the parent stops the batch: outputs were closed; no traceback
+        sys.exit(exc.code)
+    except (EOFError, OSError):  # the parent is gone
+        sys.exit(1)
+
+
+class _Worker:
+    """One worker process, and the source it is tracking now (None: idle, or still starting)."""
+
+    def __init__(self, ctx, args: tuple) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, *args), daemon=True)
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.job: tuple[int, str, list[str]] | None = None
+
+
+def _death(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _drop_partials(outs: list[str], pid: int) -> None:
+    """The partial and lock files a dead worker left (a run that is killed cannot remove its own)."""
+    from stableface.sinks import holder_of, lock_path, partial_path
+
+    for o in outs:
+        if o != "-":
+            for keep in (False, True):
+                p = partial_path(Path(o), keep_suffix=keep)
+                p.with_name(p.name.replace(f".{os.getpid()}.", f".{pid}.")).unlink(missing_ok=True)
+            if holder_of(o) is None:  # its lock died with it
+                lock_path(Path(o)).unlink(missing_ok=True)
+
+
+def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet, verbose=0) -> None:
+    """Sources in ``jobs`` worker processes; progress counts finished sources.
+
+    A worker tracks one source at a time, so the source of a worker that dies (SIGKILL, out of
+    memory) is known: its partial files are removed and it is tried once more in a new worker,
+    then reported as failed; the rest of the batch goes on. Ctrl-C / SIGTERM: queued sources are
+    dropped, the workers are stopped (SIGTERM: each closes its outputs up to its last frame; one
+    that takes longer than a second is killed) and the exit follows at once (130 / 143).
+    """
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing.connection import wait
 
     failures: list[str] = []
     incomplete: list[str] = []
     faceless: list[str] = []
     ctx = mp.get_context("spawn")  # no inherited onnxruntime threads
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=ctx, initializer=_worker_init,
-                               initargs=(build_args, sequence, stabilizer))
+    args = (build_args, sequence, stabilizer, verbose, quiet)
+    queue = deque((i, spec, outs) for i, (spec, outs) in enumerate(zip(specs, plans)))
+    tries: dict[int, int] = defaultdict(int)
+    done = 0
+    start_deaths = 0  # workers that died before taking a source
+    workers: list[_Worker] = []
     progress = None
     try:
         with _signals(), ExitStack() as stack:
@@ -656,19 +715,79 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
                 progress = stack.enter_context(Progress(TextColumn("[bold]sources"), BarColumn(), MofNCompleteColumn(),
                                                         TimeRemainingColumn(), console=Console(stderr=True)))
                 task = progress.add_task("sources", total=len(specs))
-            futures = [pool.submit(_worker_run, (spec, outs)) for spec, outs in zip(specs, plans)]
-            for fut in as_completed(futures):
-                _account(fut.result(), failures, incomplete, faceless, quiet, progress is not None)
+
+            def finished(rep: SourceReport) -> None:
+                nonlocal done
+                done += 1
+                _account(rep, failures, incomplete, faceless, quiet, progress is not None)
                 if progress is not None:
                     progress.update(task, advance=1)
+
+            workers.extend(_Worker(ctx, args) for _ in range(min(jobs, len(specs))))
+            while done < len(specs):
+                for w in workers:
+                    if w.ready and w.job is None and queue:
+                        w.job = queue.popleft()
+                        tries[w.job[0]] += 1
+                        try:
+                            w.conn.send((w.job[1], w.job[2]))
+                        except OSError:
+                            pass  # it has just died: its sentinel says so below
+                ready = wait([w.conn for w in workers] + [w.proc.sentinel for w in workers], timeout=1.0)
+                for w in list(workers):
+                    if w.conn in ready:
+                        try:
+                            msg = w.conn.recv()
+                        except (EOFError, OSError):
+                            msg = None  # it died: its sentinel says so below
+                        if msg == "ready":
+                            w.ready = True
+                        elif isinstance(msg, SourceReport):
+                            w.job = None
+                            finished(msg)
+                    if w.proc.sentinel in ready or not w.proc.is_alive():
+                        w.proc.join()
+                        workers.remove(w)
+                        why = _death(w.proc.exitcode)
+                        if w.job is None:
+                            start_deaths += 1
+                        else:
+                            i, spec, outs = w.job
+                            _drop_partials(outs, w.proc.pid)
+                            if tries[i] < 2:
+                                log.warning("%s: its worker process died (%s); trying it once more", spec, why)
+                                queue.appendleft(w.job)
+                            else:
+                                finished(SourceReport(spec, error=f"{spec}: its worker process died ({why}), twice"))
+                        if start_deaths >= 3:  # workers that cannot even start: the rest cannot be tracked
+                            while queue:
+                                spec = queue.popleft()[1]
+                                finished(SourceReport(spec, error=f"{spec}: not tracked: worker processes die as they "
+                                                      f"start ({why})"))
+                        elif queue and len(workers) < min(jobs, len(queue) + sum(x.job is not None for x in workers)):
+                            workers.append(_Worker(ctx, args))
+            for w in workers:
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    pass
     except (KeyboardInterrupt, Interrupted) as exc:
         code = exc.code if isinstance(exc, Interrupted) else 130
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.terminate()  # SIGTERM: each worker closes its outputs up to its last frame
-        pool.shutdown(wait=True, cancel_futures=True)
+        for w in workers:
+            if w.proc.is_alive():
+                w.proc.terminate()  # SIGTERM: a worker closes its outputs up to its last frame
+        deadline = time.monotonic() + 1.0
+        for w in workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join()
+                if w.job is not None:
+                    _drop_partials(w.job[2], w.proc.pid)
         click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
         sys.exit(code)
-    pool.shutdown(wait=True)
+    for w in workers:
+        w.proc.join(timeout=5)
     _summarise(failures, len(specs), faceless, incomplete)
 
 

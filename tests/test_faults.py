@@ -351,3 +351,58 @@ def test_a_live_stream_keeps_its_frame_numbers_counts_drops_and_says_it_ended(tm
     assert len(lines) == 1 and re.fullmatch(
         rf"stableface: {re.escape(server.url)}: the stream ended after {len(numbers)} frames; "
         rf"{doc['dropped_frames']} stale frames dropped \(processing was slower than the source\)", lines[0]), lines
+
+
+def _batch(tmp_path, n_sources, frames):
+    srcs = [noise_video(tmp_path / f"{c}.avi", n=frames, size=64, seed=i) for i, c in enumerate("abcdefgh"[:n_sources])]
+    return srcs, tmp_path / "out"
+
+
+def test_a_worker_killed_mid_batch_fails_its_own_source_only(tmp_path):
+    """SIGKILL the worker tracking b.avi, and the one that tries it again: no BrokenProcessPool traceback;
+    b.avi fails (after one more try), a.avi and c.avi are complete, no file is left half-written."""
+    import os
+
+    srcs, out = _batch(tmp_path, 3, 60)
+    p = subprocess.Popen([sys.executable, "-m", "stableface", "track", *map(str, srcs), "--jobs", "2", "--out-dir", str(out),
+                          "-q", "--stabilizer", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed: set[int] = set()
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline:
+        for partial in out.glob("b.json.*.partial") if out.exists() else []:
+            pid = int(partial.name.split(".")[2])
+            if pid not in killed:
+                killed.add(pid)
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    _, err = p.communicate(timeout=60)
+    assert len(killed) == 2
+    assert p.returncode == 1 and "Traceback" not in err, err
+    assert f"stableface: {srcs[1]}: its worker process died (killed by SIGKILL); trying it once more" in err.splitlines()
+    assert err.splitlines()[-2:] == ["stableface: 1 of 3 sources failed:",
+                                     f"  - {srcs[1]}: its worker process died (killed by SIGKILL), twice"]
+    assert files_in(out) == ["a.json", "c.json"]
+    for name in ("a.json", "c.json"):
+        assert [f["frame"] for f in json.loads((out / name).read_text())["frames"]] == list(range(60))
+
+
+def test_sigint_with_sources_queued_stops_the_batch_within_a_second(tmp_path):
+    srcs, out = _batch(tmp_path, 6, 400)
+    p = subprocess.Popen([sys.executable, "-m", "stableface", "track", *map(str, srcs), "--jobs", "2", "--out-dir", str(out),
+                          "-q", "--stabilizer", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.partial")) if out.exists() else []) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    took = time.monotonic() - t0
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert took < 1.5, took
+    assert err.splitlines() == ["stableface: interrupted; outputs closed up to the last processed frame"]
+    left = files_in(out)
+    assert 1 <= len(left) <= 2 and not [f for f in left if "partial" in f]  # the two running; the queued never began
+    for name in left:
+        frames = [f["frame"] for f in json.loads((out / name).read_text())["frames"]]
+        assert frames == list(range(len(frames))) and 0 < len(frames) < 400
