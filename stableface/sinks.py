@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import IO
@@ -33,7 +34,7 @@ import numpy as np
 from stableface import __version__
 from stableface.draw import draw_result
 from stableface.types import FrameResult
-from stableface.video import SourceInfo
+from stableface.video import SourceInfo, cv_name
 
 try:
     import fcntl
@@ -318,7 +319,8 @@ class VideoSink(Sink):
         self.tmp = partial_path(self.path, keep_suffix=True)
         fourcc = VIDEO_FOURCC.get(self.path.suffix.lower(), "mp4v")
         fps = info.fps if info.fps > 0 else 25.0
-        self.writer: cv2.VideoWriter | None = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), fps,
+        self._cv_tmp, self._alias_dir = cv_name(str(self.tmp))  # (OpenCV crashes on a name that is not UTF-8)
+        self.writer: cv2.VideoWriter | None = cv2.VideoWriter(self._cv_tmp, cv2.VideoWriter_fourcc(*fourcc), fps,
                                                               (info.width, info.height))
         if not self.writer.isOpened():
             self.abort()
@@ -345,7 +347,7 @@ class VideoSink(Sink):
         except OSError:
             return 0
         # FFmpeg, which wrote it (OpenCV's own AVI reader would print its complaints to stderr)
-        cap = cv2.VideoCapture(str(self.tmp), getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY))
+        cap = cv2.VideoCapture(self._cv_tmp, getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY))
         try:
             if not cap.isOpened() or not cap.read()[0]:
                 return 0
@@ -374,13 +376,19 @@ class VideoSink(Sink):
                 self.tmp.unlink(missing_ok=True)
                 raise SinkError(f"{self.path}: cannot write ({_why(exc)}); partial output removed") from None
         finally:
-            self.lock.release()
+            self._release()
 
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.release()
             self.writer = None
         self.tmp.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._alias_dir is not None:
+            shutil.rmtree(self._alias_dir, ignore_errors=True)
+            self._alias_dir = None
         self.lock.release()
 
 

@@ -205,6 +205,21 @@ def _utf8(name: str) -> bool:
         return False
 
 
+def cv_name(path: str) -> tuple[str, str | None]:
+    """A name OpenCV can be given for ``path``, and a folder to remove afterwards (or None).
+
+    OpenCV's VideoCapture and VideoWriter crash (SIGSEGV) on a name that is not valid UTF-8
+    (``v\\xff.mp4``): such a path gets a symbolic link with a plain name in a new temporary folder.
+    The link may point to a file that does not exist yet (a writer creates it through the link)."""
+    if _utf8(path):
+        return path, None
+    folder = tempfile.mkdtemp(prefix="stableface-")
+    ext = os.path.splitext(path)[1].encode("ascii", "replace").decode().replace("?", "_")
+    alias = os.path.join(folder, "media" + ext)
+    os.symlink(os.path.abspath(path), alias)
+    return alias, folder
+
+
 class _AvDecoder:
     """One video stream decoded by PyAV: every frame the decoder can produce, corrupt packets skipped.
 
@@ -345,11 +360,8 @@ class _CvDecoder:
         self.name, self.url, self.camera = name, url, isinstance(spec, int)
         self._tmp: str | None = None
         target: str | int = spec
-        if isinstance(spec, str) and not url and not _utf8(spec):
-            # OpenCV crashes on a name that is not UTF-8: give it a link with a safe name
-            self._tmp = tempfile.mkdtemp(prefix="stableface-")
-            target = os.path.join(self._tmp, "source" + os.path.splitext(spec)[1].encode("ascii", "replace").decode())
-            os.symlink(os.path.abspath(spec), target)
+        if isinstance(spec, str) and not url:
+            target, self._tmp = cv_name(spec)
         if url:
             ms = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(NET_OPEN_TIMEOUT_S * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(NET_READ_TIMEOUT_S * 1000)]

@@ -124,3 +124,31 @@ class FileServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+
+
+def backbone_variant(path: Path, nan_above: float | None = None, batch1: bool = False) -> Path:
+    """The shipped backbone, changed: ``nan_above``: its heatmaps are NaN for a crop whose mean
+    (normalised) input is above this (a bright crop); ``batch1``: exported with a fixed batch of 1."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from stableface.weights import resolve
+
+    m = onnx.load(str(resolve(None).backbone))
+    g = m.graph
+    if nan_above is not None:
+        out = g.output[0].name
+        for node in g.node:
+            node.output[:] = [f"{o}_raw" if o == out else o for o in node.output]
+        g.initializer.extend([helper.make_tensor("nan_above", TensorProto.FLOAT, [], [nan_above]),
+                              helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")]),
+                              helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+        g.node.extend([helper.make_node("ReduceMean", [g.input[0].name], ["crop_mean"], axes=[1, 2, 3], keepdims=1),
+                       helper.make_node("Greater", ["crop_mean", "nan_above"], ["bright"]),
+                       helper.make_node("Where", ["bright", "nan", "zero"], ["poison"]),
+                       helper.make_node("Add", [f"{out}_raw", "poison"], [out])])
+    if batch1:
+        for v in (g.input[0], g.output[0]):
+            v.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(m, str(path))
+    return path

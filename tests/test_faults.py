@@ -406,3 +406,109 @@ def test_sigint_with_sources_queued_stops_the_batch_within_a_second(tmp_path):
     for name in left:
         frames = [f["frame"] for f in json.loads((out / name).read_text())["frames"]]
         assert frames == list(range(len(frames))) and 0 < len(frames) < 400
+
+
+def _png_header_only(path, w, h, body=1_500_000):
+    """A PNG whose header declares w x h (its data is noise: nothing may decode it)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", np.random.default_rng(0).bytes(body)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_too_large_is_refused_from_its_header_and_the_batch_goes_on(tmp_path):
+    huge = _png_header_only(tmp_path / "huge.png", 40000, 40000)
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((48, 48, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    r = track(huge, good, "--out-dir", out, "--stabilizer", "none")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    why = f"{huge}: image too large (40000x40000 pixels; stableface reads at most 100 megapixels)"
+    assert f"stableface: error: {why}" in r.stderr.splitlines()
+    assert r.stderr.splitlines()[-2:] == ["stableface: 1 of 2 sources failed:", f"  - {why}"]
+    assert files_in(out) == ["good.json"]
+    # in a --sequence folder it is one unreadable frame; the others are tracked under their numbers
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for name in ("f0.png", "f2.png"):
+        cv2.imwrite(str(seq / name), np.full((48, 48, 3), 90, np.uint8))
+    _png_header_only(seq / "f1.png", 40000, 40000, body=1000)
+    r = track(seq, "--sequence", "-o", tmp_path / "seq.json", "--stabilizer", "none")
+    assert r.returncode == 1
+    doc = json.loads((tmp_path / "seq.json").read_text())
+    assert [f["frame"] for f in doc["frames"]] == [0, 2] and doc["unreadable_frames"] == [1]
+    assert f"stableface: error: {seq}: incomplete: 1 of 3 frames could not be decoded (frame 1); " \
+           "the outputs hold the other 2 frames" in r.stderr.splitlines()
+
+
+def test_file_names_that_are_not_utf8_are_read_and_written(tmp_path):
+    """OpenCV crashed (SIGSEGV) on such a name, ending the whole batch."""
+    import os
+
+    odd = os.fsencode(tmp_path) + b"/v\xff.mp4"
+    os.rename(write_clip(tmp_path / "v.mp4", n=20, noise=False), odd)
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((48, 48, 3), 90, np.uint8))
+    video_out = os.fsencode(tmp_path) + b"/o\xff.mp4"
+    base = [sys.executable, "-m", "stableface", "track", "-q", "--stabilizer", "none"]
+    r = subprocess.run(base + [odd, str(good), "--out-dir", str(tmp_path / "out")], capture_output=True, timeout=120)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    assert len(json.loads((tmp_path / "out" / os.fsdecode(b"v\xff.json")).read_text())["frames"]) == 20
+    r = subprocess.run(base + [odd, "-o", video_out], capture_output=True, timeout=120)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    os.rename(video_out, tmp_path / "o.mp4")
+    assert int(cv2.VideoCapture(str(tmp_path / "o.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+
+
+def _bright_clip(path, n=20, bright=(10, 11, 12)):
+    """The first ``n`` frames of a shared clip (one face), the ``bright`` ones washed out."""
+    cap = cv2.VideoCapture(str(shared_video()))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (512, 512))
+    for i in range(n):
+        ok, f = cap.read()
+        assert ok
+        w.write(255 - (255 - f) // 8 if i in bright else f)
+    w.release()
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_backbone_that_gives_nan_drops_those_faces_with_one_warning(tmp_path, jobs):
+    """NaN heatmaps on washed-out crops: those frames lose their face (one warning line), the others
+    keep theirs, and the batch goes on (it was a ValueError traceback that ended the batch)."""
+    from .media import backbone_variant
+
+    nan = backbone_variant(tmp_path / "nan.onnx", nan_above=1.5)
+    clip = _bright_clip(tmp_path / "clip.avi")
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((48, 48, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    r = track(clip, blank, "--out-dir", out, "--weights", nan, "--stabilizer", "none", "--lookahead", "0", "--jobs", jobs)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    faces = [len(f["faces"]) for f in json.loads((out / "clip.json").read_text())["frames"]]
+    assert faces[:10] == [1] * 10 and faces[10:13] == [0, 0, 0] and faces[-1] == 1
+    warned = [ln for ln in r.stderr.splitlines() if "NaN" in ln]
+    assert warned == [f"stableface: {clip}: frame 10: the backbone's heatmaps hold NaN or Inf: such a face is dropped "
+                      "from its frame (said once per source)"]
+    assert json.loads((out / "blank.json").read_text())["frames"][0]["faces"] == []
+
+
+@pytest.mark.slow
+def test_a_backbone_with_a_fixed_batch_of_one_runs_two_faces_one_by_one(tmp_path):
+    from .media import backbone_variant
+
+    one = backbone_variant(tmp_path / "one.onnx", batch1=True)
+    cap = cv2.VideoCapture(str(shared_video()))
+    ok, face = cap.read()
+    two = tmp_path / "two.png"
+    cv2.imwrite(str(two), np.concatenate([face, cv2.flip(face, 1)], axis=1))
+    r = stableface("track", two, "-o", tmp_path / "two.json", "--weights", one, "--max-faces", "2", "--stabilizer", "none", "-v")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"stableface: {one} takes a fixed batch of 1 crop: faces are run one by one" in r.stderr.splitlines()
+    assert len(json.loads((tmp_path / "two.json").read_text())["frames"][0]["faces"]) == 2

@@ -173,3 +173,13 @@ def test_a_url_to_a_file_is_read_like_a_file(tmp_path, decoder):
             assert not src.info.live and src.info.frame_count == 120
             frames = [(f.index, f.timestamp_ms) for f in src]
     assert frames == [(i, 40.0 * i) for i in range(120)]  # every frame, none dropped, true numbers
+
+
+def test_a_name_that_is_not_utf8_opens_with_either_decoder(tmp_path, decoder):
+    import os
+
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/v\xff.mp4")  # OpenCV crashed on such a name
+    os.rename(write_clip(tmp_path / "v.mp4", n=10, noise=False), odd)
+    with open_source(odd) as src:
+        assert [f.index for f in src] == list(range(10))
+    assert os.listdir(tmp_path) == [os.path.basename(odd)]
