@@ -512,3 +512,58 @@ def test_a_backbone_with_a_fixed_batch_of_one_runs_two_faces_one_by_one(tmp_path
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert f"stableface: {one} takes a fixed batch of 1 crop: faces are run one by one" in r.stderr.splitlines()
     assert len(json.loads((tmp_path / "two.json").read_text())["frames"][0]["faces"]) == 2
+
+
+def test_a_named_pipe_is_refused_at_once_and_the_batch_goes_on(tmp_path):
+    """`mkfifo ff.mp4; stableface track ff.mp4` waited for a writer for ever, deaf to SIGINT and SIGTERM."""
+    import os
+
+    fifo = tmp_path / "ff.mp4"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((48, 48, 3), 90, np.uint8))
+    r = track(fifo, good, "--out-dir", tmp_path / "out", "--stabilizer", "none", timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    why = f"{fifo}: a named pipe (FIFO): stableface reads files, folders, cameras and URLs"
+    assert f"stableface: error: {why}" in r.stderr.splitlines()
+    assert files_in(tmp_path / "out") == ["good.json"]
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_connecting_to_a_silent_server_is_honoured_within_a_second(tmp_path, sig, code):
+    """A server that accepts the connection and never answers: it took ~26 s to react to Ctrl-C."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = threading.Event()
+    conns = []
+
+    def accept():
+        while True:
+            try:
+                conns.append(server.accept()[0])
+            except OSError:
+                return
+            accepted.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/live.mjpg"
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "stableface", "track", url, "-o", str(tmp_path / "s.json"), "-q",
+                              "--stabilizer", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert accepted.wait(60)
+        time.sleep(0.5)  # it is waiting for an answer now
+        t0 = time.monotonic()
+        p.send_signal(getattr(signal, sig))
+        _, err = p.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+    assert p.returncode == code and "Traceback" not in err, err
+    assert took < 1.0, took
+    assert files_in(tmp_path) == []
