@@ -373,6 +373,33 @@ def _live_note(src, frames: int, ended: bool) -> None:
         log.warning("%s: %d frames; %s", src.info.name, frames, dropped)
 
 
+class _LiveStatus:
+    """One status line for a live source on a terminal (stderr), rewritten in place a few times a second:
+    processing rate, faces in the last frame, frames written (and stale frames dropped)."""
+
+    def __init__(self, name: str, every_s: float = 0.25) -> None:
+        self.name, self.every_s, self.last, self.shown = name, every_s, 0.0, False
+
+    def update(self, fps: float, faces: int, frames: int, dropped: int, force: bool = False) -> None:
+        self.values = (fps, faces, frames, dropped)
+        now = time.monotonic()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last, self.shown = now, True
+        text = (f"{self.name}: {fps:.1f} fps, {faces} face{'s' if faces != 1 else ''}, {frames} frames written"
+                + (f", {dropped} dropped" if dropped else ""))
+        sys.stderr.write("\r\x1b[K" + text)
+        sys.stderr.flush()
+
+    def end(self, frames: int, dropped: int) -> None:
+        """The last values (the frames a lookahead held are written by now); the line then stays."""
+        if self.shown:
+            fps, faces = self.values[:2]
+            self.update(fps, faces, frames, dropped, force=True)
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
                 show: bool = False, reconnect: int = 0) -> SourceReport:
     """Track one source into its outputs. Raises SourceError/SinkError.
@@ -392,8 +419,10 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
         sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, pipe.stabilizer_label, pipe.backbone.k,
                                                lookahead=pipe.config.lookahead)) for o in outs]
         writer = _Writer(sinks, pipe.timer)
-        progress = None
-        if show_progress:
+        progress = status = None
+        if show_progress and src.info.live:  # no end to show a bar to: a status line
+            status = _LiveStatus(src.info.name)
+        elif show_progress:
             from rich.console import Console
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                        TimeRemainingColumn)
@@ -423,6 +452,8 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
                 writer.write(frame, result)
                 if progress is not None:
                     progress.update(task, advance=1, fps=writer.frames / max(now - t0, 1e-6))
+                if status is not None:
+                    status.update(fps_ema, len(result.faces), writer.frames, src.dropped)
                 if window is not None:
                     cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
                     key = cv2.waitKey(1) & 0xFF
@@ -440,6 +471,8 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
                     writer.write(frame, result)
                 for s in sinks:
                     s.footer(list(src.unreadable), src.dropped)
+                if status is not None:
+                    status.end(writer.frames, src.dropped)
                 if src.info.live:
                     _live_note(src, writer.frames, ended)
         if progress is not None:  # containers can announce more frames than they hold
@@ -850,12 +883,19 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
 @click.option("--frames", type=click.IntRange(10, 2000), default=120, show_default=True, help="Length of the clip.")
 @click.option("--noise", type=click.FloatRange(0, 50), default=8.0, show_default=True, help="Pixel noise sigma.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the demo's files if they exist (default: refuse).")
 @click.option("-q", "--quiet", is_flag=True)
-def demo(out_dir, frames, noise, device, quiet):
+def demo(out_dir, frames, noise, device, overwrite, quiet):
     """Track a built-in clip (a public-domain photo moved like a handheld camera), raw and stabilized."""
-    from stableface.demo import run_demo
+    from stableface.demo import OUTPUTS, run_demo
 
     _setup_logging(0, quiet)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OneLineUsageError(f"--out-dir {out_dir}: is not a folder")
+    existing = [str(out_dir / name) for name in OUTPUTS if (out_dir / name).exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OneLineUsageError(f"{existing[0]}{more} already exists: use --overwrite to replace it")
     report = run_demo(out_dir, n_frames=frames, noise=noise, device=device,
                       echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
     click.echo(report)

@@ -295,3 +295,18 @@ def test_out_dir_with_sources_of_one_name_writes_one_file_each(tmp_path):
         f"stableface: error: --out-dir: {tmp_path / 'a-1.png'} and {tmp_path / 'a-1.jpg'} would write the same file: "
         "rename one, or run them separately"]
     assert not (tmp_path / "o2").exists()
+
+
+def test_demo_refuses_to_overwrite_its_outputs_unless_told(tmp_path, monkeypatch):
+    import stableface.demo
+
+    (tmp_path / "demo.json").write_text("precious")
+    ran = []
+    monkeypatch.setattr(stableface.demo, "run_demo", lambda *a, **k: ran.append(1) or "done")
+    r = run_cli("demo", "--out-dir", str(tmp_path), "-q")
+    assert r.exit_code == 2 and not ran  # before any work
+    assert r.output.strip().splitlines() == [f"stableface: error: {tmp_path / 'demo.json'} already exists: "
+                                             "use --overwrite to replace it"]
+    assert (tmp_path / "demo.json").read_text() == "precious"
+    r = run_cli("demo", "--out-dir", str(tmp_path), "-q", "--overwrite")
+    assert r.exit_code == 0 and ran == [1]

@@ -567,3 +567,38 @@ def test_a_signal_while_connecting_to_a_silent_server_is_honoured_within_a_secon
     assert p.returncode == code and "Traceback" not in err, err
     assert took < 1.0, took
     assert files_in(tmp_path) == []
+
+
+def test_webcam_no_show_prints_one_live_status_line_on_a_terminal(tmp_path):
+    import os
+    import pty
+
+    from .mjpeg_server import MJPEGServer
+
+    master, slave = pty.openpty()
+    with MJPEGServer(fps=30, max_frames=60) as server:
+        p = subprocess.Popen([sys.executable, "-m", "stableface", "webcam", "--camera", server.url, "--no-show",
+                              "--stabilizer", "none", "-o", str(tmp_path / "live.json")],
+                             stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            data += chunk
+        p.wait(timeout=60)
+        os.close(master)
+    assert p.returncode == 0
+    text = data.decode()
+    frames = len(json.loads((tmp_path / "live.json").read_text())["frames"])
+    updates = re.findall(r"\r\x1b\[K([^\r\n]*)", text)
+    assert len(updates) >= 3  # rewritten in place, a few times a second
+    pattern = rf"{re.escape(server.url)}: \d+\.\d fps, \d+ faces?, (\d+) frames written(, \d+ dropped)?"
+    assert all(re.fullmatch(pattern, u) for u in updates), updates
+    assert re.fullmatch(pattern, updates[-1]).group(1) == str(frames)  # the last one is the final count
+    assert re.search(r"frames written[^\r\n]*\r?\nstableface: .*: the stream ended after", text)  # then a new line
+    assert "Traceback" not in text
