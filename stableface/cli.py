@@ -417,7 +417,7 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
     with ExitStack() as stack:
         src = stack.enter_context(open_source(spec, sequence=sequence, reconnect=reconnect))
         sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, pipe.stabilizer_label, pipe.backbone.k,
-                                               lookahead=pipe.config.lookahead)) for o in outs]
+                                               lookahead=pipe.config.lookahead, audio_from=src.media_path)) for o in outs]
         writer = _Writer(sinks, pipe.timer)
         progress = status = None
         if show_progress and src.info.live:  # no end to show a bar to: a status line

@@ -476,6 +476,7 @@ class Source:
     dropped: int = 0  # live: stale frames skipped (never shown to the consumer)
     unreadable: list[int] | tuple = ()  # files: numbers of the frames that could not be decoded (empty until the end)
     stop_reason: str | None = None  # why the source ended early (decoding stopped, a stream ended or stalled)
+    media_path: str | None = None  # a local video file (whose audio an overlay video can keep)
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -547,6 +548,7 @@ class VideoSource(Source):
     def __init__(self, spec: str | Path, name: str | None = None, url: bool = False, decoder=None) -> None:
         spec = str(spec)
         self.name, self.url = name or spec, url
+        self.media_path = None if url else spec
         self.decoder = decoder if decoder is not None else _open_decoder(spec, self.name, url)
         self._frames = self.decoder.frames()
         self._pump = _Pump(self._frames, newest=False) if url else None

@@ -14,16 +14,20 @@ import pytest
 
 
 def write_clip(path: Path, n: int = 60, size: tuple[int, int] = (96, 96), codec: str = "libx264", fps: int = 25,
-               times_ms: list[int] | None = None, noise: bool = True, seed: int = 0) -> Path:
+               times_ms: list[int] | None = None, noise: bool = True, seed: int = 0, audio: bool = False) -> Path:
     """A clip of ``n`` frames, each showing its number; ``times_ms``: each frame's presentation time
     (variable frame rate), else ``1000 / fps`` apart. Noise makes the frames big (so that a corrupted
-    stretch of the file is a stretch of frames)."""
+    stretch of the file is a stretch of frames); ``audio``: with an AAC track (a tone)."""
     av = pytest.importorskip("av")
     import cv2
 
     rng = np.random.default_rng(seed)
     w, h = size
     c = av.open(str(path), "w")
+    a = None
+    if audio:
+        a = c.add_stream("aac", rate=44100)
+        a.layout = "mono"
     s = c.add_stream(codec, rate=fps)
     s.width, s.height, s.pix_fmt = w, h, "yuvj420p" if codec == "mjpeg" else "yuv420p"
     if times_ms is not None:
@@ -35,6 +39,16 @@ def write_clip(path: Path, n: int = 60, size: tuple[int, int] = (96, 96), codec:
         if times_ms is not None:
             f.pts, f.time_base = times_ms[i], Fraction(1, 1000)
         for p in s.encode(f):
+            c.mux(p)
+    if a is not None:  # a 440 Hz tone as long as the video
+        t = np.arange(int(44100 * n / fps)) / 44100
+        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for i in range(0, len(tone), 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, i:i + 1024], format="flt", layout="mono")
+            chunk.sample_rate, chunk.pts = 44100, i
+            for p in a.encode(chunk):
+                c.mux(p)
+        for p in a.encode():
             c.mux(p)
     for p in s.encode():
         c.mux(p)

@@ -602,3 +602,16 @@ def test_webcam_no_show_prints_one_live_status_line_on_a_terminal(tmp_path):
     assert re.fullmatch(pattern, updates[-1]).group(1) == str(frames)  # the last one is the final count
     assert re.search(r"frames written[^\r\n]*\r?\nstableface: .*: the stream ended after", text)  # then a new line
     assert "Traceback" not in text
+
+
+def test_an_overlay_video_keeps_the_sources_audio(tmp_path):
+    av = pytest.importorskip("av")
+    clip = write_clip(tmp_path / "talk.mp4", n=50, noise=False, audio=True)
+    r = track(clip, "-o", tmp_path / "o.mp4", "--stabilizer", "none")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    with av.open(str(tmp_path / "o.mp4")) as out, av.open(str(clip)) as src:
+        assert [s.type for s in out.streams] == ["video", "audio"]
+        assert out.streams.video[0].codec_context.name == "h264" and out.streams.video[0].frames == 50
+        a, b = out.streams.audio[0], src.streams.audio[0]
+        assert (a.codec_context.name, a.sample_rate) == (b.codec_context.name, b.sample_rate)
+        assert abs(float(a.duration * a.time_base) - 2.0) < 0.1  # as long as the 50 frames
