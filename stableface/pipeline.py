@@ -235,7 +235,7 @@ class Pipeline:
         break), ``drain()`` gives the pairs still held.
         """
         self.reset()
-        self._source_name = source.info.name
+        self._source_name = getattr(getattr(source, "info", None), "name", None)  # (any iterable of Frames will do)
         for frame in source:
             result = self.update(frame)
             if on_frame:
