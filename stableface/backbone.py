@@ -10,6 +10,7 @@ and the input is taken as 0-255 RGB.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,12 @@ class HeatmapBackbone:
             raise WeightsError(f"{self.path}: expected a 4-D image input and a 4-D heatmap output (N, K, H, W), "
                                f"got input {inp.shape} and output {out.shape}")
         self.input_name, self.output_name = inp.name, out.name
+        # a model exported with a fixed batch (often 1) takes that many crops per run: more are run in turns
+        self.batch = int(inp.shape[0]) if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+        if self.batch is not None:
+            logging.getLogger("stableface").info("%s takes a fixed batch of %d crop%s: faces are run %s", self.path,
+                                                 self.batch, "" if self.batch == 1 else "s",
+                                                 "one by one" if self.batch == 1 else f"{self.batch} at a time")
         size = meta.get("input_size", inp.shape[-1])
         if not isinstance(size, int):
             raise WeightsError(f"{self.path}: input size unknown (dynamic shape and no 'input_size' metadata)")
@@ -54,7 +61,15 @@ class HeatmapBackbone:
         x = crops[..., ::-1] if self.rgb else crops
         x = x.transpose(0, 3, 1, 2).astype(np.float32)
         x = (x - self.mean) / self.std
-        hm = self.session.run([self.output_name], {self.input_name: x})[0]
+        if self.batch is None or len(x) == self.batch:
+            hm = self.session.run([self.output_name], {self.input_name: x})[0]
+        else:  # a fixed batch: in turns, the last one padded
+            b, parts = self.batch, []
+            for i in range(0, len(x), b):
+                chunk = x[i:i + b]
+                pad = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), chunk.dtype)]) if len(chunk) < b else chunk
+                parts.append(self.session.run([self.output_name], {self.input_name: pad})[0][:len(chunk)])
+            hm = np.concatenate(parts) if parts else np.zeros((0, self.k, self.heatmap_size, self.heatmap_size), np.float32)
         if hm.ndim != 4 or hm.shape[1] != self.k:
             raise WeightsError(f"{self.path}: output has shape {hm.shape}, expected (N, {self.k}, H, W)")
         return hm

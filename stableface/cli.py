@@ -1,11 +1,12 @@
 """The ``stableface`` command line: parse, build configs, call the library, map errors to exit codes.
 
 Exit codes: 0 all sources done; 1 a source failed (the others still complete; its own outputs are
-removed, never left incomplete under their names); 2 usage error (including outputs that exist,
-are folders, are inputs, are given twice, or would collide in --out-dir: refused before any work);
-130 / 143 interrupted by SIGINT / SIGTERM (outputs are closed and valid up to the last frame).
-A closed ``-o -`` pipe (``| head``) stops the run with 0, or 1 when other files of the source are
-left incomplete (they are removed).
+removed, never left incomplete under their names) or was incomplete (frames that could not be
+decoded: its outputs hold every other frame, the JSON lists the missing ones, a line names them);
+2 usage error (including outputs that exist, are folders, are inputs, are given twice, or would
+collide in --out-dir: refused before any work); 130 / 143 interrupted by SIGINT / SIGTERM
+(outputs are closed and valid up to the last frame). A closed ``-o -`` pipe (``| head``) stops
+the run with 0, or 1 when other files of the source are left incomplete (they are removed).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import re
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -323,12 +325,88 @@ class _Writer:
         self.faces += len(result.faces)
 
 
+@dataclass
+class SourceReport:
+    """What became of one source: frames written, faces, and what the source could not give."""
+
+    spec: str
+    frames: int = 0
+    faces: int = 0
+    unreadable: list[int] = field(default_factory=list)  # frames that could not be decoded
+    dropped: int = 0  # live: stale frames skipped
+    live: bool = False
+    stop_reason: str | None = None  # why the source ended early
+    error: str | None = None  # it failed: its outputs were removed
+
+    @property
+    def incomplete(self) -> bool:
+        """A finite source that did not give all its frames (its outputs hold the others)."""
+        return self.error is None and not self.live and (bool(self.unreadable) or self.stop_reason is not None)
+
+    def incomplete_line(self) -> str:
+        n = len(self.unreadable)
+        what = (f"{n} of {self.frames + n} frames could not be decoded (frame{'s' if n > 1 else ''} "
+                f"{_ranges(self.unreadable)})" if n else "decoding stopped early")
+        reason = f"; {self.stop_reason}" if self.stop_reason else ""
+        return f"{self.spec}: incomplete: {what}{reason}; the outputs hold the other {self.frames} frames"
+
+
+def _ranges(numbers: list[int], limit: int = 6) -> str:
+    """``[3, 4, 5, 9]`` -> ``3-5, 9``; more than ``limit`` runs are counted, not listed."""
+    runs: list[list[int]] = []
+    for v in sorted(numbers):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:limit])
+    return text + (f" and {len(runs) - limit} more runs" if len(runs) > limit else "")
+
+
+def _live_note(src, frames: int, ended: bool) -> None:
+    """A live source says on stderr when it ended by itself, and how many stale frames it dropped."""
+    dropped = (f"{src.dropped} stale frame{'s' if src.dropped != 1 else ''} dropped (processing was slower than "
+               "the source)") if src.dropped else ""
+    if ended and src.stop_reason:
+        log.warning("%s: %s after %d frames%s", src.info.name, src.stop_reason, frames, f"; {dropped}" if dropped else "")
+    elif dropped:
+        log.warning("%s: %d frames; %s", src.info.name, frames, dropped)
+
+
+class _LiveStatus:
+    """One status line for a live source on a terminal (stderr), rewritten in place a few times a second:
+    processing rate, faces in the last frame, frames written (and stale frames dropped)."""
+
+    def __init__(self, name: str, every_s: float = 0.25) -> None:
+        self.name, self.every_s, self.last, self.shown = name, every_s, 0.0, False
+
+    def update(self, fps: float, faces: int, frames: int, dropped: int, force: bool = False) -> None:
+        self.values = (fps, faces, frames, dropped)
+        now = time.monotonic()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last, self.shown = now, True
+        text = (f"{self.name}: {fps:.1f} fps, {faces} face{'s' if faces != 1 else ''}, {frames} frames written"
+                + (f", {dropped} dropped" if dropped else ""))
+        sys.stderr.write("\r\x1b[K" + text)
+        sys.stderr.flush()
+
+    def end(self, frames: int, dropped: int) -> None:
+        """The last values (the frames a lookahead held are written by now); the line then stays."""
+        if self.shown:
+            fps, faces = self.values[:2]
+            self.update(fps, faces, frames, dropped, force=True)
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
-                show: bool = False, reconnect: int = 0) -> tuple[int, int]:
-    """Track one source into its outputs; returns (frames, faces). Raises SourceError/SinkError.
+                show: bool = False, reconnect: int = 0) -> SourceReport:
+    """Track one source into its outputs. Raises SourceError/SinkError.
 
     With a lookahead, the frames it still holds are written before the outputs close, also when
     the run is interrupted (KeyboardInterrupt, Interrupted): every processed frame, in order.
+    The outputs are told which frames the source could not give (``Sink.footer``).
     """
     import cv2
 
@@ -339,10 +417,12 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
     with ExitStack() as stack:
         src = stack.enter_context(open_source(spec, sequence=sequence, reconnect=reconnect))
         sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, pipe.stabilizer_label, pipe.backbone.k,
-                                               lookahead=pipe.config.lookahead)) for o in outs]
+                                               lookahead=pipe.config.lookahead, audio_from=src.media_path)) for o in outs]
         writer = _Writer(sinks, pipe.timer)
-        progress = None
-        if show_progress:
+        progress = status = None
+        if show_progress and src.info.live:  # no end to show a bar to: a status line
+            status = _LiveStatus(src.info.name)
+        elif show_progress:
             from rich.console import Console
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                        TimeRemainingColumn)
@@ -359,7 +439,7 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
             cv2.namedWindow(window, cv2.WINDOW_NORMAL)
         fps_ema = 0.0
         last = time.perf_counter()
-        failed = False
+        failed = ended = False
         try:
             for frame, result in pipe.stream(src):
                 now = time.perf_counter()
@@ -372,11 +452,15 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
                 writer.write(frame, result)
                 if progress is not None:
                     progress.update(task, advance=1, fps=writer.frames / max(now - t0, 1e-6))
+                if status is not None:
+                    status.update(fps_ema, len(result.faces), writer.frames, src.dropped)
                 if window is not None:
                     cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
                     key = cv2.waitKey(1) & 0xFF
                     if key in (ord("q"), 27):
                         break
+            else:
+                ended = True
         except (SinkError, BrokenPipeError):
             failed = True  # an output is gone: nothing more can be written
             raise
@@ -385,11 +469,18 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
                 writer.finish()
                 for frame, result in pipe.drain():
                     writer.write(frame, result)
+                for s in sinks:
+                    s.footer(list(src.unreadable), src.dropped)
+                if status is not None:
+                    status.end(writer.frames, src.dropped)
+                if src.info.live:
+                    _live_note(src, writer.frames, ended)
         if progress is not None:  # containers can announce more frames than they hold
             progress.update(task, total=writer.frames, completed=writer.frames)
         if window is not None:
             cv2.destroyWindow(window)
-    return writer.frames, writer.faces
+    return SourceReport(spec, writer.frames, writer.faces, list(src.unreadable), src.dropped, src.info.live,
+                        None if src.info.live else src.stop_reason)
 
 
 def _print_timings(pipe, frames: int) -> None:
@@ -402,25 +493,57 @@ def _print_timings(pipe, frames: int) -> None:
 _WORKER: dict = {}
 
 
-def _worker_init(build_args: tuple, sequence: bool, stabilizer: str) -> None:
+def _worker_init(build_args: tuple, sequence: bool, stabilizer: str, verbose: int = 0, quiet: bool = False) -> None:
     import signal as _signal
 
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the parent decides; it terminates the pool
-    _quiet_opencv()
+    _setup_logging(verbose, quiet)  # the pipeline's warnings reach stderr as the parent's do
     _WORKER.update(pipe=_build_pipeline(*build_args), sequence=sequence, stabilizer=stabilizer)
 
 
-def _worker_run(job: tuple[str, list[str]]) -> tuple[str, int, int, str | None]:
+def _worker_run(job: tuple[str, list[str]]) -> SourceReport:
+    spec, outs = job
+    with _signals():
+        return _track_guarded(_WORKER["pipe"], spec, outs, _WORKER["sequence"], False, _WORKER["stabilizer"])
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _track_guarded(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
+                   reconnect: int = 0) -> SourceReport:
+    """One source of a batch: a failure, foreseen or not, is that source's (its report says why, its
+    outputs are removed), never the end of the batch. A closed ``-o -`` pipe still ends the run."""
     from stableface.sinks import SinkError
     from stableface.video import SourceError
 
-    spec, outs = job
-    with _signals():
-        try:
-            frames, faces = _run_source(_WORKER["pipe"], spec, outs, _WORKER["sequence"], False, _WORKER["stabilizer"])
-            return spec, frames, faces, None
-        except (SourceError, SinkError) as exc:
-            return spec, 0, 0, str(exc)
+    try:
+        return _run_source(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
+    except (SourceError, SinkError) as exc:
+        return SourceReport(spec, error=str(exc))
+    except BrokenPipeError:
+        raise
+    except Exception as exc:  # a library error no check foresaw: this source fails, the batch goes on
+        log.debug("%s failed", spec, exc_info=True)
+        return SourceReport(spec, error=f"{spec}: failed ({type(exc).__name__}: {_one_line(exc)}; -vv shows where)")
+
+
+def _account(rep: SourceReport, failures: list[str], incomplete: list[str], faceless: list[str], quiet: bool,
+             progress: bool) -> None:
+    """The lines for one finished source, and its place in the batch summary."""
+    if rep.error:
+        failures.append(rep.error)
+        click.echo(f"stableface: error: {rep.error}", err=True)
+        return
+    if not quiet and not progress:
+        log.info("%s: %d frames, %d faces", rep.spec, rep.frames, rep.faces)
+    if rep.incomplete:
+        line = rep.incomplete_line()
+        incomplete.append(line)
+        click.echo(f"stableface: error: {line}", err=True)
+    _note_faceless(rep.spec, rep.frames, rep.faces, faceless)
 
 
 def _read_source_list(path: str) -> list[str]:
@@ -464,7 +587,6 @@ def _read_source_list(path: str) -> list[str]:
 def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, overwrite, lookahead, weights, stabilizer,
           stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
     """Landmarks for video files, images, image folders, camera indices or URLs."""
-    from stableface.sinks import SinkError
     from stableface.video import SourceError, expand
 
     _setup_logging(verbose, quiet)
@@ -497,26 +619,21 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     build_args = (weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     if jobs > 1 and len(specs) > 1:
         _build_pipeline(*build_args)  # bad weights: one clear error before any worker starts
-        _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
+        _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet, verbose)
         return
     pipe = _build_pipeline(*build_args)
     show_progress = _progress_enabled(quiet)
     failures: list[str] = []
+    incomplete: list[str] = []
     faceless: list[str] = []
     total_frames = 0
     outs: list[str] = []
     try:
         with _signals():
             for spec, outs in zip(specs, plans):
-                try:
-                    frames, faces = _run_source(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
-                    total_frames += frames
-                    if not quiet and not show_progress:
-                        log.info("%s: %d frames, %d faces", spec, frames, faces)
-                    _note_faceless(spec, frames, faces, faceless)
-                except (SourceError, SinkError) as exc:
-                    failures.append(str(exc))
-                    click.echo(f"stableface: error: {exc}", err=True)
+                rep = _track_guarded(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
+                total_frames += rep.frames
+                _account(rep, failures, incomplete, faceless, quiet, show_progress)
     except KeyboardInterrupt:
         click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
         sys.exit(130)
@@ -526,7 +643,7 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     except BrokenPipeError as exc:
         _pipe_closed(exc, outs)
     _print_timings(pipe, total_frames)
-    _summarise(failures, len(specs), faceless)
+    _summarise(failures, len(specs), faceless, incomplete)
 
 
 def _note_faceless(spec: str, frames: int, faces: int, faceless: list[str]) -> None:
@@ -536,27 +653,91 @@ def _note_faceless(spec: str, frames: int, faces: int, faceless: list[str]) -> N
         log.warning("no face found in %s", spec)
 
 
-def _summarise(failures: list[str], n: int, faceless: list[str] = ()) -> None:
+def _summarise(failures: list[str], n: int, faceless: list[str] = (), incomplete: list[str] = ()) -> None:
+    """The batch's last lines; exit 1 when a source failed or was incomplete."""
     if faceless and n > 1:
         log.warning("%d of %d sources had no face in any frame", len(faceless), n)
-    if failures:
-        if n > 1:
-            click.echo(f"stableface: {len(failures)} of {n} sources failed:", err=True)
-            for f in failures:
-                click.echo(f"  - {f}", err=True)
+    if n > 1:
+        for what, lines in (("failed", failures), ("incomplete (their outputs hold the frames that could be decoded)",
+                                                   incomplete)):
+            if lines:
+                click.echo(f"stableface: {len(lines)} of {n} sources {what}:", err=True)
+                for f in lines:
+                    click.echo(f"  - {f}", err=True)
+    if failures or incomplete:
         sys.exit(1)
 
 
-def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet) -> None:
-    """Sources in ``jobs`` worker processes; progress counts finished sources."""
+def _worker_main(conn, build_args: tuple, sequence: bool, stabilizer: str, verbose: int, quiet: bool) -> None:
+    """A --jobs worker: builds its pipeline once, says so, then tracks the sources it is sent, one at
+    a time, sending back each one's report; ``None`` ends it."""
+    _worker_init(build_args, sequence, stabilizer, verbose, quiet)
+    conn.send("ready")
+    try:
+        while (job := conn.recv()) is not None:
+            conn.send(_worker_run(job))
+    except Interrupted as exc:  # the parent stops the batch: outputs were closed; no traceback
+        sys.exit(exc.code)
+    except (EOFError, OSError):  # the parent is gone
+        sys.exit(1)
+
+
+class _Worker:
+    """One worker process, and the source it is tracking now (None: idle, or still starting)."""
+
+    def __init__(self, ctx, args: tuple) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, *args), daemon=True)
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.job: tuple[int, str, list[str]] | None = None
+
+
+def _death(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _drop_partials(outs: list[str], pid: int) -> None:
+    """The partial and lock files a dead worker left (a run that is killed cannot remove its own)."""
+    from stableface.sinks import holder_of, lock_path, partial_path
+
+    for o in outs:
+        if o != "-":
+            for keep in (False, True):
+                p = partial_path(Path(o), keep_suffix=keep)
+                p.with_name(p.name.replace(f".{os.getpid()}.", f".{pid}.")).unlink(missing_ok=True)
+            if holder_of(o) is None:  # its lock died with it
+                lock_path(Path(o)).unlink(missing_ok=True)
+
+
+def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet, verbose=0) -> None:
+    """Sources in ``jobs`` worker processes; progress counts finished sources.
+
+    A worker tracks one source at a time, so the source of a worker that dies (SIGKILL, out of
+    memory) is known: its partial files are removed and it is tried once more in a new worker,
+    then reported as failed; the rest of the batch goes on. Ctrl-C / SIGTERM: queued sources are
+    dropped, the workers are stopped (SIGTERM: each closes its outputs up to its last frame; one
+    that takes longer than a second is killed) and the exit follows at once (130 / 143).
+    """
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing.connection import wait
 
     failures: list[str] = []
+    incomplete: list[str] = []
     faceless: list[str] = []
     ctx = mp.get_context("spawn")  # no inherited onnxruntime threads
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=ctx, initializer=_worker_init,
-                               initargs=(build_args, sequence, stabilizer))
+    args = (build_args, sequence, stabilizer, verbose, quiet)
+    queue = deque((i, spec, outs) for i, (spec, outs) in enumerate(zip(specs, plans)))
+    tries: dict[int, int] = defaultdict(int)
+    done = 0
+    start_deaths = 0  # workers that died before taking a source
+    workers: list[_Worker] = []
     progress = None
     try:
         with _signals(), ExitStack() as stack:
@@ -567,27 +748,80 @@ def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet)
                 progress = stack.enter_context(Progress(TextColumn("[bold]sources"), BarColumn(), MofNCompleteColumn(),
                                                         TimeRemainingColumn(), console=Console(stderr=True)))
                 task = progress.add_task("sources", total=len(specs))
-            futures = [pool.submit(_worker_run, (spec, outs)) for spec, outs in zip(specs, plans)]
-            for fut in as_completed(futures):
-                spec, frames, faces, error = fut.result()
-                if error:
-                    failures.append(error)
-                    click.echo(f"stableface: error: {error}", err=True)
-                else:
-                    if not quiet and progress is None:
-                        log.info("%s: %d frames, %d faces", spec, frames, faces)
-                    _note_faceless(spec, frames, faces, faceless)
+
+            def finished(rep: SourceReport) -> None:
+                nonlocal done
+                done += 1
+                _account(rep, failures, incomplete, faceless, quiet, progress is not None)
                 if progress is not None:
                     progress.update(task, advance=1)
+
+            workers.extend(_Worker(ctx, args) for _ in range(min(jobs, len(specs))))
+            while done < len(specs):
+                for w in workers:
+                    if w.ready and w.job is None and queue:
+                        w.job = queue.popleft()
+                        tries[w.job[0]] += 1
+                        try:
+                            w.conn.send((w.job[1], w.job[2]))
+                        except OSError:
+                            pass  # it has just died: its sentinel says so below
+                ready = wait([w.conn for w in workers] + [w.proc.sentinel for w in workers], timeout=1.0)
+                for w in list(workers):
+                    if w.conn in ready:
+                        try:
+                            msg = w.conn.recv()
+                        except (EOFError, OSError):
+                            msg = None  # it died: its sentinel says so below
+                        if msg == "ready":
+                            w.ready = True
+                        elif isinstance(msg, SourceReport):
+                            w.job = None
+                            finished(msg)
+                    if w.proc.sentinel in ready or not w.proc.is_alive():
+                        w.proc.join()
+                        workers.remove(w)
+                        why = _death(w.proc.exitcode)
+                        if w.job is None:
+                            start_deaths += 1
+                        else:
+                            i, spec, outs = w.job
+                            _drop_partials(outs, w.proc.pid)
+                            if tries[i] < 2:
+                                log.warning("%s: its worker process died (%s); trying it once more", spec, why)
+                                queue.appendleft(w.job)
+                            else:
+                                finished(SourceReport(spec, error=f"{spec}: its worker process died ({why}), twice"))
+                        if start_deaths >= 3:  # workers that cannot even start: the rest cannot be tracked
+                            while queue:
+                                spec = queue.popleft()[1]
+                                finished(SourceReport(spec, error=f"{spec}: not tracked: worker processes die as they "
+                                                      f"start ({why})"))
+                        elif queue and len(workers) < min(jobs, len(queue) + sum(x.job is not None for x in workers)):
+                            workers.append(_Worker(ctx, args))
+            for w in workers:
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    pass
     except (KeyboardInterrupt, Interrupted) as exc:
         code = exc.code if isinstance(exc, Interrupted) else 130
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.terminate()  # SIGTERM: each worker closes its outputs up to its last frame
-        pool.shutdown(wait=True, cancel_futures=True)
+        for w in workers:
+            if w.proc.is_alive():
+                w.proc.terminate()  # SIGTERM: a worker closes its outputs up to its last frame
+        deadline = time.monotonic() + 1.0
+        for w in workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join()
+                if w.job is not None:
+                    _drop_partials(w.job[2], w.proc.pid)
         click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
         sys.exit(code)
-    pool.shutdown(wait=True)
-    _summarise(failures, len(specs), faceless)
+    for w in workers:
+        w.proc.join(timeout=5)
+    _summarise(failures, len(specs), faceless, incomplete)
 
 
 def _no_window_reason() -> str | None:
@@ -627,8 +861,8 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     try:
         with _signals():
-            frames, _ = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,
-                                    reconnect=reconnect)
+            rep = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,
+                              reconnect=reconnect)
     except BrokenPipeError as exc:
         _pipe_closed(exc, list(outputs))
     except (SourceError, SinkError) as exc:
@@ -638,7 +872,9 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
         sys.exit(130)
     except Interrupted as exc:
         sys.exit(exc.code)
-    _print_timings(pipe, frames)
+    _print_timings(pipe, rep.frames)
+    if rep.incomplete:  # a URL to a file, read to its end
+        _fail(rep.incomplete_line(), 1)
 
 
 @main.command()
@@ -647,12 +883,19 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
 @click.option("--frames", type=click.IntRange(10, 2000), default=120, show_default=True, help="Length of the clip.")
 @click.option("--noise", type=click.FloatRange(0, 50), default=8.0, show_default=True, help="Pixel noise sigma.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the demo's files if they exist (default: refuse).")
 @click.option("-q", "--quiet", is_flag=True)
-def demo(out_dir, frames, noise, device, quiet):
+def demo(out_dir, frames, noise, device, overwrite, quiet):
     """Track a built-in clip (a public-domain photo moved like a handheld camera), raw and stabilized."""
-    from stableface.demo import run_demo
+    from stableface.demo import OUTPUTS, run_demo
 
     _setup_logging(0, quiet)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OneLineUsageError(f"--out-dir {out_dir}: is not a folder")
+    existing = [str(out_dir / name) for name in OUTPUTS if (out_dir / name).exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OneLineUsageError(f"{existing[0]}{more} already exists: use --overwrite to replace it")
     report = run_demo(out_dir, n_frames=frames, noise=noise, device=device,
                       echo=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
     click.echo(report)

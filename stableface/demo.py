@@ -10,7 +10,9 @@ time is the jitter, measured the same way for every stabilizer.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import cv2
@@ -19,11 +21,12 @@ import numpy as np
 from stableface import ibug
 from stableface.crop import apply, invert
 from stableface.pipeline import Pipeline, PipelineConfig
-from stableface.sinks import JsonSink, VideoSink
+from stableface.sinks import JsonSink, VideoSink, partial_path
 from stableface.types import Frame
 from stableface.video import SourceInfo
 
 FPS = 25.0
+OUTPUTS = ("demo.mp4", "demo.json", "demo_jitter.json", "demo_trajectories.png")  # what run_demo writes in its folder
 
 
 def load_photo() -> np.ndarray:
@@ -94,23 +97,24 @@ def run_demo(out_dir: str | Path, n_frames: int = 120, noise: float = 8.0, devic
         sinks = []
         if kind == "convlstm":
             sinks = [JsonSink(out / "demo.json", info, pipe.scheme, kind), VideoSink(out / "demo.mp4", info)]
-        try:
+        with ExitStack() as stack:  # an error drops the outputs, an interrupt closes them (sinks.py)
+            for s in sinks:
+                stack.enter_context(s)
             for i, img in enumerate(frames):
                 res = pipe.update(Frame(img, i, i * 1000.0 / FPS))
                 for s in sinks:
                     s.write(res, img)
                 pts.append(res.faces[0].landmarks if res.faces else np.full((pipe.backbone.k, 2), np.nan, np.float32))
-        finally:
-            for s in sinks:
-                s.close()
         tracks[kind] = np.stack(pts)
         echo(f"  tracked with stabilizer={kind}")
     found = {k: bool(np.isfinite(v).all()) for k, v in tracks.items()}
     if not all(found.values()):
         return f"stableface demo: the face was lost in some frames ({found}); see {out}"
     stats = {k: jitter(v, ms) for k, v in tracks.items()}
-    (out / "demo_jitter.json").write_text(json.dumps(stats, indent=2))
-    _plot(tracks, ms, out / "demo_trajectories.png")
+    with _atomic(out / "demo_jitter.json") as tmp:
+        tmp.write_text(json.dumps(stats, indent=2))
+    with _atomic(out / "demo_trajectories.png") as tmp:
+        _plot(tracks, ms, tmp)
     raw = stats["none"]["jitter_pct_iod"]
     lines = [f"wrote {out / 'demo.mp4'}, {out / 'demo.json'}, {out / 'demo_trajectories.png'}",
              "jitter (spread of landmarks mapped back to the still photo, % of inter-ocular distance):"]
@@ -119,6 +123,17 @@ def run_demo(out_dir: str | Path, n_frames: int = 120, noise: float = 8.0, devic
         rel = "" if k == "none" else f"  ({abs(change):.0f}% {'lower' if change < 0 else 'higher'} than raw)"
         lines.append(f"  {k:9s} {s['jitter_pct_iod']:.2f}%  ({s['jitter_px']:.2f} px){rel}")
     return "\n".join(lines)
+
+
+@contextmanager
+def _atomic(path: Path):
+    """A partial name beside ``path`` (same extension), renamed to it once written; removed on error."""
+    tmp = partial_path(path, keep_suffix=True)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _plot(tracks: dict[str, np.ndarray], ms: np.ndarray, path: Path) -> None:

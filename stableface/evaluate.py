@@ -19,6 +19,7 @@ Annotations in another layout are matched through a :class:`stableface.points.Sc
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -161,21 +162,31 @@ def load_annotation_track(path: str | Path, scorer: Scorer | None = None) -> np.
 
 def run_tracks(path: str, pipelines: dict[str, object], gt: np.ndarray | None = None,
                scorer: Scorer | None = None) -> dict[str, np.ndarray]:
-    """(T, 68, 2) landmarks per pipeline, NaN where no face was tracked. With annotations the
-    face nearest to the annotated one is taken, else the first."""
+    """(T, 68, 2) landmarks per pipeline, NaN where no face was tracked. Row ``i`` is the source's
+    frame ``i``: a frame that could not be decoded is a NaN row, so the annotations stay aligned.
+    With annotations the face nearest to the annotated one is taken, else the first."""
     out = {}
     for name, pipe in pipelines.items():
-        rows = []
+        rows: dict[int, np.ndarray] = {}
+        last = -1
         with open_source(path) as src:
-            for i, (_, res) in enumerate(pipe.stream(src)):
+            for _, res in pipe.stream(src):
+                i = last = res.frame
                 faces = [f.landmarks for f in res.faces]
                 if not faces:
-                    rows.append(np.full((ibug.K, 2), np.nan))
-                elif gt is not None and scorer is not None and i < len(gt) and np.isfinite(gt[i]).all():
-                    rows.append(min(faces, key=lambda p: float(np.linalg.norm(np.subtract(*scorer.pairs(p, gt[i])), axis=-1).mean())))
+                    continue
+                if gt is not None and scorer is not None and i < len(gt) and np.isfinite(gt[i]).all():
+                    rows[i] = min(faces, key=lambda p: float(np.linalg.norm(np.subtract(*scorer.pairs(p, gt[i])), axis=-1).mean()))
                 else:
-                    rows.append(faces[0])
-        out[name] = np.stack(rows).astype(np.float64) if rows else np.zeros((0, ibug.K, 2))
+                    rows[i] = faces[0]
+            n = max([last, *src.unreadable]) + 1
+            if src.incomplete:
+                logging.getLogger("stableface").warning("%s: %d frames could not be decoded; they are not scored",
+                                                        path, len(src.unreadable))
+        track = np.full((n, ibug.K, 2), np.nan)
+        for i, p in rows.items():
+            track[i] = p
+        out[name] = track
     return out
 
 

@@ -13,6 +13,7 @@ when the source ends. ``update`` is never delayed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from stableface.video import Source, open_source
 from stableface.weights import resolve
 
 STABILIZERS = ("convlstm", "none", "one-euro")
+log = logging.getLogger("stableface")
 
 
 class Timer:
@@ -157,6 +159,17 @@ class Pipeline:
         self.last_timestamp = None
         self._frame_count = 0
         self._t0 = time.monotonic()
+        self._source_name, self.nonfinite = None, 0  # faces dropped for NaN/Inf heatmaps (warned once per source)
+
+    def _finite(self, heatmaps: np.ndarray, frame: Frame) -> bool:
+        """False for heatmaps holding NaN or Inf (a broken backbone): that face is dropped from this frame."""
+        if np.isfinite(heatmaps).all():
+            return True
+        if not self.nonfinite:
+            log.warning("%sframe %d: the backbone's heatmaps hold NaN or Inf: such a face is dropped from its frame "
+                        "(said once per source)", f"{self._source_name}: " if self._source_name else "", frame.index)
+        self.nonfinite += 1
+        return False
 
     def _crops(self, image: np.ndarray, boxes: list[C.CropBox]) -> np.ndarray:
         with self.timer.stage("crop"):
@@ -190,6 +203,9 @@ class Pipeline:
                 # a first pass from the detector's box places the landmark crop
                 hm = self._heatmaps(self._crops(image, [t.crop for t in new]))
                 for t, h in zip(new, hm):
+                    if not self._finite(h, frame):
+                        tracker.end(t)
+                        continue
                     pts, scores = self.decoder(h, t.crop)
                     if float(np.mean(scores)) < self.config.start_score:
                         tracker.end(t)  # a detector false positive: no face-like heatmaps
@@ -200,6 +216,9 @@ class Pipeline:
         if tracks:
             hm = self._heatmaps(self._crops(image, [t.crop for t in tracks]))
             for t, h in zip(tracks, hm):
+                if not self._finite(h, frame):
+                    tracker.end(t)  # (its stabilizer never sees them)
+                    continue
                 with self.timer.stage("stabilizer"):
                     pts, scores = t.stabilizer.update(h, t.crop, frame.timestamp_ms)
                 if tracker.observe(t, pts, scores):
@@ -216,6 +235,7 @@ class Pipeline:
         break), ``drain()`` gives the pairs still held.
         """
         self.reset()
+        self._source_name = getattr(getattr(source, "info", None), "name", None)  # (any iterable of Frames will do)
         for frame in source:
             result = self.update(frame)
             if on_frame:

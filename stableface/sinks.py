@@ -22,8 +22,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
+import shutil
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
@@ -33,14 +36,18 @@ import numpy as np
 from stableface import __version__
 from stableface.draw import draw_result
 from stableface.types import FrameResult
-from stableface.video import SourceInfo
+from stableface.video import SourceInfo, _av, cv_name
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: O_EXCL lock files instead
     fcntl = None
 
-VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}  # through OpenCV
+H264_EXTS = {".mp4", ".m4v", ".mov", ".mkv"}  # H.264 through PyAV, when it is installed
+
+
+log = logging.getLogger("stableface")
 
 
 class SinkError(Exception):
@@ -145,6 +152,11 @@ class Sink:
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         raise NotImplementedError
 
+    def footer(self, unreadable: list[int], dropped: int) -> None:
+        """What the source could not give, told before ``close``: the numbers of the frames that could
+        not be decoded, and how many stale frames a live source dropped. (Frame numbers are the
+        source's, so in every format those frames are the numbers missing; JSON also lists them.)"""
+
     def close(self) -> None:
         """Finish the output: complete and valid up to the last frame written."""
 
@@ -221,14 +233,18 @@ class JsonSink(_AtomicText):
         head = json.dumps(header(info, scheme, stabilizer, lookahead))
         self._put(head[:-1] + ', "frames": [')
         self.count = 0
+        self.tail = {"unreadable_frames": [], "dropped_frames": 0}
 
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         self._put(("," if self.count else "") + "\n" + json.dumps(result.to_dict(), separators=(",", ":")))
         self.count += 1
 
+    def footer(self, unreadable: list[int], dropped: int) -> None:
+        self.tail = {"unreadable_frames": [int(i) for i in unreadable], "dropped_frames": int(dropped)}
+
     def _finish(self) -> None:
         assert self.fh is not None
-        self.fh.write("\n]}\n")
+        self.fh.write("\n], " + json.dumps(self.tail, separators=(", ", ": "))[1:] + "\n")
 
 
 class CsvSink(_AtomicText):
@@ -294,38 +310,224 @@ class StdoutSink(Sink):
         self.frames += 1
 
 
+class _CvEncoder:
+    """OpenCV's VideoWriter: MPEG-4 Part 2 (``mp4v``) or Motion JPEG, at a constant frame rate."""
+
+    def __init__(self, tmp: Path, fourcc: str, fps: float, size: tuple[int, int]) -> None:
+        self.name, self.alias_dir = cv_name(str(tmp))  # (OpenCV crashes on a name that is not UTF-8)
+        self.writer = cv2.VideoWriter(self.name, cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        self.opened = self.writer.isOpened()
+
+    def write(self, canvas: np.ndarray, timestamp_ms: float) -> None:
+        self.writer.write(canvas)
+
+    def release(self) -> None:
+        self.writer.release()
+
+    def frames_in(self, tmp: Path) -> int:
+        # FFmpeg, which wrote it (OpenCV's own AVI reader would print its complaints to stderr)
+        cap = cv2.VideoCapture(self.name, getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY))
+        try:
+            if not cap.isOpened() or not cap.read()[0]:
+                return 0
+            n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            return round(n) if np.isfinite(n) and 0 < n < 1e9 else 0
+        finally:
+            cap.release()
+
+    def cleanup(self) -> None:
+        if self.alias_dir is not None:
+            shutil.rmtree(self.alias_dir, ignore_errors=True)
+            self.alias_dir = None
+
+
+class _AvEncoder:
+    """H.264 by PyAV (libx264, yuv420p; MP4 with ``+faststart``): plays in web browsers. Each frame
+    keeps its source time (so a variable frame rate stays right), and the source's audio track is
+    copied in (its packets remuxed, not re-encoded), cut where the video ends."""
+
+    TB = Fraction(1, 90000)
+
+    def __init__(self, av, tmp: Path, fps: float, size: tuple[int, int], audio_from: str | None) -> None:
+        self.av = av
+        mp4 = tmp.suffix.lower() in (".mp4", ".m4v", ".mov")
+        self.out = av.open(str(tmp), "w", options={"movflags": "+faststart"} if mp4 else {})
+        try:
+            self.stream = self.out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            self.size = (size[0] + size[0] % 2, size[1] + size[1] % 2)  # 4:2:0 needs even sides: pad one pixel
+            self.stream.width, self.stream.height = self.size
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.codec_context.time_base = self.TB
+            self.stream.options = {"crf": "20", "preset": "veryfast"}
+        except BaseException:
+            self.out.close()
+            raise
+        self.opened, self.last_pts, self.end_s = True, -1, 0.0
+        self.frame_s = 1.0 / fps
+        self.audio = None
+        if audio_from is not None:
+            try:
+                self.audio = _AudioCopy(av, audio_from, self.out)
+            except (av.FFmpegError, OSError, ValueError) as exc:  # a codec this container cannot hold, a broken track
+                if str(exc) != "no audio track":
+                    log.warning("%s: the audio track is not kept (%s)", audio_from, getattr(exc, "strerror", None) or exc)
+        try:
+            self.out.start_encoding()  # the file exists from here, and the encoder's settings are checked
+        except BaseException:
+            self.abandon()
+            raise
+
+    def write(self, canvas: np.ndarray, timestamp_ms: float) -> None:
+        if canvas.shape[1::-1] != self.size:  # odd sides
+            canvas = cv2.copyMakeBorder(canvas, 0, self.size[1] - canvas.shape[0], 0, self.size[0] - canvas.shape[1],
+                                        cv2.BORDER_REPLICATE)
+        frame = self.av.VideoFrame.from_ndarray(canvas, format="bgr24")
+        frame.pts = self.last_pts = max(round(timestamp_ms * 90), self.last_pts + 1)
+        frame.time_base = self.TB
+        self.end_s = timestamp_ms / 1000.0 + self.frame_s
+        if self.audio is not None:
+            self.audio.copy_until(timestamp_ms / 1000.0)
+        for packet in self.stream.encode(frame):
+            self.out.mux(packet)
+
+    def release(self) -> None:
+        try:
+            for packet in self.stream.encode(None):
+                self.out.mux(packet)
+            if self.audio is not None:
+                self.audio.copy_until(self.end_s)
+        finally:
+            if self.audio is not None:
+                self.audio.close()
+            self.out.close()
+
+    def abandon(self) -> None:
+        try:
+            if self.audio is not None:
+                self.audio.close()
+            self.out.close()
+        except (self.av.FFmpegError, OSError):
+            pass
+
+    def frames_in(self, tmp: Path) -> int:
+        """Video packets read back from the file (its index alone would not show a file cut short)."""
+        n = 0
+        try:
+            with self.av.open(str(tmp)) as c:
+                for p in c.demux(c.streams.video[0]):
+                    n += bool(p.size)
+        except (self.av.FFmpegError, OSError, IndexError):
+            pass
+        return n
+
+    def cleanup(self) -> None:
+        pass
+
+
+class _AudioCopy:
+    """The audio track of a source file, remuxed into an output as the video reaches each packet's time."""
+
+    def __init__(self, av, source: str, out) -> None:
+        self.av, self.out = av, out
+        self.src = av.open("file:" + source)
+        if not self.src.streams.audio:
+            self.src.close()
+            raise ValueError("no audio track")  # (not said: most clips have none)
+        try:
+            self.a = self.src.streams.audio[0]
+            self.ostream = out.add_stream_from_template(self.a)
+            video = self.src.streams.video[0] if self.src.streams.video else None
+            start = video.start_time * video.time_base if video is not None and video.start_time is not None else 0
+            self.shift = round(start / self.a.time_base) if self.a.time_base else 0  # video time 0 is the first frame
+            self.packets = self.src.demux(self.a)
+            self.pending = None
+        except BaseException:
+            self.src.close()
+            raise
+
+    def copy_until(self, t_s: float) -> None:
+        while True:
+            p = self.pending
+            if p is None:
+                try:
+                    p = next(self.packets)
+                except (StopIteration, self.av.FFmpegError):
+                    self.packets = iter(())
+                    return
+                if p.dts is None or p.pts is None:
+                    continue
+            if (p.pts - self.shift) * self.a.time_base > t_s:
+                self.pending = p
+                return
+            self.pending = None
+            p.pts, p.dts = p.pts - self.shift, p.dts - self.shift
+            if p.pts < 0:
+                continue
+            p.stream = self.ostream
+            self.out.mux(p)
+
+    def close(self) -> None:
+        self.src.close()
+
+
 class VideoSink(Sink):
     """The source frames with landmarks, box, id and fps drawn on them.
 
-    On close the written file is opened again and must hold every frame written (a full disk
-    leaves a short or unreadable file, and OpenCV's writer does not report it).
+    ``.mp4``, ``.m4v``, ``.mov`` and ``.mkv`` are H.264 (PyAV, when it is installed: they play in
+    web browsers; the source's audio is kept), else MPEG-4 Part 2 through OpenCV; ``.avi`` is Motion
+    JPEG. On close the written file is opened again and must hold every frame written (a full
+    disk leaves a short or unreadable file, and OpenCV's writer does not report it).
     """
 
     needs_image = True
 
-    def __init__(self, path: Path, info: SourceInfo) -> None:
+    def __init__(self, path: Path, info: SourceInfo, audio_from: str | None = None) -> None:
         self.path = Path(path)
         self.lock = OutputLock(self.path)
         self.tmp = partial_path(self.path, keep_suffix=True)
-        fourcc = VIDEO_FOURCC.get(self.path.suffix.lower(), "mp4v")
         fps = info.fps if info.fps > 0 else 25.0
-        self.writer: cv2.VideoWriter | None = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), fps,
-                                                              (info.width, info.height))
-        if not self.writer.isOpened():
-            self.abort()
-            raise SinkError(f"{self.path}: cannot open a video writer here")
         self.size = (info.width, info.height)
+        self.encoder: _AvEncoder | _CvEncoder | None = None
+        self.open = True
+        av = _av() if self.path.suffix.lower() in H264_EXTS else None
+        try:
+            if av is not None:
+                try:
+                    self.encoder = _AvEncoder(av, self.tmp, fps, self.size, audio_from)
+                except (av.FFmpegError, OSError) as exc:
+                    raise SinkError(f"{self.path}: cannot write ({getattr(exc, 'strerror', None) or exc})") from None
+            else:
+                self.encoder = _CvEncoder(self.tmp, VIDEO_FOURCC.get(self.path.suffix.lower(), "mp4v"), fps, self.size)
+                if not self.encoder.opened:
+                    raise SinkError(f"{self.path}: cannot open a video writer here")
+        except BaseException:
+            self.abort()
+            raise
         self.fps_text: str | None = None
         self.count = 0
+
+    @property
+    def writer(self):
+        """The encoder (it has ``release()``), for tests that plant what a full disk does to it."""
+        return self.encoder
+
+    @writer.setter
+    def writer(self, value) -> None:
+        self.encoder = value
 
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         if image is None:
             raise ValueError("VideoSink needs the frame image")
-        assert self.writer is not None
+        assert self.encoder is not None and self.open
         canvas = draw_result(image, result, self.fps_text)
         if canvas.shape[1::-1] != self.size:
             canvas = cv2.resize(canvas, self.size)
-        self.writer.write(canvas)
+        try:
+            self.encoder.write(canvas, result.timestamp_ms)
+        except (OSError, ValueError) as exc:  # PyAV's errors are these: a full disk is an OSError
+            self.abort()
+            raise SinkError(f"{self.path}: cannot write ({_why(exc) if isinstance(exc, OSError) else exc}); "
+                            "partial output removed") from None
         self.count += 1
 
     def _written(self) -> int:
@@ -335,22 +537,19 @@ class VideoSink(Sink):
                 return 0
         except OSError:
             return 0
-        # FFmpeg, which wrote it (OpenCV's own AVI reader would print its complaints to stderr)
-        cap = cv2.VideoCapture(str(self.tmp), getattr(cv2, "CAP_FFMPEG", cv2.CAP_ANY))
-        try:
-            if not cap.isOpened() or not cap.read()[0]:
-                return 0
-            n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-            return round(n) if np.isfinite(n) and 0 < n < 1e9 else 0
-        finally:
-            cap.release()
+        return self.encoder.frames_in(self.tmp)
 
     def close(self) -> None:
-        if self.writer is None:
+        if not self.open:
             return
-        self.writer.release()
-        self.writer = None
+        self.open = False
         try:
+            try:
+                self.encoder.release()
+            except (OSError, ValueError) as exc:
+                self.tmp.unlink(missing_ok=True)
+                raise SinkError(f"{self.path}: cannot write ({_why(exc) if isinstance(exc, OSError) else exc}); "
+                                "partial output removed") from None
             if self.count == 0:  # nothing to show: no file, like a source that failed before any frame
                 self.tmp.unlink(missing_ok=True)
                 return
@@ -365,13 +564,22 @@ class VideoSink(Sink):
                 self.tmp.unlink(missing_ok=True)
                 raise SinkError(f"{self.path}: cannot write ({_why(exc)}); partial output removed") from None
         finally:
-            self.lock.release()
+            self._release()
 
     def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
+        if self.open and self.encoder is not None:
+            self.open = False
+            try:
+                self.encoder.abandon() if hasattr(self.encoder, "abandon") else self.encoder.release()
+            except (OSError, ValueError):
+                pass
+        self.open = False
         self.tmp.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self.encoder is not None:
+            self.encoder.cleanup()
         self.lock.release()
 
 
@@ -390,7 +598,9 @@ def kind_of(path: str) -> str:
     raise ValueError(f"{path}: unknown output format {ext or '(no extension)'}: use .json, .jsonl, .csv, .mp4 or .avi")
 
 
-def open_sink(path: str, info: SourceInfo, scheme: str, stabilizer: str, k: int, lookahead: int = 0) -> Sink:
+def open_sink(path: str, info: SourceInfo, scheme: str, stabilizer: str, k: int, lookahead: int = 0,
+              audio_from: str | None = None) -> Sink:
+    """The sink for ``path``'s format; ``audio_from``: a source file whose audio a video output keeps."""
     kind = kind_of(path)
     if kind == "json":
         return JsonSink(Path(path), info, scheme, stabilizer, lookahead)
@@ -400,4 +610,4 @@ def open_sink(path: str, info: SourceInfo, scheme: str, stabilizer: str, k: int,
         return JsonlSink(Path(path), info)
     if kind == "csv":
         return CsvSink(Path(path), k)
-    return VideoSink(Path(path), info)
+    return VideoSink(Path(path), info, audio_from)

@@ -19,16 +19,22 @@ def run_cli(*args):
     return CliRunner().invoke(main, list(args))
 
 
-def assert_closed_after_signal(p, code, json_path, csv_path) -> int:
+def assert_closed_after_signal(p, code, json_path, csv_path, live=False) -> int:
     """The signalled run exited with ``code``, no traceback, and left a valid JSON and CSV of the
-    same frames 0..n-1; returns n (> 0)."""
+    same frames 0..n-1 (``live``: of the same increasing frame numbers, a dropped frame's left out);
+    returns n (> 0)."""
     _, err = p.communicate(timeout=60)
     assert p.returncode == code, err
     assert "Traceback" not in err
     doc = json.loads(json_path.read_text())
-    n = len(doc["frames"])
-    assert n > 0 and [f["frame"] for f in doc["frames"]] == list(range(n))
-    assert len(csv_path.read_text().splitlines()) == n + 1
+    numbers = [f["frame"] for f in doc["frames"]]
+    n = len(numbers)
+    assert n > 0
+    if live:
+        assert all(b > a for a, b in zip(numbers, numbers[1:])) and numbers[-1] + 1 - n <= doc["dropped_frames"]
+    else:
+        assert numbers == list(range(n))
+    assert [int(r.split(",")[0]) for r in csv_path.read_text().splitlines()[1:]] == numbers
     return n
 
 
@@ -130,7 +136,8 @@ def test_webcam_records_a_live_stream_without_window(tmp_path):
     assert r.returncode == 0, r.stderr
     frames = [json.loads(x) for x in out.read_text().splitlines()]
     assert 1 <= len(frames) <= 45
-    assert [f["frame"] for f in frames] == list(range(len(frames)))
+    numbers = [f["frame"] for f in frames]  # the stream's numbers: stale frames dropped leave theirs out
+    assert numbers[0] == 0 and all(b > a for a, b in zip(numbers, numbers[1:])) and numbers[-1] < 45
     assert all(f["faces"] == [] and f["source"] == server.url for f in frames)
 
 
@@ -194,7 +201,7 @@ def test_webcam_signals_leave_valid_recordings(tmp_path, sig, code):
         while not any(f.stat().st_size for f in tmp_path.glob("live.json.*.partial")) and time.monotonic() < deadline:
             time.sleep(0.05)
         p.send_signal(getattr(signal, sig))
-        assert_closed_after_signal(p, code, out, tmp_path / "live.csv")
+        assert_closed_after_signal(p, code, out, tmp_path / "live.csv", live=True)
 
 
 def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
@@ -288,3 +295,18 @@ def test_out_dir_with_sources_of_one_name_writes_one_file_each(tmp_path):
         f"stableface: error: --out-dir: {tmp_path / 'a-1.png'} and {tmp_path / 'a-1.jpg'} would write the same file: "
         "rename one, or run them separately"]
     assert not (tmp_path / "o2").exists()
+
+
+def test_demo_refuses_to_overwrite_its_outputs_unless_told(tmp_path, monkeypatch):
+    import stableface.demo
+
+    (tmp_path / "demo.json").write_text("precious")
+    ran = []
+    monkeypatch.setattr(stableface.demo, "run_demo", lambda *a, **k: ran.append(1) or "done")
+    r = run_cli("demo", "--out-dir", str(tmp_path), "-q")
+    assert r.exit_code == 2 and not ran  # before any work
+    assert r.output.strip().splitlines() == [f"stableface: error: {tmp_path / 'demo.json'} already exists: "
+                                             "use --overwrite to replace it"]
+    assert (tmp_path / "demo.json").read_text() == "precious"
+    r = run_cli("demo", "--out-dir", str(tmp_path), "-q", "--overwrite")
+    assert r.exit_code == 0 and ran == [1]

@@ -324,3 +324,27 @@ def test_a_bad_pts_file_is_one_line_naming_it_exit_1(tmp_path, rng, case, proble
     res = CliRunner().invoke(main, ["evaluate", str(images), "-q"])
     assert res.exit_code == 1
     assert re.fullmatch(rf"stableface: error: {re.escape(str(images / 'face.pts'))}{problem}", res.output.strip()), res.output
+
+
+def test_tracks_stay_aligned_with_the_annotations_when_frames_cannot_be_decoded(tmp_path):
+    """Row i is the source's frame i: a corrupt stretch leaves NaN rows, it does not shift the rest."""
+    pytest.importorskip("av")
+    from stableface.evaluate import run_tracks
+    from stableface.types import Face, FrameResult
+
+    from .media import corrupt_middle, write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", n=120)
+    bad = corrupt_middle(clip, tmp_path / "bad.mp4", clip.stat().st_size // 4)
+
+    class Marks:  # a face whose landmarks are the frame number: where each row came from
+        def stream(self, src):
+            for frame in src:
+                pts = np.full((ibug.K, 2), float(frame.index))
+                yield frame, FrameResult(frame.index, frame.timestamp_ms, (Face(0, (0, 0, 1, 1), 1.0, pts, np.ones(ibug.K)),))
+
+    track = run_tracks(str(bad), {"marks": Marks()})["marks"]
+    assert track.shape == (120, ibug.K, 2)
+    seen = np.isfinite(track[:, 0, 0])
+    assert 0 < (~seen).sum() < 100
+    assert (track[seen, 0, 0] == np.flatnonzero(seen)).all()

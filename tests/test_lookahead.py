@@ -396,8 +396,11 @@ def test_cli_signal_with_lookahead_keeps_every_processed_frame(tmp_path, sig, co
                           "-o", str(out_json), "-o", str(out_csv), "-o", str(out_jsonl)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    # wait until frames come out: the lookahead then holds 15 processed frames
-    while (not out_jsonl.exists() or len(out_jsonl.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+    # wait until frames come out (in the partial file: outputs are atomic): the lookahead then holds 15 more
+    def lines_out() -> int:
+        return max([len(p.read_text().splitlines()) for p in tmp_path.glob("o.jsonl.*.partial")] + [0])
+
+    while lines_out() < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     p.send_signal(getattr(signal, sig))
     n = assert_closed_after_signal(p, code, out_json, out_csv)

@@ -32,7 +32,18 @@ def test_json_exact(tmp_path):
             {"frame": 0, "timestamp_ms": 0.0, "faces": [
                 {"id": 0, "box": [1.0, 2.0, 3.5, 4.25], "score": 0.9, "landmarks": [[1.0, 2.0], [3.5, 4.25]],
                  "landmark_scores": [0.8, 0.7]}]},
-            {"frame": 1, "timestamp_ms": 40.0, "faces": []}]}
+            {"frame": 1, "timestamp_ms": 40.0, "faces": []}],
+        "unreadable_frames": [], "dropped_frames": 0}
+
+
+def test_json_footer_lists_the_frames_the_source_could_not_give(tmp_path):
+    p = tmp_path / "out.json"
+    with JsonSink(p, INFO, "test2", "none") as s:
+        for r in results():
+            s.write(r)
+        s.footer([2, 3, 7], 5)
+    doc = json.loads(p.read_text())
+    assert (doc["unreadable_frames"], doc["dropped_frames"]) == ([2, 3, 7], 5)
 
 
 def test_csv_exact(tmp_path):
@@ -192,6 +203,9 @@ def test_a_video_short_on_disk_is_an_error_and_no_file(tmp_path, name):
         def __init__(self, writer):
             self.writer = writer
 
+        def __getattr__(self, name):
+            return getattr(self.writer, name)
+
         def release(self):
             self.writer.release()
             with open(s.tmp, "r+b") as fh:
@@ -203,7 +217,8 @@ def test_a_video_short_on_disk_is_an_error_and_no_file(tmp_path, name):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_video_writer_that_does_not_open_is_an_error_and_no_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["o.avi", "o.mp4"])
+def test_a_video_writer_that_does_not_open_is_an_error_and_no_file(tmp_path, monkeypatch, name):
     import stableface.sinks as S
 
     class Closed:
@@ -217,8 +232,9 @@ def test_a_video_writer_that_does_not_open_is_an_error_and_no_file(tmp_path, mon
             pass
 
     monkeypatch.setattr(S.cv2, "VideoWriter", Closed)
-    with pytest.raises(S.SinkError, match="o.mp4: cannot open a video writer here"):
-        open_sink(str(tmp_path / "o.mp4"), INFO, "x", "none", 2)
+    monkeypatch.setattr(S, "_av", lambda: None)  # (with PyAV, .mp4 is not OpenCV's)
+    with pytest.raises(S.SinkError, match=f"{name}: cannot open a video writer here"):
+        open_sink(str(tmp_path / name), INFO, "x", "none", 2)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -277,3 +293,34 @@ def test_stdout_that_is_closed_is_a_sink_error(monkeypatch):
     monkeypatch.setattr(sys, "stdout", None)
     with pytest.raises(SinkError, match="standard output is closed"):
         open_sink("-", INFO, "x", "none", 2)
+
+
+def test_an_mp4_overlay_is_h264_for_browsers_and_keeps_each_frames_time(tmp_path):
+    av = pytest.importorskip("av")
+    from stableface.types import FrameResult
+
+    times = [0.0, 40.0, 80.0, 200.0, 320.0, 360.0]  # a variable frame rate
+    p = tmp_path / "o.mp4"
+    with open_sink(str(p), SourceInfo("clip.mp4", "clip", 63, 47, 25.0, 6, False), "x", "none", 2) as s:
+        for i, t in enumerate(times):
+            s.write(FrameResult(i, t), np.full((47, 63, 3), 20 * i, np.uint8))  # odd sides
+    with av.open(str(p)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.name, v.codec_context.pix_fmt, v.width, v.height) == ("h264", "yuv420p", 64, 48)
+        assert [round(f.time * 1000) for f in c.decode(v)] == times
+    data = p.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")  # +faststart: a browser plays it before it is all loaded
+
+
+def test_without_pyav_an_mp4_overlay_is_mpeg4_part2_through_opencv(tmp_path, monkeypatch):
+    import cv2
+
+    import stableface.sinks as S
+
+    monkeypatch.setattr(S, "_av", lambda: None)
+    p = tmp_path / "o.mp4"
+    with open_sink(str(p), INFO, "x", "none", 2) as s:
+        write_all([s], 3)
+    cap = cv2.VideoCapture(str(p))
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode()
+    assert fourcc in ("mp4v", "FMP4") and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3  # (FFmpeg says FMP4)

@@ -6,6 +6,7 @@ import pytest
 
 from stableface.video import LiveSource, SourceError, expand, open_source, to_bgr8
 
+from .media import FileServer, corrupt_middle, decodable_frames, opencv_frames, write_clip
 from .mjpeg_server import MJPEGServer
 
 
@@ -75,6 +76,10 @@ def test_live_stream_drops_stale_frames_and_ends_when_the_server_stops():
     assert src.dropped > 0  # stale frames were skipped, not queued
     stamps = [f.timestamp_ms for f in got]
     assert all(b > a for a, b in zip(stamps, stamps[1:]))
+    index = [f.index for f in got]  # the stream's own numbers: a dropped frame leaves its number out
+    assert index[0] == 0 and all(b > a for a, b in zip(index, index[1:]))
+    assert 0 < index[-1] + 1 - len(got) <= src.dropped
+    assert src.stop_reason == "the stream ended"
 
 
 def test_refused_url_is_a_source_error():
@@ -100,3 +105,81 @@ def test_reconnect_resumes_a_dropped_stream():
     assert 1 <= n_plain <= 15
     assert again.reconnected == 1  # the third connection is the last one served
     assert n_again > 15
+
+
+@pytest.fixture(params=["pyav", "opencv"])
+def decoder(request, monkeypatch):
+    """Both decoders: PyAV (when installed) and OpenCV (without it)."""
+    if request.param == "pyav":
+        pytest.importorskip("av")
+    else:
+        import stableface.video as V
+
+        monkeypatch.setattr(V, "_av", lambda: None)
+    return request.param
+
+
+def test_variable_frame_rate_frames_are_timed_by_the_container(tmp_path, decoder):
+    # 12 frames 40 ms apart, then 120 ms apart: frame 12 is at 480 ms (index x average fps says 578 ms)
+    times = [40 * i for i in range(13)] + [480 + 120 * i for i in range(1, 8)]
+    clip = write_clip(tmp_path / "vfr.mp4", n=len(times), times_ms=times, noise=False)
+    with open_source(str(clip)) as src:
+        frames = list(src)
+    assert [f.index for f in frames] == list(range(len(times)))
+    assert [f.timestamp_ms for f in frames] == [float(t) for t in times]
+    assert not src.unreadable and not src.incomplete
+
+
+def test_a_corrupt_stretch_is_skipped_and_its_frames_listed(tmp_path, decoder):
+    clip = write_clip(tmp_path / "clip.mp4", n=300, size=(128, 128))
+    bad = corrupt_middle(clip, tmp_path / "bad.mp4", clip.stat().st_size // 4)
+    today = opencv_frames(bad)  # read() gives up at the first bad packet
+    assert today < 200
+    with open_source(str(bad)) as src:
+        frames = list(src)
+        assert src.info.frame_count == 300
+    index = [f.index for f in frames]
+    assert sorted(index + list(src.unreadable)) == list(range(300))  # each number once: read, or listed
+    assert [f.timestamp_ms for f in frames] == [40.0 * i for i in index]  # the numbers are the container's
+    assert src.incomplete
+    if decoder == "pyav":  # on past the bad packets: every frame the decoder can give
+        assert len(frames) == decodable_frames(bad) > today + 50
+        assert index[-1] == 299
+    else:  # OpenCV cannot go on, but says what is missing
+        assert len(frames) == today and list(src.unreadable) == list(range(today, 300))
+
+
+def test_a_truncated_file_lists_the_frames_it_announced_but_lost(tmp_path):
+    av = pytest.importorskip("av")
+    clip = write_clip(tmp_path / "clip.mp4", n=200, size=(96, 96))
+    fast = tmp_path / "fast.mp4"  # the index first (as web video is), so a cut file still opens
+    with av.open(str(clip)) as i, av.open(str(fast), "w", options={"movflags": "+faststart"}) as o:
+        out = o.add_stream_from_template(i.streams.video[0])
+        for packet in i.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = out
+                o.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(fast.read_bytes()[: fast.stat().st_size * 2 // 3])
+    with open_source(str(cut)) as src:
+        n = sum(1 for _ in src)
+    assert 50 < n < 200 and list(src.unreadable) == list(range(n, 200))
+
+
+def test_a_url_to_a_file_is_read_like_a_file(tmp_path, decoder):
+    write_clip(tmp_path / "clip.mp4", n=120, noise=False)
+    with FileServer(tmp_path) as server:
+        with open_source(server.url("clip.mp4")) as src:
+            assert not src.info.live and src.info.frame_count == 120
+            frames = [(f.index, f.timestamp_ms) for f in src]
+    assert frames == [(i, 40.0 * i) for i in range(120)]  # every frame, none dropped, true numbers
+
+
+def test_a_name_that_is_not_utf8_opens_with_either_decoder(tmp_path, decoder):
+    import os
+
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/v\xff.mp4")  # OpenCV crashed on such a name
+    os.rename(write_clip(tmp_path / "v.mp4", n=10, noise=False), odd)
+    with open_source(odd) as src:
+        assert [f.index for f in src] == list(range(10))
+    assert os.listdir(tmp_path) == [os.path.basename(odd)]
