@@ -97,9 +97,9 @@ class Pipeline:
                  stabilizer_step: ConvLSTMStep | None = None) -> None:
         if config.stabilizer not in STABILIZERS:
             raise ValueError(f"unknown stabilizer {config.stabilizer!r}: use one of {', '.join(STABILIZERS)}")
-        if config.stabilizer == "convlstm" and not config.lookahead:
-            if stabilizer_step is None:
-                raise ValueError("the convlstm stabilizer needs a ConvLSTM step model")
+        if config.stabilizer == "convlstm" and not config.lookahead and stabilizer_step is None:
+            raise ValueError("the convlstm stabilizer needs a ConvLSTM step model")
+        if stabilizer_step is not None:
             stabilizer_step.check(backbone.k, backbone.heatmap_size, f"backbone {backbone.path}")
         self.detector, self.backbone, self.config, self.step = detector, backbone, config, stabilizer_step
         self.timer = Timer()
@@ -121,7 +121,8 @@ class Pipeline:
         if ws.detector_full is not None:
             dets.append(BlazeFace(ws.detector_full, device=device))
         # the step is tiny: one thread beats two on small CPUs (benchmarks/model_speed.py)
-        wanted = config.stabilizer == "convlstm" and not config.lookahead
+        # under a lookahead the ConvLSTM is not run; weights the user named are still loaded and checked
+        wanted = config.stabilizer == "convlstm" and (not config.lookahead or stabilizer_weights is not None)
         step = ConvLSTMStep(ws.stabilizer, device, threads or 1) if wanted else None
         return cls(MultiRangeDetector(dets), backbone, config, step)
 
