@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -720,11 +720,70 @@ def expand(specs: list[str], sequence: bool = False) -> list[str]:
 
 
 def _open_url(url: str, reconnect: int) -> Source:
-    """A URL of known length is read like a file; one without (a live stream) newest frame first."""
-    decoder = interruptible(lambda: _open_decoder(url, url, url=True))
+    """A URL of known length is read like a file; one without (a live stream) newest frame first.
+
+    A finite http(s) resource that the decoder cannot read in place (a server without range
+    requests, with the index at the end of the file) is copied to a temporary file first."""
+    try:
+        decoder = interruptible(lambda: _open_decoder(url, url, url=True))
+    except SourceError:
+        local = interruptible(lambda: _download(url))
+        if local is None:
+            raise
+        return _DownloadedSource(local, url)
     if decoder.finite:
-        return VideoSource(url, url, url=True, decoder=decoder)
+        try:
+            return VideoSource(url, url, url=True, decoder=decoder)
+        except SourceError:
+            local = interruptible(lambda: _download(url))
+            if local is None:
+                raise
+            return _DownloadedSource(local, url)
     return LiveSource(url, url, reconnect=reconnect, decoder=decoder)
+
+
+def _download(url: str, limit: int = 8 << 30) -> Path | None:
+    """A finite http(s) resource (Content-Length up to ``limit``) copied to a temporary file; None if it is not one."""
+    import urllib.request
+    from urllib.parse import urlparse
+
+    if not url.lower().startswith(("http://", "https://")):
+        return None
+    try:
+        resp = urllib.request.urlopen(url, timeout=10)
+    except (OSError, ValueError):
+        return None
+    with resp:
+        length = resp.headers.get("Content-Length")
+        if length is None or not length.isdigit() or int(length) > limit:
+            return None
+        fd, tmp = tempfile.mkstemp(prefix="stableface-", suffix=Path(urlparse(url).path).suffix or ".mp4")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(resp, out, 1 << 20)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return Path(tmp)
+
+
+class _DownloadedSource(VideoSource):
+    """A finite URL read from its temporary copy (removed on close), named by the URL."""
+
+    def __init__(self, local: Path, url: str) -> None:
+        self._local = local
+        try:
+            super().__init__(str(local), url)
+        except BaseException:
+            local.unlink(missing_ok=True)
+            raise
+        self.info = replace(self.info, name=url, stem=Path(url.split("?")[0]).stem or "stream")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._local.unlink(missing_ok=True)
 
 
 def open_source(spec: str, sequence: bool = False, reconnect: int = 0) -> Source:

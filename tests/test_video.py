@@ -183,3 +183,31 @@ def test_a_name_that_is_not_utf8_opens_with_either_decoder(tmp_path, decoder):
     with open_source(odd) as src:
         assert [f.index for f in src] == list(range(10))
     assert os.listdir(tmp_path) == [os.path.basename(odd)]
+
+
+def test_a_url_from_a_server_without_range_requests_is_read_in_full(tmp_path):
+    """Python's own http.server answers no Range requests: a file whose index sits at its end
+    (OpenCV's mp4v writer puts it there) is copied to a temporary file and read like a file."""
+    import functools
+    import glob
+    import http.server
+    import threading
+
+    path = tmp_path / "tail.mp4"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for i in range(30):
+        w.write(np.full((48, 64, 3), 5 * i, np.uint8))
+    w.release()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/tail.mp4"
+        before = set(glob.glob("/tmp/stableface-*.mp4"))
+        with open_source(url) as src:
+            frames = list(src)
+            assert src.info.name == url and src.info.stem == "tail"
+        assert [f.index for f in frames] == list(range(30))
+        assert set(glob.glob("/tmp/stableface-*.mp4")) <= before  # the copy is gone
+    finally:
+        server.shutdown()
