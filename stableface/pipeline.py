@@ -9,6 +9,9 @@
 With ``PipelineConfig(lookahead=N)``, ``stream`` and ``track`` smooth each track over N frames
 ahead (``stableface.lookahead``): their results lag the source by N frames, and the last N come
 when the source ends. ``update`` is never delayed.
+
+A shot cut (``stableface.shots``; ``PipelineConfig(shot_cuts=False)`` turns it off) ends every
+track, detection runs on the cut frame and new ids follow; ``FrameResult.shot`` counts the cuts.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +29,11 @@ from stableface import codec, crop as C
 from stableface.backbone import HeatmapBackbone
 from stableface.detector import BlazeFace, FaceDetector, MultiRangeDetector
 from stableface.lookahead import Lookahead
+from stableface.shots import ShotDetector, landmarks_changed
 from stableface.sinks import Sink, SinkError
 from stableface.stabilizer import (ConvLSTMStabilizer, ConvLSTMStep, Decoder, NoStabilizer, OneEuroStabilizer,
                                    Stabilizer)
-from stableface.tracker import Tracker
+from stableface.tracker import Track, Tracker
 from stableface.types import Face, Frame, FrameResult
 from stableface.video import Source, open_source
 from stableface.weights import resolve
@@ -88,6 +92,7 @@ class PipelineConfig:
     start_score: float = 0.55  # mean heatmap peak needed to start a track from a detection
     min_score: float = 0.3  # a track whose mean heatmap peak falls below this ends
     lookahead: int = 0  # frames of fixed-lag smoothing per track in stream()/track() (0: none, no delay)
+    shot_cuts: bool = True  # detect shot cuts (stableface.shots): a cut ends every track
 
 
 class Pipeline:
@@ -109,6 +114,8 @@ class Pipeline:
                                rotate=config.rotate_crops, min_score=config.min_score)
         self.lookahead = Lookahead(config.lookahead)
         self._held: deque[Frame] = deque()  # the frames whose results the lookahead still holds
+        self._held_shots: deque[int] = deque()  # and their shots (the lookahead rebuilds results without them)
+        self.shots = ShotDetector()
         self.reset()
 
     @classmethod
@@ -156,6 +163,10 @@ class Pipeline:
         self.tracker.reset()
         self.lookahead.reset()
         self._held.clear()
+        self._held_shots.clear()
+        self.shots.reset()
+        self.shot = 0
+        self._last_image: np.ndarray | None = None
         self.last_detect = None
         self.last_timestamp = None
         self._frame_count = 0
@@ -180,6 +191,25 @@ class Pipeline:
         with self.timer.stage("backbone"):
             return self.backbone(crops)
 
+    def _landmarks_jumped(self, image: np.ndarray) -> bool:
+        """Landmark evidence for a cut candidate (``shots.landmarks_changed``): a tracked face whose
+        landmarks, decoded from the previous frame and this one in the same crop, jump or lose confidence."""
+        tracks = [t for t in self.tracker.tracks if t.landmarks is not None]
+        if not tracks or self._last_image is None:
+            return False
+        hm = self.backbone(np.stack([C.warp(im, t.crop, self.backbone.size) for t in tracks
+                                     for im in (self._last_image, image)]))
+        return any(landmarks_changed(*self.decoder(hm[2 * i], t.crop),
+                                     *self.decoder(hm[2 * i + 1], t.crop))
+                   for i, t in enumerate(tracks))
+
+    def _end_shot(self) -> None:
+        """A shot cut: every track ends (its stabilizer is reset); detection runs on this frame."""
+        for t in list(self.tracker.tracks):
+            self.tracker.end(t)
+        self.last_detect = None
+        self.shot += 1
+
     def update(self, frame: Frame | np.ndarray, timestamp_ms: float | None = None) -> FrameResult:
         """Process one frame (a ``Frame`` or a BGR image) and return its faces."""
         if not isinstance(frame, Frame):
@@ -191,6 +221,12 @@ class Pipeline:
                              "(call reset() before starting another video)")
         self.last_timestamp = frame.timestamp_ms
         image, tracker = frame.image, self.tracker
+        if self.config.shot_cuts:
+            with self.timer.stage("shots"):
+                cut = self.shots.update(image, lambda: self._landmarks_jumped(image))
+            if cut:
+                self._end_shot()
+            self._last_image = image
         self._frame_count += 1
         n = self._frame_count
         every = self.config.redetect_every
@@ -212,7 +248,7 @@ class Pipeline:
                         tracker.end(t)  # a detector false positive: no face-like heatmaps
                         continue
                     t.crop = C.box_from_landmarks(pts, self.backbone.crop_scale, rotate=self.config.rotate_crops)
-        faces: list[Face] = []
+        seen: list[tuple[Track, np.ndarray, np.ndarray]] = []
         tracks = list(tracker.tracks)
         if tracks:
             hm = self._heatmaps(self._crops(image, [t.crop for t in tracks]))
@@ -223,10 +259,11 @@ class Pipeline:
                 with self.timer.stage("stabilizer"):
                     pts, scores = t.stabilizer.update(h, t.crop, frame.timestamp_ms)
                 if tracker.observe(t, pts, scores):
-                    faces.append(Face(t.id, t.box, t.score, pts, scores))
-        live = {t.id for t in tracker.tracks}
-        faces = sorted((f for f in faces if f.id in live), key=lambda f: f.id)
-        return FrameResult(frame.index, frame.timestamp_ms, tuple(faces))
+                    seen.append((t, pts, scores))
+        live = {id(t) for t in tracker.tracks}  # by identity: a track that ended may have given its id to another
+        faces = sorted((Face(t.id, t.box, t.score, pts, scores) for t, pts, scores in seen if id(t) in live),
+                       key=lambda f: f.id)
+        return FrameResult(frame.index, frame.timestamp_ms, tuple(faces), self.shot)
 
     def stream(self, source: Source, on_frame: Callable[[Frame, FrameResult], None] | None = None) -> Iterator[tuple[Frame, FrameResult]]:
         """(frame, result) for every frame of an open source, in order; resets tracks first.
@@ -245,6 +282,7 @@ class Pipeline:
                 yield frame, result
                 continue
             self._held.append(frame)
+            self._held_shots.append(result.shot)
             for out in self.lookahead.update(result):
                 yield self._pair(out)
         yield from self.drain()
@@ -257,9 +295,9 @@ class Pipeline:
             yield self._pair(out)
 
     def _pair(self, result: FrameResult) -> tuple[Frame, FrameResult]:
-        frame = self._held.popleft()
+        frame, shot = self._held.popleft(), self._held_shots.popleft()
         assert frame.index == result.frame, (frame.index, result.frame)
-        return frame, result
+        return frame, (result if result.shot == shot else replace(result, shot=shot))
 
     def _write(self, sinks: list[Sink], frame: Frame, result: FrameResult) -> None:
         for s in sinks:

@@ -249,13 +249,14 @@ class JsonSink(_AtomicText):
 
 class CsvSink(_AtomicText):
     """OpenFace-style wide rows: ``frame,face_id,timestamp,confidence,success,x_0..,y_0..``, then the
-    landmark scores ``s_0..`` (after the OpenFace columns, so readers of those keep working)."""
+    landmark scores ``s_0..`` and the ``shot`` (after the OpenFace columns, so readers of those keep working)."""
 
     def __init__(self, path: Path, k: int) -> None:
         super().__init__(path)
         self.k = k
         self._row(["frame", "face_id", "timestamp", "confidence", "success"]
-                  + [f"x_{i}" for i in range(k)] + [f"y_{i}" for i in range(k)] + [f"s_{i}" for i in range(k)])
+                  + [f"x_{i}" for i in range(k)] + [f"y_{i}" for i in range(k)] + [f"s_{i}" for i in range(k)]
+                  + ["shot"])
 
     def _row(self, values: list) -> None:
         buf = io.StringIO()
@@ -265,12 +266,12 @@ class CsvSink(_AtomicText):
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         t = f"{result.timestamp_ms / 1000.0:.3f}"
         if not result.faces:
-            self._row([result.frame, "", t, "0", "0"] + [""] * (3 * self.k))
+            self._row([result.frame, "", t, "0", "0"] + [""] * (3 * self.k) + [result.shot])
         for f in result.faces:
             xs = [f"{v:.2f}" for v in f.landmarks[:, 0]]
             ys = [f"{v:.2f}" for v in f.landmarks[:, 1]]
             ss = [f"{v:.4f}" for v in f.landmark_scores]
-            self._row([result.frame, f.id, t, f"{f.score:.3f}", "1"] + xs + ys + ss)
+            self._row([result.frame, f.id, t, f"{f.score:.3f}", "1"] + xs + ys + ss + [result.shot])
 
 
 class JsonlSink(_AtomicText):

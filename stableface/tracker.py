@@ -6,6 +6,10 @@ does (crop boxes never jitter more than the landmarks). Periodic re-detections k
 a detection that overlaps a live track is that track; one that overlaps none starts a new
 track (up to ``max_faces``); a track that no re-detection confirms ``max_misses`` times in a
 row, or whose landmark confidence drops below ``min_score``, ends and its stabilizer is reset.
+
+Ids are 0, 1, 2, ... in order of appearance: a track is *confirmed* by the first ``observe`` it
+survives (its face is shown). A track that ends before that (a detector false positive, a
+duplicate of a face already tracked) gives its id back, so it consumes none.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Track:
     misses: int = 0  # consecutive re-detections that did not confirm it
     detection_score: float = 0.0
     history: list[int] = field(default_factory=list)
+    confirmed: bool = False  # survived an observation: its id has been shown
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -92,11 +97,12 @@ class Tracker:
         self.dead_band = dead_band or DeadBand()
         self.tracks: list[Track] = []
         self.next_id = 0
+        self._shown = 0  # ids below this belong to confirmed tracks
 
     def reset(self) -> None:
         for t in self.tracks:
             t.stabilizer.reset()
-        self.tracks, self.next_id = [], 0
+        self.tracks, self.next_id, self._shown = [], 0, 0
 
     def associate(self, detections: list[Detection]) -> list[Detection]:
         """Match detections to live tracks; returns the detections that start new tracks.
@@ -132,6 +138,11 @@ class Tracker:
     def end(self, track: Track) -> None:
         track.stabilizer.reset()
         self.tracks.remove(track)
+        if not track.confirmed and track.id >= self._shown:  # never shown: its id goes back
+            for t in self.tracks:
+                if t.id > track.id:  # unconfirmed too (ids at or above _shown are)
+                    t.id -= 1
+            self.next_id -= 1
 
     def observe(self, track: Track, landmarks: np.ndarray, scores: np.ndarray) -> bool:
         """Record a track's new landmarks, move its crop if needed; False (and end it) when lost."""
@@ -143,6 +154,9 @@ class Tracker:
         wanted = box_from_landmarks(landmarks, self.crop_scale, rotate=self.rotate)
         track.crop = self.dead_band.follow(track.crop, wanted)
         self.dedupe()
+        if not track.confirmed and any(t is track for t in self.tracks):
+            track.confirmed = True
+            self._shown = max(self._shown, track.id + 1)
         return True
 
     def dedupe(self) -> None:

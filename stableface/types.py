@@ -71,14 +71,22 @@ class Face:
 
 @dataclass(frozen=True)
 class FrameResult:
-    """Everything found in one frame; ``faces`` is empty (never None) when there is no face."""
+    """Everything found in one frame; ``faces`` is empty (never None) when there is no face.
+
+    ``shot``: the index of the shot the frame belongs to (0 until the first cut).
+    """
 
     frame: int
     timestamp_ms: float
     faces: tuple[Face, ...] = ()
+    shot: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.shot) != self.shot or self.shot < 0:
+            raise ValueError(f"shot must be a whole number >= 0, got {self.shot}")
 
     def to_dict(self) -> dict:
-        return {"frame": int(self.frame), "timestamp_ms": round(float(self.timestamp_ms), 3),
+        return {"frame": int(self.frame), "timestamp_ms": round(float(self.timestamp_ms), 3), "shot": int(self.shot),
                 "faces": [f.to_dict() for f in self.faces]}
 
 

@@ -81,7 +81,7 @@ def test_batch_continues_after_a_failure_and_summarises(tmp_path):
     assert r.exit_code == 1
     assert "1 of 2 sources failed" in r.output and "fake.mp4: not a readable video" in r.output
     doc = json.loads((out / "blank.json").read_text())
-    assert doc["frames"] == [{"frame": 0, "timestamp_ms": 0.0, "faces": []}]
+    assert doc["frames"] == [{"frame": 0, "timestamp_ms": 0.0, "shot": 0, "faces": []}]
 
 
 def test_light_import_does_not_load_torch():

@@ -16,7 +16,7 @@ INFO = SourceInfo("clip.mp4", "clip", 64, 48, 25.0, 2, False)
 def results(k=2):
     lm = np.array([[1.0, 2.0], [3.5, 4.25]])[:k]
     face = Face(0, (1.0, 2.0, 3.5, 4.25), 0.9, lm, np.array([0.8, 0.7])[:k])
-    return [FrameResult(0, 0.0, (face,)), FrameResult(1, 40.0, ())]
+    return [FrameResult(0, 0.0, (face,)), FrameResult(1, 40.0, (), shot=1)]  # a cut before frame 1
 
 
 def test_json_exact(tmp_path):
@@ -29,10 +29,10 @@ def test_json_exact(tmp_path):
         "stableface_version": __version__, "source": "clip.mp4", "width": 64, "height": 48, "fps": 25.0,
         "landmark_scheme": "test2", "stabilizer": "none", "lookahead": 0,
         "frames": [
-            {"frame": 0, "timestamp_ms": 0.0, "faces": [
+            {"frame": 0, "timestamp_ms": 0.0, "shot": 0, "faces": [
                 {"id": 0, "box": [1.0, 2.0, 3.5, 4.25], "score": 0.9, "landmarks": [[1.0, 2.0], [3.5, 4.25]],
                  "landmark_scores": [0.8, 0.7]}]},
-            {"frame": 1, "timestamp_ms": 40.0, "faces": []}],
+            {"frame": 1, "timestamp_ms": 40.0, "shot": 1, "faces": []}],
         "unreadable_frames": [], "dropped_frames": 0}
 
 
@@ -52,9 +52,9 @@ def test_csv_exact(tmp_path):
         for r in results():
             s.write(r)
     assert p.read_text() == (
-        "frame,face_id,timestamp,confidence,success,x_0,x_1,y_0,y_1,s_0,s_1\n"
-        "0,0,0.000,0.900,1,1.00,3.50,2.00,4.25,0.8000,0.7000\n"
-        "1,,0.040,0,0,,,,,,\n")
+        "frame,face_id,timestamp,confidence,success,x_0,x_1,y_0,y_1,s_0,s_1,shot\n"
+        "0,0,0.000,0.900,1,1.00,3.50,2.00,4.25,0.8000,0.7000,0\n"
+        "1,,0.040,0,0,,,,,,,1\n")
 
 
 def test_jsonl_exact(tmp_path):
@@ -64,7 +64,7 @@ def test_jsonl_exact(tmp_path):
             s.write(r)
     lines = p.read_text().splitlines()
     assert [json.loads(x)["frame"] for x in lines] == [0, 1]
-    assert json.loads(lines[1]) == {"frame": 1, "timestamp_ms": 40.0, "faces": [], "source": "clip.mp4"}
+    assert json.loads(lines[1]) == {"frame": 1, "timestamp_ms": 40.0, "shot": 1, "faces": [], "source": "clip.mp4"}
 
 
 def test_interrupted_json_is_valid_up_to_last_frame(tmp_path):

@@ -1,0 +1,338 @@
+"""Shot cuts: the frame-level test on planted sequences, and the pipeline at a cut (planted models).
+
+The pipeline tests use a planted world: a black frame with one or more coloured squares
+("faces"); the detector finds squares (plus planted false positives), and the backbone puts a
+fixed 68-point template on the square it sees in its crop, with sure heatmaps (peak 1), or
+weak ones (peak 0.1) where there is none.
+"""
+
+import numpy as np
+import pytest
+
+from stableface import codec
+from stableface.crop import to_crop
+from stableface.pipeline import Pipeline, PipelineConfig
+from stableface.shots import ShotDetector, landmark_jump, landmarks_changed, thumbnail
+from stableface.tracker import Tracker
+from stableface.types import Detection, Frame, FrameResult
+
+from .conftest import shared_video
+
+SIDE = 256
+
+
+def texture(seed, colour, size=SIDE):
+    """A smooth random texture (blurred noise) tinted with ``colour`` (BGR), uint8."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.uniform(0, 1, (size, size)).astype(np.float32), (0, 0), size / 40)
+    noise = (noise - noise.min()) / (noise.max() - noise.min())
+    return np.clip(noise[..., None] * np.array(colour, np.float32) + 20, 0, 255).astype(np.uint8)
+
+
+def colourful(seed, hue, size=2 * SIDE):
+    """A smooth random texture whose hues (OpenCV's 0-180) spread over ``hue`` = (lo, hi), like a real scene."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+
+    def field(scale):
+        f = cv2.GaussianBlur(rng.uniform(0, 1, (size, size)).astype(np.float32), (0, 0), size / scale)
+        return (f - f.min()) / (f.max() - f.min())
+
+    hsv = np.stack([hue[0] + (hue[1] - hue[0]) * field(30), 80 + 150 * field(20), 60 + 180 * field(40)], -1)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
+
+
+def moving(base, n, dx=1, dy=0, noise=2.0, seed=0):
+    """``n`` frames of a window over ``base`` moving (dx, dy) pixels per frame, with sensor noise."""
+    rng = np.random.default_rng(seed)
+    side = SIDE
+    out = []
+    for i in range(n):
+        x, y = i * dx, i * dy
+        f = base[y:y + side, x:x + side].astype(np.float32) + rng.normal(0, noise, (side, side, 3))
+        out.append(np.clip(f, 0, 255).astype(np.uint8))
+    return out
+
+
+def cuts_of(frames, detector=None, confirm=None):
+    det = detector or ShotDetector()
+    return [i for i, f in enumerate(frames) if det.update(f, confirm)]
+
+
+# -- the frame-level test -----------------------------------------------------------------------------------
+
+
+def test_thumbnail_shape_and_cost_is_small():
+    img = texture(0, (200, 120, 60), 512)
+    th = thumbnail(img)
+    assert th.shape == (32, 32, 3) and th.dtype == np.float32
+    assert abs(float(th.mean()) - float(img.mean())) < 2.0  # a shrink, not a crop
+
+
+def test_two_different_clips_spliced_at_17_give_one_cut_at_17():
+    a = moving(texture(1, (60, 140, 230), 2 * SIDE), 17, dx=2)
+    b = moving(texture(2, (230, 90, 40), 2 * SIDE), 23, dx=1, dy=1, seed=1)
+    assert cuts_of(a + b) == [17]
+
+
+def test_a_still_clip_and_a_slow_pan_give_no_cut():
+    still = moving(texture(3, (150, 150, 150), 2 * SIDE), 60, dx=0, noise=3.0)
+    assert cuts_of(still) == []
+    pan = moving(texture(4, (90, 200, 120), 3 * SIDE), 100, dx=3, dy=1)
+    assert cuts_of(pan) == []
+
+
+def test_a_pan_that_starts_suddenly_is_not_a_cut():
+    base = texture(5, (120, 80, 200), 3 * SIDE)
+    frames = moving(base, 20, dx=0) + [f for f in moving(base, 60, dx=6)[1:]]  # still, then 6 px a frame
+    assert cuts_of(frames) == []
+
+
+def test_a_dissolve_is_one_gradual_cut_inside_it():
+    a = moving(colourful(6, (0, 40)), 30, dx=1)  # reds and oranges
+    b = moving(colourful(7, (90, 130)), 30, dx=1, seed=2)  # blues
+    n = 10
+    mix = [np.round((1 - (k + 1) / (n + 1)) * a[20 + k].astype(np.float32)
+                    + (k + 1) / (n + 1) * b[k].astype(np.float32)).astype(np.uint8) for k in range(n)]
+    det = ShotDetector()
+    kinds = {i: det.kind for i, f in enumerate(a[:20] + mix + b[n:]) if det.update(f)}
+    assert len(kinds) == 1 and list(kinds.values()) == ["gradual"]
+    assert 20 <= next(iter(kinds)) < 20 + n  # part-way into the dissolve
+
+
+def test_an_exposure_ramp_is_not_a_cut():
+    base = moving(texture(9, (90, 150, 210), 2 * SIDE), 40, dx=1)
+    gain = [0.6 if i < 15 else min(1.0, 0.6 + 0.04 * (i - 15)) for i in range(40)]  # 10 frames of auto exposure
+    frames = [np.clip(f.astype(np.float32) * g, 0, 255).astype(np.uint8) for f, g in zip(base, gain)]
+    assert cuts_of(frames) == []
+
+
+def test_a_small_jump_is_confirmed_by_the_next_frame():
+    base = texture(10, (120, 170, 90), 2 * SIDE)
+    def jump(shift):  # a still picture that jumps sideways at frame 20 and stays
+        return moving(base, 20, dx=0, noise=1.0) + [f[:, shift:shift + SIDE] for f in
+                                                    moving(base[:, :SIDE + shift], 10, dx=0, noise=1.0, seed=3)]
+
+    det = ShotDetector(min_change=np.inf)  # never a cut on the frame's own evidence
+    assert [(i, det.kind) for i, f in enumerate(jump(16)) if det.update(f)] == [(21, "late")]
+    assert cuts_of(jump(16)) in ([20], [21])  # with the defaults: at the jump, or one frame late
+    assert cuts_of(jump(6)) == []  # too small a change (a caption popping up): not a cut
+
+
+def test_a_one_frame_flash_is_one_cut_at_the_flash():
+    a = moving(texture(8, (100, 160, 90), 2 * SIDE), 30, dx=1)
+    frames = a[:12] + [np.full_like(a[0], 250)] + a[13:]
+    assert cuts_of(frames) == [12]
+
+
+def test_candidates_ask_confirm_and_it_decides():
+    a = moving(texture(1, (60, 140, 230), 2 * SIDE), 17, dx=2)
+    b = moving(texture(2, (230, 90, 40), 2 * SIDE), 23, dx=1, seed=1)
+    asked = []
+
+    def confirm(answer):
+        def f():
+            asked.append(answer)
+            return answer
+        return f
+
+    def candidates_only():  # the hard threshold out of reach, and no late or gradual cuts
+        return ShotDetector(hard=np.inf, late_score=np.inf, gradual=np.inf)
+
+    assert cuts_of(a + b, candidates_only(), confirm(True)) == [17] and asked == [True]
+    assert cuts_of(a + b, candidates_only(), confirm(False)) == [] and asked == [True, False]
+    assert cuts_of(a + b, candidates_only()) == []  # no track, no confirmation: not a cut
+    # a candidate that the landmarks turn down is still found one frame late
+    det = ShotDetector(hard=np.inf, gradual=np.inf)
+    assert [(i, det.kind) for i, f in enumerate(a + b) if det.update(f, confirm(False))] == [(18, "late")]
+    with pytest.raises(ValueError, match="must not exceed"):
+        ShotDetector(hard=0.1, soft=0.5)
+
+
+def test_reset_equals_fresh():
+    a = moving(texture(1, (60, 140, 230), 2 * SIDE), 17, dx=2)
+    b = moving(texture(2, (230, 90, 40), 2 * SIDE), 23, dx=1, seed=1)
+    det = ShotDetector()
+    assert cuts_of(a + b, det) == [17]
+    det.reset()
+    assert not det.update(b[0])  # the first frame after a reset has nothing before it
+    det.reset()
+    assert cuts_of(a + b, det) == [17]
+
+
+def test_landmark_evidence():
+    pts = np.stack(np.meshgrid(np.linspace(0, 100, 8), np.linspace(0, 100, 9)), -1).reshape(-1, 2)[:68]
+    s = np.full(68, 0.9)
+    assert landmark_jump(pts, pts + [3.0, 4.0]) == pytest.approx(0.05)
+    assert not landmarks_changed(pts, s, pts + [1.0, 0.0], s)
+    assert landmarks_changed(pts, s, pts + [10.0, 0.0], s)  # moved a tenth of the face
+    assert landmarks_changed(pts, s, pts, s - 0.3)  # sure points became guesses
+    assert landmark_jump(pts, pts * np.nan) == np.inf
+
+
+def test_real_clips_spliced_at_17_give_one_cut_at_17():
+    import cv2
+
+    def frames(name, first, n):
+        cap = cv2.VideoCapture(str(shared_video(name)))
+        cap.set(cv2.CAP_PROP_POS_FRAMES, first)
+        return [cap.read()[1] for _ in range(n)]
+
+    a, b = frames("WDA_KatieHill_000.mp4", 0, 17), frames("WDA_BobMenendez_000.mp4", 50, 20)
+    assert cuts_of(a + b) == [17]
+    assert cuts_of(frames("WDA_KatieHill_000.mp4", 0, 60)) == []
+
+
+# -- the pipeline at a cut (planted models) -----------------------------------------------------------------
+
+K = 68
+TEMPLATE = np.stack(np.meshgrid(np.linspace(0.1, 0.9, 9), np.linspace(0.15, 0.9, 8)), -1).reshape(-1, 2)[:K].copy()
+TEMPLATE[36], TEMPLATE[45] = [0.3, 0.4], [0.7, 0.4]  # level eyes: upright crops
+
+
+def squares(image):
+    """Bounding boxes (x0, y0, x1, y1) of the bright blobs of a planted frame."""
+    import cv2
+
+    mask = (image.max(axis=2) > 60).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+    return [(float(x), float(y), float(x + w), float(y + h)) for x, y, w, h, area in stats[1:n] if area > 100]
+
+
+class PlantedDetector:
+    """Finds the squares; ``false[i]`` are extra boxes (false positives) for the i-th call."""
+
+    def __init__(self, false=None):
+        self.false, self.calls = false or {}, 0
+
+    def detect(self, image):
+        boxes = self.false.get(self.calls, []) + squares(image)
+        self.calls += 1
+        return [Detection(b, 0.9) for b in boxes]
+
+
+class PlantedBackbone:
+    size, stride, crop_scale, k, heatmap_size, scheme, path = 64, 4.0, 1.3, K, 16, "ibug68", "planted"
+
+    def __call__(self, crops):
+        out = []
+        for crop in crops:
+            found = squares(crop)
+            if found:
+                x0, y0, x1, y1 = max(found, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+                pts = np.array([x0, y0]) + TEMPLATE * [x1 - x0, y1 - y0]
+                out.append(codec.encode(pts, (16, 16), self.stride))
+            else:
+                out.append(0.1 * codec.encode(np.full((K, 2), 32.0), (16, 16), self.stride))
+        return np.stack(out)
+
+
+def world(faces, background=0):
+    """A planted frame: ``faces`` are (x0, y0, side, (b, g, r)) squares on a grey ``background``."""
+    img = np.full((SIDE, SIDE, 3), background, np.uint8)
+    for x0, y0, side, colour in faces:
+        img[y0:y0 + side, x0:x0 + side] = colour
+    return img
+
+
+def planted_pipeline(false=None, **cfg):
+    cfg = {"stabilizer": "none", "redetect_every": 5, "max_faces": 2} | cfg
+    return Pipeline(PlantedDetector(false), PlantedBackbone(), PipelineConfig(**cfg))
+
+
+def frames_of(images):
+    return [Frame(img, i, i * 40.0) for i, img in enumerate(images)]
+
+
+def first_point(result):
+    return result.faces[0].landmarks[0]
+
+
+def test_a_cut_ends_every_track_and_the_new_face_gets_a_new_id_and_shot_1():
+    # a person in the left half, then (a cut to another scene) someone else at almost the same place
+    before = [world([(60, 60, 80, (200, 180, 160))], background=30)] * 10
+    after = [world([(64, 60, 80, (90, 200, 230))], background=40)] * 10
+    pipe = planted_pipeline()
+    resets = []
+    make = pipe.new_stabilizer
+
+    def counted():
+        s = make()
+        s.reset = lambda: resets.append(len(resets))
+        return s
+
+    pipe.tracker.factory = counted
+    results = [pipe.update(f) for f in frames_of(before + after)]
+    assert [r.shot for r in results] == [0] * 10 + [1] * 10
+    assert [[f.id for f in r.faces] for r in results] == [[0]] * 10 + [[1]] * 10  # from the cut frame on
+    assert len(resets) == 1  # the first track ended at the cut
+    assert first_point(results[10])[0] == pytest.approx(64 + 0.1 * 80, abs=0.5)  # detected on the cut frame
+    # the control: the same frames without cut detection keep id 0 on the other person
+    pipe = planted_pipeline(shot_cuts=False)
+    results = [pipe.update(f) for f in frames_of(before + after)]
+    assert {f.id for r in results for f in r.faces} == {0} and {r.shot for r in results} == {0}
+
+
+def test_the_lookahead_window_stops_at_a_cut():
+    before = [world([(60, 60, 80, (200, 180, 160))], background=30)] * 10
+    after = [world([(80, 70, 80, (90, 200, 230))], background=40)] * 10  # 20 px right, 10 down
+    pipe = planted_pipeline(lookahead=4)
+    out = [r for _, r in pipe.stream(frames_of(before + after))]
+    assert [r.frame for r in out] == list(range(20)) and [r.shot for r in out] == [0] * 10 + [1] * 10
+    assert [f.id for r in out for f in r.faces] == [0] * 10 + [1] * 10
+    # still faces keep their place exactly: nothing of the other shot leaks into the window
+    assert np.array_equal(out[9].faces[0].landmarks, out[0].faces[0].landmarks)
+    assert np.array_equal(out[10].faces[0].landmarks, out[19].faces[0].landmarks)
+    # the control: without cut detection the track follows the other person and the window mixes them
+    pipe = planted_pipeline(lookahead=4, shot_cuts=False)
+    out = [r for _, r in pipe.stream(frames_of(before + after))]
+    assert [f.id for r in out for f in r.faces] == [0] * 20
+    assert not np.allclose(out[9].faces[0].landmarks, out[0].faces[0].landmarks, atol=0.5)
+
+
+def test_a_false_start_consumes_no_id():
+    face = world([(100, 100, 60, (200, 200, 200))])
+    # call 0: a false positive on black, no face; call 1: the real face
+    pipe = planted_pipeline(false={0: [(10.0, 10.0, 50.0, 50.0)]})
+    results = [pipe.update(f) for f in frames_of([world([]), face, face])]
+    assert [[f.id for f in r.faces] for r in results] == [[], [0], [0]]
+    # a false positive listed before two real faces in the same frame: they are 0 and 1
+    two = world([(100, 100, 60, (200, 200, 200)), (20, 180, 50, (90, 200, 90))])
+    pipe = planted_pipeline(false={0: [(10.0, 10.0, 50.0, 50.0)]}, max_faces=3)
+    results = [pipe.update(f) for f in frames_of([two] * 3)]
+    assert [[f.id for f in r.faces] for r in results] == [[0, 1]] * 3
+    assert results[0].faces[0].landmarks[0][0] == pytest.approx(100 + 0.1 * 60, abs=0.5)  # 0 is the first found
+
+
+def test_tracker_gives_back_the_id_of_a_track_never_shown():
+    tr = Tracker(lambda: type("S", (), {"reset": lambda self: None})(), max_faces=3)
+    a, b = tr.start(Detection((0, 0, 50, 50), 0.9)), tr.start(Detection((200, 0, 250, 50), 0.9))
+    assert (a.id, b.id) == (0, 1)
+    tr.end(a)  # never observed: its id goes back, and the younger unconfirmed track moves down
+    assert b.id == 0 and tr.next_id == 1
+    pts = np.stack(np.meshgrid(np.linspace(200, 250, 9), np.linspace(0, 50, 8)), -1).reshape(-1, 2)[:K]
+    assert tr.observe(b, pts, np.full(K, 0.9)) and b.confirmed
+    c = tr.start(Detection((0, 200, 50, 250), 0.9))
+    assert c.id == 1
+    tr.end(b)  # shown: its id stays used
+    assert tr.start(Detection((0, 0, 50, 50), 0.9)).id == 2 and c.id == 1
+
+
+def test_frame_result_shot_field():
+    assert FrameResult(0, 0.0).shot == 0 and FrameResult(0, 0.0).to_dict()["shot"] == 0
+    assert FrameResult(3, 120.0, (), 2).to_dict() == {"frame": 3, "timestamp_ms": 120.0, "shot": 2, "faces": []}
+    with pytest.raises(ValueError, match="shot"):
+        FrameResult(0, 0.0, (), -1)
+
+
+def test_crop_helper_used_by_the_planted_backbone_is_consistent():
+    # the planted backbone reads squares in crop pixels: a square seen through a crop lands where to_crop says
+    from stableface.crop import CropBox, warp
+
+    img = world([(100, 100, 60, (200, 200, 200))])
+    box = CropBox(130, 130, 100, 0.0)
+    (x0, y0, _, _), = squares(warp(img, box, 64))
+    assert to_crop(np.array([[100.0, 100.0]]), box, 64)[0] == pytest.approx([x0, y0], abs=1.0)
