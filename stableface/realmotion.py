@@ -28,30 +28,11 @@ import cv2
 import numpy as np
 
 from stableface import ibug
+from stableface.crop import apply
+from stableface.stabilizer import fit_similarity
 
 
 # ---------------------------------------------------------------- similarity transforms
-
-def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares 2x3 similarity mapping points ``src`` (N, 2) onto ``dst`` (N, 2) (Umeyama, no reflection)."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    var = (a ** 2).sum()
-    cov = b.T @ a
-    u, d, vt = np.linalg.svd(cov)
-    s = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        s[1, 1] = -1
-    r = u @ s @ vt
-    scale = np.trace(np.diag(d) @ s) / var
-    t = md - scale * r @ ms
-    return np.hstack([scale * r, t[:, None]])
-
-
-def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return np.asarray(pts, np.float64) @ m[:, :2].T + m[:, 2]
-
 
 def compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """2x3 of ``a(b(x))``."""
