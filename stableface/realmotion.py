@@ -28,20 +28,12 @@ import cv2
 import numpy as np
 
 from stableface import ibug
-from stableface.crop import apply
+from stableface.crop import apply, invert as inverse
+from stableface.grid import compose
 from stableface.stabilizer import fit_similarity
 
 
 # ---------------------------------------------------------------- similarity transforms
-
-def compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """2x3 of ``a(b(x))``."""
-    return (np.vstack([a, [0, 0, 1]]) @ np.vstack([b, [0, 0, 1]]))[:2]
-
-
-def inverse(m: np.ndarray) -> np.ndarray:
-    return np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
-
 
 def to_params(m: np.ndarray) -> np.ndarray:
     """(log scale, angle, tx, ty) of a similarity."""
