@@ -86,6 +86,8 @@ def warp(maps: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     if np.allclose(matrix, [[1, 0, 0], [0, 1, 0]], atol=1e-9):
         return maps
     idx, wts = taps(matrix, h, w)
-    flat = maps.reshape(*maps.shape[:-2], h * w)
-    out = np.einsum("...ij,ij->...j", flat[..., idx], wts)
-    return out.reshape(maps.shape).astype(maps.dtype, copy=False)
+    cells = np.ascontiguousarray(maps.reshape(-1, h * w).T)  # (H*W, C): each tap gathers whole rows
+    out = cells[idx[0]] * wts[0][:, None]
+    for j in range(1, 4):
+        out += cells[idx[j]] * wts[j][:, None]
+    return out.T.reshape(maps.shape).astype(maps.dtype, copy=False)
