@@ -39,16 +39,6 @@ from stableface.training import data as D
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def raw_tracker(threads: int = 1):
-    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"), threads=threads)
-
-    def track(path: Path) -> np.ndarray:
-        rows = [r.faces[0].landmarks if r.faces else np.full((ibug.K, 2), np.nan) for r in pipe.track(str(path))]
-        return np.array(rows, np.float64)
-
-    return track
-
-
 def build(out: Path, data: Path, videos: Path, n_clips: int, n_frames: int, seed: int, split: str = "val",
           log=print) -> list[Path]:
     """Render the benchmark (or the training set with ``split="train"``) into ``out``; reuse it when the manifest matches."""
@@ -56,7 +46,7 @@ def build(out: Path, data: Path, videos: Path, n_clips: int, n_frames: int, seed
     params = {"clips": n_clips, "frames": n_frames, "seed": seed, "split": split, "version": 1}
     if manifest.exists() and json.loads(manifest.read_text()).get("params") == params:
         return [out / c["file"] for c in json.loads(manifest.read_text())["clips"]]
-    lib = R.motion_library(videos, raw_tracker(), out.parent / "motion-cache")
+    lib = R.motion_library(videos, R.raw_tracker(), out.parent / "motion-cache")
     train_motion, val_motion = R.split_motion(lib)
     train_files, val_files = ibug.training_split(data)
     files = val_files if split == "val" else train_files

@@ -299,7 +299,8 @@ def write_clip(path: str | Path, frames: Sequence[np.ndarray], gt: np.ndarray, f
 
 
 def read_clip(path: str | Path) -> list[np.ndarray]:
-    """Decoded frames of a clip (OpenCV, as the pipeline reads files)."""
+    """Decoded frames of a clip, through OpenCV (the pipeline decodes files with PyAV; both use FFmpeg's
+    H.264 decoder, and the shipped stabilizer's training sequences were read this way)."""
     cap = cv2.VideoCapture(str(path))
     frames = []
     while True:
@@ -315,6 +316,19 @@ def read_clip(path: str | Path) -> list[np.ndarray]:
 
 VALIDATION_MOTION = ("WDA_KatieHill_000", "WDA_BobMenendez_000", "RD_Radio34_000")
 """Clips whose motion drives the benchmark; the others drive ``finetune``'s real-motion sequences."""
+
+
+def raw_tracker(weights: str | Path | None = None, threads: int = 1) -> Callable[[Path], np.ndarray]:
+    """``path -> (T, K, 2)`` raw landmarks of the first face (NaN where none), for ``motion_library``."""
+    from stableface.pipeline import Pipeline, PipelineConfig
+
+    pipe = Pipeline.from_weights(weights, device="cpu", config=PipelineConfig(stabilizer="none"), threads=threads)
+
+    def track(path: Path) -> np.ndarray:
+        rows = [r.faces[0].landmarks if r.faces else np.full((pipe.backbone.k, 2), np.nan) for r in pipe.track(str(path))]
+        return np.array(rows, np.float64)
+
+    return track
 
 
 def motion_library(videos: Path, tracker: Callable[[Path], np.ndarray], cache: Path | None = None) -> dict[str, MotionClip]:

@@ -161,7 +161,7 @@ class FaceMotion:
             return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
         seen = apply_affine(fit_similarity(self.ref, pts), self.anchors)
         smooth = self.filter(seen / self.unit, timestamp_ms) * self.unit
-        return similarity_from_pairs(self.anchors, smooth)
+        return fit_similarity(self.anchors, smooth)  # exact for two point pairs
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -176,11 +176,6 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     ss = ((a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum()) / den  # s sin(theta)
     r = np.array([[sc, -ss], [ss, sc]])
     return np.hstack([r, (md - r @ ms)[:, None]])
-
-
-def similarity_from_pairs(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The exact 2x3 similarity taking two points ``src`` (2, 2) onto ``dst`` (2, 2)."""
-    return fit_similarity(src, dst)
 
 
 def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:

@@ -104,23 +104,6 @@ def test_video_sink_writes_frames(tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
 
 
-def test_disk_full_removes_the_partial_output(tmp_path, monkeypatch):
-    import errno
-
-    from stableface.sinks import SinkError
-
-    s = JsonSink(tmp_path / "out.json", INFO, "x", "none")
-    s.write(results()[0])
-
-    def full(_text):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(s.fh, "write", full)
-    with pytest.raises(SinkError, match=r"cannot write \(No space left on device\); partial output removed"):
-        s.write(results()[1])
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_unwritable_destination_is_a_clear_error(tmp_path):
     from stableface.sinks import SinkError
 
@@ -174,19 +157,20 @@ def test_an_error_inside_the_block_drops_every_output_and_an_interrupt_keeps_the
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
 
 
-def test_jsonl_disk_full_removes_the_partial_output(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["out.json", "out.jsonl"])
+def test_disk_full_removes_the_partial_output(tmp_path, monkeypatch, name):
     import errno
 
     from stableface.sinks import SinkError
 
-    s = JsonlSink(tmp_path / "out.jsonl", INFO)
+    s = (JsonSink(tmp_path / name, INFO, "x", "none") if name.endswith(".json") else JsonlSink(tmp_path / name, INFO))
     s.write(results()[0])
 
     def full(_text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(s.fh, "write", full)
-    with pytest.raises(SinkError, match=r"out.jsonl: cannot write \(No space left on device\); partial output removed"):
+    with pytest.raises(SinkError, match=rf"{name}: cannot write \(No space left on device\); partial output removed"):
         s.write(results()[1])
     assert list(tmp_path.iterdir()) == []
 

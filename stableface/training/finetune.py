@@ -101,7 +101,7 @@ def real_motion_cache(samples: list[D.Sample], backbone: HeatmapBackbone, videos
     from stableface import realmotion as R
     from stableface.crop import box_from_landmarks, to_crop, warp
 
-    lib = R.motion_library(videos, _raw_tracker(backbone), Path(tempfile.gettempdir()) / "stableface-motion-cache")
+    lib = R.motion_library(videos, R.raw_tracker(backbone.path), Path(tempfile.gettempdir()) / "stableface-motion-cache")
     motion, _ = R.split_motion(lib)
     rng = np.random.default_rng(seed)
     spec = R.RenderSpec(width=480, height=480, upscale=1.5)
@@ -126,17 +126,6 @@ def real_motion_cache(samples: list[D.Sample], backbone: HeatmapBackbone, videos
                 if progress:
                     progress(len(hms), total)
     return np.stack(hms), np.stack(pts)
-
-
-def _raw_tracker(backbone: HeatmapBackbone):
-    from stableface.pipeline import Pipeline, PipelineConfig
-
-    pipe = Pipeline.from_weights(backbone.path, device="cpu", config=PipelineConfig(stabilizer="none"))
-
-    def track(path: Path) -> np.ndarray:
-        return np.array([r.faces[0].landmarks if r.faces else np.full((backbone.k, 2), np.nan) for r in pipe.track(str(path))])
-
-    return track
 
 
 def with_plan(hms: np.ndarray, gts: np.ndarray, backbone: HeatmapBackbone, motion: MotionConfig,
