@@ -99,9 +99,9 @@ def tune_one_euro(raw: list[np.ndarray], gts: list[np.ndarray], fps: float = 25.
 
 
 def run(paths: list[Path], methods: dict[str, PipelineConfig], log=print, tracks: dict | None = None,
-        stabilizer: Path | None = None) -> dict[str, dict[str, float]]:
+        stabilizer: Path | None = None, weights: Path | None = None) -> dict[str, dict[str, float]]:
     """Mean metrics per method over the clips; ``tracks``, when given, collects each method's (T, K, 2) tracks."""
-    pipes = {k: Pipeline.from_weights(stabilizer_weights=stabilizer, device="cpu", config=c, threads=1) for k, c in methods.items()}
+    pipes = {k: Pipeline.from_weights(weights, stabilizer_weights=stabilizer, device="cpu", config=c, threads=1) for k, c in methods.items()}
     scorer = Scorer.build()
     per: dict[str, list[dict]] = {k: [] for k in methods}
     for p in paths:
@@ -224,6 +224,7 @@ def main() -> None:
                     help="Rows to run: none, none-hard, one-euro, one-euro-tuned, convlstm, convlstm-hard, lookahead.")
     ap.add_argument("--lookahead", type=int, default=8)
     ap.add_argument("--stabilizer", type=Path, default=None, help="A stabilizer .onnx other than the shipped one.")
+    ap.add_argument("--weights", type=Path, default=None, help="A backbone .onnx (or weights folder) other than the shipped one.")
     ap.add_argument("--sweep", default="", help="Lookahead lengths to measure offline on the convlstm tracks, e.g. 0,2,4,8,12,15.")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--bound", action="store_true", help="Also print what causal filtering of the raw track can reach here.")
@@ -248,7 +249,7 @@ def main() -> None:
         table["lookahead"] = PipelineConfig(stabilizer="none", lookahead=args.lookahead)
     methods = {"none": table["none"]} | {k: table[k] for k in wanted if k in table}  # raw first: offsets are against it
     tracks = {}
-    res = run(paths, methods, stabilizer=args.stabilizer, tracks=tracks)
+    res = run(paths, methods, stabilizer=args.stabilizer, tracks=tracks, weights=args.weights)
     base = res.get("none")
     print(f"\n{len(paths)} clips x {args.frames} frames, 720x576 H.264; % of inter-ocular distance; lag in frames")
     print(f"mean inter-ocular distance {np.mean([m['iod_px'] for m in next(iter(res.values()))['clips']]):.0f} px")

@@ -72,8 +72,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--json", type=Path, default=None, help="Also write the numbers here.")
     ap.add_argument("--stabilizer", type=Path, default=None, help="A stabilizer .onnx other than the shipped one.")
+    ap.add_argument("--weights", type=Path, default=None, help="A backbone .onnx (or weights folder) other than the shipped one.")
     args = ap.parse_args()
-    ws = resolve(None, args.stabilizer)
+    ws = resolve(args.weights, args.stabilizer)
     bb = HeatmapBackbone(ws.backbone, "cpu")
     step = ConvLSTMStep(ws.stabilizer, "cpu")
     _, val_files = ibug.training_split(args.data)
@@ -114,7 +115,7 @@ def main() -> None:
         from stableface.evaluate import video_stability
         from stableface.pipeline import Pipeline, PipelineConfig
 
-        pipes = {k: Pipeline.from_weights(stabilizer_weights=args.stabilizer, device="cpu", config=PipelineConfig(stabilizer=k, one_euro_min_cutoff=best[0],
+        pipes = {k: Pipeline.from_weights(args.weights, stabilizer_weights=args.stabilizer, device="cpu", config=PipelineConfig(stabilizer=k, one_euro_min_cutoff=best[0],
                                                                               one_euro_beta=best[1]))
                  for k in ("none", "one-euro", "convlstm")}
         print("\n| clip | raw Allan dev % IOD | One Euro | ConvLSTM | ConvLSTM vs raw |")

@@ -54,13 +54,17 @@ class HeatmapBackbone:
         self.std = np.asarray(meta.get("std", [1.0, 1.0, 1.0]), dtype=np.float32).reshape(1, 3, 1, 1)
         self.meta = meta
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 BGR crops -> (N, K, H, W) float32 heatmaps."""
+    def prepare(self, crops: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 BGR crops -> the model's (N, 3, S, S) float32 input."""
         if crops.ndim != 4 or crops.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"crops must be (N, {self.size}, {self.size}, 3), got {crops.shape}")
         x = crops[..., ::-1] if self.rgb else crops
         x = x.transpose(0, 3, 1, 2).astype(np.float32)
-        x = (x - self.mean) / self.std
+        return (x - self.mean) / self.std
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 BGR crops -> (N, K, H, W) float32 heatmaps."""
+        x = self.prepare(crops)
         if self.batch is None or len(x) == self.batch:
             hm = self.session.run([self.output_name], {self.input_name: x})[0]
         else:  # a fixed batch: in turns, the last one padded

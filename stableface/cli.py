@@ -1138,6 +1138,37 @@ def train_backbone(dataset, out, epochs, batch, lr, size, width, context, consis
         click.echo(f"exported {export_to} (ONNX vs torch max abs diff {rep['max_abs_diff']:.2e})")
 
 
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The int8 .onnx to write.")
+@click.option("--images", type=click.IntRange(1), default=200, show_default=True,
+              help="Calibration faces, spread over DATASET's training split.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def quantize(model, dataset, output, images, overwrite):
+    """Write an int8 twin of a heatmap backbone (onnxruntime static quantization, calibrated on DATASET).
+
+    It pays on CPUs with AVX-512 VNNI or AVX-VNNI; measure it first with benchmarks/int8.py."""
+    from stableface import ibug
+    from stableface.backbone import HeatmapBackbone
+    from stableface.onnx_util import WeightsError
+    from stableface.training.quantize import calibration_crops, quantize_backbone
+
+    if output.exists() and not overwrite:
+        _fail(f"{output} exists: add --overwrite to replace it", 2)
+    try:
+        files = ibug.split(ibug.list_annotated(dataset), 10)[0]
+        crops = calibration_crops(files, HeatmapBackbone(model, device="cpu"), images)
+        rep = quantize_backbone(model, output, crops)
+    except ImportError as exc:
+        _fail(f"quantizing needs onnx: pip install 'stableface[train]' ({exc})", 2)
+    except (ValueError, WeightsError) as exc:
+        _fail(str(exc), 2)
+    click.echo(f"wrote {output}: heatmaps within {rep['max_abs_diff']:.3g} (mean {rep['mean_abs_diff']:.2g}) "
+               f"of the float model on {rep['calibration_crops']} calibration crops")
+
+
 @contextmanager
 def _training_progress(quiet: bool, name: str):
     if not _progress_enabled(quiet):

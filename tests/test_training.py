@@ -108,3 +108,28 @@ def test_finetune_over_a_foreign_backbone_with_another_layout(tmp_path):
     step.check(bb.k, bb.heatmap_size)  # the pipeline accepts the pair
     with pytest.raises(Exception, match="expects 5 heatmaps of 24x24"):
         step.check(68, 32)
+
+
+def test_int8_twin_places_the_same_landmarks(tmp_path):
+    """The int8 twin of the shipped backbone, calibrated on crops of the astronaut photo, decodes the
+    same landmarks as the float model (within half a heatmap cell) and keeps its metadata."""
+    skimage = pytest.importorskip("skimage")
+    from stableface import codec
+    from stableface.crop import CropBox, warp
+    from stableface.training.quantize import quantize_backbone
+    from stableface.weights import resolve
+
+    fl = HeatmapBackbone(resolve().backbone, device="cpu")
+    photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    rng = np.random.default_rng(0)
+    crops = np.stack([warp(photo, CropBox(225 + dx, 128 + dy, 120 * s), fl.size)
+                      for dx, dy, s in zip(rng.normal(0, 6, 12), rng.normal(0, 6, 12), rng.uniform(0.9, 1.1, 12))])
+    rep = quantize_backbone(fl.path, tmp_path / "q.onnx", crops)
+    q = HeatmapBackbone(tmp_path / "q.onnx", device="cpu")
+    assert (q.size, q.k, q.stride, q.scheme, q.crop_scale) == (fl.size, fl.k, fl.stride, fl.scheme, fl.crop_scale)
+    assert q.meta["quantized_from"] == fl.path.name
+    a = codec.decode_pdc(fl(crops), fl.stride)[0]
+    b = codec.decode_pdc(q(crops), q.stride)[0]
+    err = np.linalg.norm(a - b, axis=-1)
+    assert np.median(err) < 0.5 * fl.stride and rep["max_abs_diff"] > 0  # quantized, and close
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,0 +1,79 @@
+"""int8 twin of a heatmap backbone, with onnxruntime's own static quantization.
+
+Calibration runs the float model on face crops cut from annotated images (the landmark box, as
+in training), so activation ranges are the ones the runtime sees. Weights are int8 per channel,
+activations uint8, in the QDQ format; the metadata of the float model is kept, so the twin is a
+drop-in ``--weights`` file.
+
+Whether int8 pays depends on the CPU: with AVX-512 VNNI (or AVX-VNNI) integer convolutions are
+several times faster; on a CPU with AVX2 only they can be slower than float. Measure it with
+``python benchmarks/int8.py`` before shipping one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from stableface import ibug
+from stableface.backbone import HeatmapBackbone
+from stableface.crop import box_from_landmarks, warp
+from stableface.video import read_image
+
+
+def calibration_crops(files: list[Path], backbone: HeatmapBackbone, limit: int = 200) -> np.ndarray:
+    """(N, S, S, 3) uint8 crops of up to ``limit`` annotated images, spread over the list."""
+    if not files:
+        raise ValueError("no annotated images to calibrate on")
+    step = max(1, len(files) // limit)
+    crops = []
+    for f in files[::step][:limit]:
+        img, gt = read_image(f), ibug.read_pts(f.with_suffix(".pts"))
+        crops.append(warp(img, box_from_landmarks(gt, backbone.crop_scale), backbone.size))
+    return np.stack(crops)
+
+
+def quantize_backbone(model: str | Path, out: str | Path, crops: np.ndarray) -> dict:
+    """Write the int8 twin of ``model`` to ``out`` (atomically); returns its agreement with the float model
+    on the calibration crops: the largest and mean absolute heatmap difference."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model, out = Path(model), Path(out)
+    float_bb = HeatmapBackbone(model, device="cpu")
+    x = float_bb.prepare(crops)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(x):
+                return None
+            self.i += 1
+            return {float_bb.input_name: x[self.i - 1:self.i]}
+
+    tmp = out.with_name(out.name + ".tmp")
+    pre = out.with_name(out.name + ".pre.tmp")
+    try:
+        quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        m = onnx.load(str(tmp))  # the float model's metadata, plus where this twin came from
+        have = {p.key for p in m.metadata_props}
+        for p in onnx.load(str(model)).metadata_props:
+            if p.key not in have:
+                m.metadata_props.add(key=p.key, value=p.value)
+        m.metadata_props.add(key="quantized_from", value=json.dumps(model.name))
+        onnx.save(m, str(tmp))
+        int8_bb = HeatmapBackbone(tmp, device="cpu")
+        a, b = float_bb(crops), int8_bb(crops)
+        tmp.replace(out)
+    finally:
+        for p in (tmp, pre):
+            p.unlink(missing_ok=True)
+    diff = np.abs(a - b)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "calibration_crops": len(crops)}
