@@ -518,6 +518,7 @@ class InlineEngine:
                  resumable: bool = False) -> None:
         self.pipe, self.sequence, self.stabilizer = pipe, sequence, stabilizer
         self.show_progress, self.reconnect, self.resumable = show_progress, reconnect, resumable
+        self.drops_cut_short = resumable  # cancel() leaves complete files only
         self.queue: deque[Job] = deque()
         self.current: Job | None = None
 
@@ -623,6 +624,7 @@ class LocalPool:
     def __init__(self, jobs: int, build_args: tuple, sequence: bool, stabilizer: str, verbose: int = 0,
                  quiet: bool = False, resumable: bool = False) -> None:
         self.jobs, self.resumable = jobs, resumable
+        self.drops_cut_short = resumable  # cancel() leaves complete files only
         self.args = (build_args, sequence, stabilizer, verbose, quiet)
         self.queue: deque[Job] = deque()
         self.workers: list[_Worker] = []

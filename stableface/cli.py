@@ -306,7 +306,8 @@ def _run_batch(eng, todo: list, n: int, quiet: bool, show_progress: bool, pipe=N
         code = exc.code if isinstance(exc, Interrupted) else 130
         eng.cancel()
         if getattr(eng, "drops_cut_short", False):
-            line = "interrupted; the sources cut short were cancelled and their outputs removed (complete files remain)"
+            line = (f"{'terminated' if code == 143 else 'interrupted'}; the sources cut short were cancelled and their "
+                    "outputs removed (complete files remain)")
         elif inline:
             line = f"{'terminated' if code == 143 else 'interrupted'}; outputs closed up to the last processed frame"
         else:

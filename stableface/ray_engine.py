@@ -26,7 +26,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from stableface.batch import Event, Finished, Job, Progress, SourceReport, _one_line, drop_partials
 
@@ -194,25 +193,6 @@ class _Actor:
     ref: object = None  # the running track() call
 
 
-def announced_frames(spec: str) -> int | None:
-    """Frames a source's container announces (1 for an image), read on the driver; None: unknown."""
-    from stableface.video import IMAGE_EXTS
-
-    if "://" in spec or spec.isdigit():
-        return None
-    if Path(spec).suffix.lower() in IMAGE_EXTS:
-        return 1
-    try:
-        import cv2
-
-        cap = cv2.VideoCapture(spec)
-        n = cap.get(cv2.CAP_PROP_FRAME_COUNT) if cap.isOpened() else 0
-        cap.release()
-    except Exception:  # noqa: BLE001 - an estimate only; the worker reports the real count
-        return None
-    return int(n) if 0 < n < 1e9 else None
-
-
 class RayEngine:
     """Sources as Ray tasks on ``workers`` stateful actors of ``cpus`` CPUs each (default: as many
     as the cluster's CPUs hold), behind ``batch.Engine``'s interface."""
@@ -229,16 +209,22 @@ class RayEngine:
         self.actors: list[_Actor] = []
         self.board = None
         self.n = 0
-        self.announced: dict[int, int | None] = {}
+        self.indices: list[int] = []
         self._cls = None
 
     def connect(self) -> None:
+        import ray
+
         self.address = connect(self.address)
+        have = ray.cluster_resources().get("CPU", 0)
+        if have < self.cpus:
+            raise ClusterError(f"the Ray cluster at {self.address} has {have:g} CPUs: no worker of --ray-cpus {self.cpus} "
+                               "fits on it")
 
     def submit(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
             self.queue.append((job, 1))
-            self.announced[job.index] = announced_frames(job.spec)
+            self.indices.append(job.index)
             self.n += 1
 
     def _start_actor(self, ray) -> _Actor:
@@ -329,24 +315,27 @@ class RayEngine:
             yield self._progress(ray, finished_frames, done, failed)
 
     def _progress(self, ray, finished: dict[int, int], done: int, failed: int) -> Progress:
+        """Frames written, of a total that counts each finished source's frames, each running one's
+        announced count, and the mean of those for each source not started yet (an estimate)."""
         try:
             board = ray.get(self.board.snapshot.remote(), timeout=5)
         except Exception:  # noqa: BLE001 - progress is best effort; the results do not depend on it
             board = {}
-        frames, total, unknown = 0, 0, False
-        for index, announced in self.announced.items():
+        frames = total = known = 0
+        for index in self.indices:
             if index in finished:
                 frames += finished[index]
                 total += finished[index]
+                known += 1
                 continue
-            _, written, reported = board.get(index, (0, 0, None))
+            _, written, announced = board.get(index, (0, 0, None))
             frames += written
-            count = reported or announced
-            if count is None:
-                unknown = True
-            else:
-                total += max(count, written)
-        return Progress(frames, None if unknown else total, done, failed)
+            if announced is not None or written:
+                total += max(announced or 0, written)
+                known += 1
+        if known == 0:
+            return Progress(frames, None, done, failed)
+        return Progress(frames, round(total + total / known * (len(self.indices) - known)), done, failed)
 
     def cancel(self) -> None:
         """Kill every worker, then remove the partial files of the sources they were tracking."""
