@@ -4,8 +4,10 @@ Exit codes: 0 all sources done; 1 a source failed (the others still complete; it
 removed, never left incomplete under their names) or was incomplete (frames that could not be
 decoded: its outputs hold every other frame, the JSON lists the missing ones, a line names them);
 2 usage error (including outputs that exist, are folders, are inputs, are given twice, or would
-collide in --out-dir: refused before any work); 130 / 143 interrupted by SIGINT / SIGTERM
-(outputs are closed and valid up to the last frame). A closed ``-o -`` pipe (``| head``) stops
+collide in --out-dir: refused before any work; a Ray cluster that cannot be reached); 130 / 143
+interrupted by SIGINT / SIGTERM (outputs are closed and valid up to the last frame; with
+--engine ray or --skip-existing the outputs of the sources cut short are removed instead, so that
+only complete files remain). Batches run in ``stableface.batch`` (and ``stableface.ray_engine``). A closed ``-o -`` pipe (``| head``) stops
 the run with 0, or 1 when other files of the source are left incomplete (they are removed).
 """
 
