@@ -4,8 +4,10 @@ Exit codes: 0 all sources done; 1 a source failed (the others still complete; it
 removed, never left incomplete under their names) or was incomplete (frames that could not be
 decoded: its outputs hold every other frame, the JSON lists the missing ones, a line names them);
 2 usage error (including outputs that exist, are folders, are inputs, are given twice, or would
-collide in --out-dir: refused before any work); 130 / 143 interrupted by SIGINT / SIGTERM
-(outputs are closed and valid up to the last frame). A closed ``-o -`` pipe (``| head``) stops
+collide in --out-dir: refused before any work; a Ray cluster that cannot be reached); 130 / 143
+interrupted by SIGINT / SIGTERM (outputs are closed and valid up to the last frame; with
+--engine ray or --skip-existing the outputs of the sources cut short are removed instead, so that
+only complete files remain). Batches run in ``stableface.batch`` (and ``stableface.ray_engine``). A closed ``-o -`` pipe (``| head``) stops
 the run with 0, or 1 when other files of the source are left incomplete (they are removed).
 """
 
@@ -13,20 +15,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import signal
 import sys
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 import numpy as np
 
 from stableface import __version__
+from stableface import batch
+from stableface.batch import Interrupted, setup_logging, term_signals
 
 EXAMPLES_TRACK = """
 \b
@@ -36,6 +36,7 @@ Examples:
   stableface track a.mp4 b.mp4 photos/ --out-dir results --format csv
   stableface track frames/ --sequence -o frames.json
   stableface track clip.mp4 -o - | jq -c '.faces[0].landmarks[30]'
+  stableface track --from-file list.txt --out-dir out --engine ray --skip-existing
 """
 
 log = logging.getLogger("stableface")
@@ -45,49 +46,11 @@ DEFAULT_LOOKAHEAD_FILES = 8  # benchmarks/real_motion.py --sweep: jitter error -
 LOOKAHEAD_RANGE = click.IntRange(0, 120)
 
 
-class Interrupted(BaseException):
-    """SIGTERM. Like ``KeyboardInterrupt`` it is not an ``Exception``: sinks left by it close their
-    outputs (valid up to the last frame) instead of dropping them as failed."""
-
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
 class OneLineUsageError(click.UsageError):
     """A usage error about files (exists, is a folder, is an input, given twice): exit 2, one line."""
 
     def show(self, file=None) -> None:
         click.echo(f"stableface: error: {self.format_message()}", err=True)
-
-
-@contextmanager
-def _signals() -> Iterator[None]:
-    """SIGTERM becomes an exception like Ctrl-C, so every ``finally`` closes its outputs."""
-    def on_term(signum, frame):  # noqa: ARG001
-        raise Interrupted(143)
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def _quiet_opencv() -> None:
-    """OpenCV logs its own warnings (e.g. a missing camera) to stderr; our one-line errors replace them."""
-    try:
-        import cv2
-
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    except (ImportError, AttributeError):
-        pass
-
-
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    if verbose < 2:
-        _quiet_opencv()
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    logging.basicConfig(level=level, format="stableface: %(message)s", stream=sys.stderr, force=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -176,13 +139,19 @@ def _note_lookahead(lookahead: int) -> None:
 
 def _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead=0):
     from stableface.onnx_util import WeightsError
-    from stableface.pipeline import Pipeline, PipelineConfig
 
-    cfg = PipelineConfig(stabilizer=stabilizer, max_faces=max_faces, redetect_every=redetect_every, lookahead=lookahead)
     try:
-        return Pipeline.from_weights(weights, stabilizer_weights, device=device, config=cfg)
+        return batch.build_pipeline((weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead))
     except WeightsError as exc:
         _fail(str(exc), 2)
+
+
+def _output_plan(*args, **kwargs) -> list[list[str]]:
+    """``batch.output_plan``; what it refuses is a usage error (exit 2): one line about files, or usage."""
+    try:
+        return batch.output_plan(*args, **kwargs)
+    except batch.PlanError as exc:
+        raise (click.UsageError if exc.usage else OneLineUsageError)(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -200,350 +169,6 @@ def main() -> None:
       stableface webcam --show
     """
     _standard_fds()
-
-
-def _file_key(path: str) -> tuple:
-    """The same key for two names of one file (symlinks, ``..``, hard links)."""
-    real = os.path.realpath(path)
-    try:
-        st = os.stat(real)
-        return ("inode", st.st_dev, st.st_ino)
-    except OSError:
-        return ("path", real)
-
-
-def _name_parts(spec: str) -> tuple[str, list[str]]:
-    """(stem, parent folder names from the root down) of a source, for ``--out-dir`` names."""
-    if "://" in spec:
-        rest = spec.split("://", 1)[1].split("?", 1)[0]
-        return "stream", [re.sub(r"[^\w.-]+", "_", c) for c in rest.split("/") if c]
-    p = Path(os.path.abspath(spec))
-    return p.stem or "source", [re.sub(r"[^\w.-]+", "_", c) for c in p.parent.parts[1:]]
-
-
-def out_dir_names(sources: list[str]) -> list[str]:
-    """File stems for ``--out-dir``: each source's own stem; sources that share one get their parent
-    folders' names prepended, one folder at a time, until they differ (``d1/a.mp4 -> d1_a``,
-    ``d2/a.mp4 -> d2_a``). Names are compared ignoring case (as some file systems do); sources whose
-    names still collide raise ``OneLineUsageError`` naming them."""
-    parts = [_name_parts(s) for s in sources]
-    depth = [0] * len(sources)
-
-    def name(i: int) -> str:
-        stem, parents = parts[i]
-        return "_".join(parents[len(parents) - depth[i]:] + [stem]) if depth[i] else stem
-
-    while True:
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i in range(len(sources)):
-            groups[name(i).casefold()].append(i)
-        clashes = [g for g in groups.values() if len(g) > 1]
-        if not clashes:
-            return [name(i) for i in range(len(sources))]
-        grew = False
-        for g in clashes:
-            for i in g:
-                if depth[i] < len(parts[i][1]):
-                    depth[i] += 1
-                    grew = True
-        if not grew:
-            g = clashes[0]
-            raise OneLineUsageError(f"--out-dir: {sources[g[0]]} and {sources[g[1]]} would write the same file: "
-                                    "rename one, or run them separately")
-
-
-def _output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | None, fmt: str,
-                 overwrite: bool = False, inputs: tuple[str, ...] = ()) -> list[list[str]]:
-    """The outputs of each source, checked before any work: formats, no folder given as ``-o``, no
-    file written twice, no output that is also an input (even with ``overwrite``), none that exists
-    (unless ``overwrite``). ``inputs``: more input files than ``sources`` (a --from-file list)."""
-    from stableface.sinks import kind_of
-
-    for o in outputs:
-        try:
-            kind_of(o)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        if o != "-" and Path(o).is_dir():
-            raise OneLineUsageError(f"-o {o}: is a folder; -o takes a file name (for a folder, --out-dir)")
-    if len(sources) > 1 and outputs and any(o != "-" for o in outputs):
-        raise click.UsageError("with several sources use --out-dir DIR --format json|jsonl|csv (or -o - for JSONL on stdout)")
-    names = out_dir_names(sources) if out_dir is not None else []
-    plans: list[list[str]] = []
-    for i, _ in enumerate(sources):
-        outs = list(outputs)
-        if out_dir is not None:
-            outs.append(str(out_dir / f"{names[i]}.{fmt}"))
-        plans.append(outs)
-    read = {_file_key(s): s for s in [*sources, *inputs] if "://" not in s and not s.isdigit()}
-    written: dict[tuple, str] = {}
-    for outs in plans:
-        if outs.count("-") > 1:
-            raise OneLineUsageError("-o - is given twice")
-        for o in outs:
-            if o == "-":
-                continue
-            key = _file_key(o)
-            if key in read:
-                raise OneLineUsageError(f"{o} is also an input ({read[key]}): choose another output name")
-            if key in written:
-                raise OneLineUsageError(f"{o}: given twice as an output" + (f" (as {written[key]})" if written[key] != o else ""))
-            written[key] = o
-    if not overwrite:
-        existing = sorted({o for outs in plans for o in outs if o != "-" and Path(o).exists()})
-        if existing:
-            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise OneLineUsageError(f"{existing[0]}{more} already exists: use --overwrite to replace it")
-    return plans
-
-
-class _Writer:
-    """Writes each (frame, result) to every sink; ``finish()`` completes a pair that an interrupt cut
-    short, so that after a signal every sink holds the same frames, none twice."""
-
-    def __init__(self, sinks: list, timer) -> None:
-        self.sinks, self.timer = sinks, timer
-        self.frames = self.faces = 0
-        self._pair = None
-        self._done = 0
-
-    def write(self, frame, result) -> None:
-        self._pair, self._done = (frame, result), 0
-        self.finish()
-
-    def finish(self) -> None:
-        if self._pair is None:
-            return
-        frame, result = self._pair
-        while self._done < len(self.sinks):
-            s = self.sinks[self._done]
-            with self.timer.stage("write"):
-                s.write(result, frame.image if s.needs_image else None)
-            self._done += 1
-        self._pair = None
-        self.frames += 1
-        self.faces += len(result.faces)
-
-
-@dataclass
-class SourceReport:
-    """What became of one source: frames written, faces, and what the source could not give."""
-
-    spec: str
-    frames: int = 0
-    faces: int = 0
-    unreadable: list[int] = field(default_factory=list)  # frames that could not be decoded
-    dropped: int = 0  # live: stale frames skipped
-    live: bool = False
-    stop_reason: str | None = None  # why the source ended early
-    error: str | None = None  # it failed: its outputs were removed
-
-    @property
-    def incomplete(self) -> bool:
-        """A finite source that did not give all its frames (its outputs hold the others)."""
-        return self.error is None and not self.live and (bool(self.unreadable) or self.stop_reason is not None)
-
-    def incomplete_line(self) -> str:
-        n = len(self.unreadable)
-        what = (f"{n} of {self.frames + n} frames could not be decoded (frame{'s' if n > 1 else ''} "
-                f"{_ranges(self.unreadable)})" if n else "decoding stopped early")
-        reason = f"; {self.stop_reason}" if self.stop_reason else ""
-        return f"{self.spec}: incomplete: {what}{reason}; the outputs hold the other {self.frames} frames"
-
-
-def _ranges(numbers: list[int], limit: int = 6) -> str:
-    """``[3, 4, 5, 9]`` -> ``3-5, 9``; more than ``limit`` runs are counted, not listed."""
-    runs: list[list[int]] = []
-    for v in sorted(numbers):
-        if runs and v == runs[-1][1] + 1:
-            runs[-1][1] = v
-        else:
-            runs.append([v, v])
-    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:limit])
-    return text + (f" and {len(runs) - limit} more runs" if len(runs) > limit else "")
-
-
-def _live_note(src, frames: int, ended: bool) -> None:
-    """A live source says on stderr when it ended by itself, and how many stale frames it dropped."""
-    dropped = (f"{src.dropped} stale frame{'s' if src.dropped != 1 else ''} dropped (processing was slower than "
-               "the source)") if src.dropped else ""
-    if ended and src.stop_reason:
-        log.warning("%s: %s after %d frames%s", src.info.name, src.stop_reason, frames, f"; {dropped}" if dropped else "")
-    elif dropped:
-        log.warning("%s: %d frames; %s", src.info.name, frames, dropped)
-
-
-class _LiveStatus:
-    """One status line for a live source on a terminal (stderr), rewritten in place a few times a second:
-    processing rate, faces in the last frame, frames written (and stale frames dropped)."""
-
-    def __init__(self, name: str, every_s: float = 0.25) -> None:
-        self.name, self.every_s, self.last, self.shown = name, every_s, 0.0, False
-
-    def update(self, fps: float, faces: int, frames: int, dropped: int, force: bool = False) -> None:
-        self.values = (fps, faces, frames, dropped)
-        now = time.monotonic()
-        if not force and now - self.last < self.every_s:
-            return
-        self.last, self.shown = now, True
-        text = (f"{self.name}: {fps:.1f} fps, {faces} face{'s' if faces != 1 else ''}, {frames} frames written"
-                + (f", {dropped} dropped" if dropped else ""))
-        sys.stderr.write("\r\x1b[K" + text)
-        sys.stderr.flush()
-
-    def end(self, frames: int, dropped: int) -> None:
-        """The last values (the frames a lookahead held are written by now); the line then stays."""
-        if self.shown:
-            fps, faces = self.values[:2]
-            self.update(fps, faces, frames, dropped, force=True)
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
-                show: bool = False, reconnect: int = 0) -> SourceReport:
-    """Track one source into its outputs. Raises SourceError/SinkError.
-
-    With a lookahead, the frames it still holds are written before the outputs close, also when
-    the run is interrupted (KeyboardInterrupt, Interrupted): every processed frame, in order.
-    The outputs are told which frames the source could not give (``Sink.footer``).
-    """
-    import cv2
-
-    from stableface.draw import draw_result
-    from stableface.sinks import SinkError, VideoSink, open_sink
-    from stableface.video import open_source
-
-    with ExitStack() as stack:
-        src = stack.enter_context(open_source(spec, sequence=sequence, reconnect=reconnect))
-        sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, pipe.stabilizer_label, pipe.backbone.k,
-                                               lookahead=pipe.config.lookahead, audio_from=src.media_path)) for o in outs]
-        writer = _Writer(sinks, pipe.timer)
-        progress = status = None
-        if show_progress and src.info.live:  # no end to show a bar to: a status line
-            status = _LiveStatus(src.info.name)
-        elif show_progress:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                       TimeRemainingColumn)
-
-            progress = stack.enter_context(Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[fps]:>6.1f} fps"), TimeRemainingColumn(), transient=False,
-                console=Console(stderr=True)))
-            task = progress.add_task(Path(spec).name if "://" not in spec else spec, total=src.info.frame_count, fps=0.0)
-        t0 = time.perf_counter()
-        window = None
-        if show:
-            window = "stableface"
-            cv2.namedWindow(window, cv2.WINDOW_NORMAL)
-        fps_ema = 0.0
-        last = time.perf_counter()
-        failed = ended = False
-        try:
-            for frame, result in pipe.stream(src):
-                now = time.perf_counter()
-                inst = 1.0 / max(now - last, 1e-6)
-                fps_ema = inst if fps_ema == 0 else 0.9 * fps_ema + 0.1 * inst
-                last = now
-                for s in sinks:
-                    if isinstance(s, VideoSink):
-                        s.fps_text = f"{fps_ema:.1f} fps"
-                writer.write(frame, result)
-                if progress is not None:
-                    progress.update(task, advance=1, fps=writer.frames / max(now - t0, 1e-6))
-                if status is not None:
-                    status.update(fps_ema, len(result.faces), writer.frames, src.dropped)
-                if window is not None:
-                    cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
-                    key = cv2.waitKey(1) & 0xFF
-                    if key in (ord("q"), 27):
-                        break
-            else:
-                ended = True
-        except (SinkError, BrokenPipeError):
-            failed = True  # an output is gone: nothing more can be written
-            raise
-        finally:
-            if not failed:  # the end, a quit key or an interrupt: the frames the lookahead holds
-                writer.finish()
-                for frame, result in pipe.drain():
-                    writer.write(frame, result)
-                for s in sinks:
-                    s.footer(list(src.unreadable), src.dropped)
-                if status is not None:
-                    status.end(writer.frames, src.dropped)
-                if src.info.live:
-                    _live_note(src, writer.frames, ended)
-        if progress is not None:  # containers can announce more frames than they hold
-            progress.update(task, total=writer.frames, completed=writer.frames)
-        if window is not None:
-            cv2.destroyWindow(window)
-    return SourceReport(spec, writer.frames, writer.faces, list(src.unreadable), src.dropped, src.info.live,
-                        None if src.info.live else src.stop_reason)
-
-
-def _print_timings(pipe, frames: int) -> None:
-    if frames:
-        parts = ", ".join(f"{k} {v / frames * 1000:.2f} ms" for k, v in pipe.timer.total.items())
-        log.info("per frame: %s", parts)
-
-
-# --jobs: each worker process builds its pipeline once
-_WORKER: dict = {}
-
-
-def _worker_init(build_args: tuple, sequence: bool, stabilizer: str, verbose: int = 0, quiet: bool = False) -> None:
-    import signal as _signal
-
-    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the parent decides; it terminates the pool
-    _setup_logging(verbose, quiet)  # the pipeline's warnings reach stderr as the parent's do
-    _WORKER.update(pipe=_build_pipeline(*build_args), sequence=sequence, stabilizer=stabilizer)
-
-
-def _worker_run(job: tuple[str, list[str]]) -> SourceReport:
-    spec, outs = job
-    with _signals():
-        return _track_guarded(_WORKER["pipe"], spec, outs, _WORKER["sequence"], False, _WORKER["stabilizer"])
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] + ("..." if len(text) > 200 else "")
-
-
-def _track_guarded(pipe, spec: str, outs: list[str], sequence: bool, show_progress: bool, stabilizer: str,
-                   reconnect: int = 0) -> SourceReport:
-    """One source of a batch: a failure, foreseen or not, is that source's (its report says why, its
-    outputs are removed), never the end of the batch. A closed ``-o -`` pipe still ends the run."""
-    from stableface.sinks import SinkError
-    from stableface.video import SourceError
-
-    try:
-        return _run_source(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
-    except (SourceError, SinkError) as exc:
-        return SourceReport(spec, error=str(exc))
-    except BrokenPipeError:
-        raise
-    except Exception as exc:  # a library error no check foresaw: this source fails, the batch goes on
-        log.debug("%s failed", spec, exc_info=True)
-        return SourceReport(spec, error=f"{spec}: failed ({type(exc).__name__}: {_one_line(exc)}; -vv shows where)")
-
-
-def _account(rep: SourceReport, failures: list[str], incomplete: list[str], faceless: list[str], quiet: bool,
-             progress: bool) -> None:
-    """The lines for one finished source, and its place in the batch summary."""
-    if rep.error:
-        failures.append(rep.error)
-        click.echo(f"stableface: error: {rep.error}", err=True)
-        return
-    if not quiet and not progress:
-        log.info("%s: %d frames, %d faces", rep.spec, rep.frames, rep.faces)
-    if rep.incomplete:
-        line = rep.incomplete_line()
-        incomplete.append(line)
-        click.echo(f"stableface: error: {line}", err=True)
-    _note_faceless(rep.spec, rep.frames, rep.faces, faceless)
 
 
 def _read_source_list(path: str) -> list[str]:
@@ -568,7 +193,19 @@ def _read_source_list(path: str) -> list[str]:
 @click.option("--from-file", "from_file", default=None, metavar="PATH|-",
               help="Read more sources from a file, one per line ('-': standard input; '#' starts a comment).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Sources processed in parallel processes.")
+              help="Sources processed in parallel processes (--engine ray: workers; default there: as many as the "
+                   "cluster's CPUs hold).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process, or --jobs worker processes; ray: one task per source on workers of a Ray "
+                   "cluster (pip install 'stableface[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="--engine ray: the cluster to join (host:port, ray://host:port or auto; default: $RAY_ADDRESS, "
+                   "else a local Ray instance is started).")
+@click.option("--ray-cpus", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="--engine ray: CPUs each worker holds; its onnxruntime uses as many threads.")
+@click.option("--skip-existing", is_flag=True,
+              help="Resume a batch: skip sources whose outputs all exist (only finished files get their final names; "
+                   "an interrupt removes the outputs of the sources it cut short).")
 @click.option("-o", "--output", "outputs", multiple=True, metavar="OUT",
               help="Output file; format from the extension: .json .jsonl .csv .mp4 .avi; '-' is JSONL on stdout. Repeatable.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -584,12 +221,13 @@ def _read_source_list(path: str) -> list[str]:
 @click.option("--overwrite", is_flag=True, help="Replace output files that already exist (default: refuse).")
 @lookahead_option(DEFAULT_LOOKAHEAD_FILES)
 @model_options
-def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, overwrite, lookahead, weights, stabilizer,
-          stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
+def track(sources, from_file, jobs, engine, ray_address, ray_cpus, skip_existing, outputs, out_dir, fmt, sequence, reconnect,
+          overwrite, lookahead, weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
     """Landmarks for video files, images, image folders, camera indices or URLs."""
     from stableface.video import SourceError, expand
 
-    _setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet)
+    ctx = click.get_current_context()
     sources = list(sources)
     if from_file is not None:
         try:
@@ -600,16 +238,31 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
             _fail(f"--from-file {from_file}: {exc}", 2)
     if not sources:
         raise click.UsageError("no SOURCE given (as arguments or with --from-file)")
+    if engine == "local":
+        for name in ("ray_address", "ray_cpus"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"--{name.replace('_', '-')} goes with --engine ray")
+    if engine == "ray" and "-" in outputs:
+        raise click.UsageError("-o - (JSONL on stdout) needs --engine local --jobs 1, so that lines stay in order")
     if jobs > 1 and "-" in outputs:
         raise click.UsageError("-o - (JSONL on stdout) needs --jobs 1, so that lines stay in order")
     try:
         specs = expand(sources, sequence=sequence)
     except SourceError as exc:
         _fail(str(exc), 1)
-    plans = _output_plan(specs, outputs, out_dir, fmt, overwrite, (from_file,) if from_file not in (None, "-") else ())
+    if engine == "ray" and (cams := [s for s in specs if s.isdigit()]):
+        raise click.UsageError(f"camera {cams[0]}: cameras belong to this machine; track them with --engine local")
+    plans = _output_plan(specs, outputs, out_dir, fmt, overwrite, (from_file,) if from_file not in (None, "-") else (),
+                         skip_existing=skip_existing)
     _need_stdout(outputs)
     if not any(plans):
         log.warning("no output given (-o or --out-dir): results are computed but not saved")
+    todo = batch.jobs_of(specs, plans, batch.outputs_complete if skip_existing else lambda outs: False)
+    if len(todo) < len(specs) and not quiet:
+        click.echo(f"stableface: {len(specs) - len(todo)} of {len(specs)} sources skipped: their outputs exist "
+                   "(--skip-existing)", err=True)
+    if not todo:
+        return
     if out_dir is not None:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -617,211 +270,111 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
             _fail(f"{out_dir}: cannot create output folder ({exc.strerror})", 1)
     _note_lookahead(lookahead)
     build_args = (weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
-    if jobs > 1 and len(specs) > 1:
-        _build_pipeline(*build_args)  # bad weights: one clear error before any worker starts
-        _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet, verbose)
-        return
-    pipe = _build_pipeline(*build_args)
     show_progress = _progress_enabled(quiet)
-    failures: list[str] = []
-    incomplete: list[str] = []
-    faceless: list[str] = []
-    total_frames = 0
-    outs: list[str] = []
-    try:
-        with _signals():
-            for spec, outs in zip(specs, plans):
-                rep = _track_guarded(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
-                total_frames += rep.frames
-                _account(rep, failures, incomplete, faceless, quiet, show_progress)
-    except KeyboardInterrupt:
-        click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
-        sys.exit(130)
-    except Interrupted as exc:
-        click.echo("stableface: terminated; outputs closed up to the last processed frame", err=True)
-        sys.exit(exc.code)
-    except BrokenPipeError as exc:
-        _pipe_closed(exc, outs)
-    _print_timings(pipe, total_frames)
-    _summarise(failures, len(specs), faceless, incomplete)
+    pipe = _build_pipeline(*build_args)  # bad weights: one clear error before any worker starts
+    if engine == "ray":
+        from stableface.ray_engine import ClusterError, RayEngine
 
-
-def _note_faceless(spec: str, frames: int, faces: int, faceless: list[str]) -> None:
-    """A source that gave frames but not one face: worth a warning, even without -v."""
-    if frames and not faces:
-        faceless.append(spec)
-        log.warning("no face found in %s", spec)
-
-
-def _summarise(failures: list[str], n: int, faceless: list[str] = (), incomplete: list[str] = ()) -> None:
-    """The batch's last lines; exit 1 when a source failed or was incomplete."""
-    if faceless and n > 1:
-        log.warning("%d of %d sources had no face in any frame", len(faceless), n)
-    if n > 1:
-        for what, lines in (("failed", failures), ("incomplete (their outputs hold the frames that could be decoded)",
-                                                   incomplete)):
-            if lines:
-                click.echo(f"stableface: {len(lines)} of {n} sources {what}:", err=True)
-                for f in lines:
-                    click.echo(f"  - {f}", err=True)
-    if failures or incomplete:
-        sys.exit(1)
-
-
-def _worker_main(conn, build_args: tuple, sequence: bool, stabilizer: str, verbose: int, quiet: bool) -> None:
-    """A --jobs worker: builds its pipeline once, says so, then tracks the sources it is sent, one at
-    a time, sending back each one's report; ``None`` ends it."""
-    _worker_init(build_args, sequence, stabilizer, verbose, quiet)
-    conn.send("ready")
-    try:
-        while (job := conn.recv()) is not None:
-            conn.send(_worker_run(job))
-    except Interrupted as exc:  # the parent stops the batch: outputs were closed; no traceback
-        sys.exit(exc.code)
-    except (EOFError, OSError):  # the parent is gone
-        sys.exit(1)
-
-
-class _Worker:
-    """One worker process, and the source it is tracking now (None: idle, or still starting)."""
-
-    def __init__(self, ctx, args: tuple) -> None:
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, *args), daemon=True)
-        self.proc.start()
-        child.close()
-        self.ready = False
-        self.job: tuple[int, str, list[str]] | None = None
-
-
-def _death(code: int | None) -> str:
-    if code is not None and code < 0:
+        workers = None if ctx.get_parameter_source("jobs") == click.core.ParameterSource.DEFAULT else jobs
+        eng = RayEngine(build_args, sequence, stabilizer, verbose, quiet, address=ray_address, workers=workers,
+                        cpus=ray_cpus, progress_every=0.25 if show_progress else 0.0)
         try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
+            eng.connect()
+        except ClusterError as exc:
+            _fail(str(exc), 2)
+    elif jobs > 1 and len(todo) > 1:
+        eng = batch.LocalPool(jobs, build_args, sequence, stabilizer, verbose, quiet, resumable=skip_existing)
+    else:
+        eng = batch.InlineEngine(pipe, sequence, stabilizer, show_progress, reconnect, resumable=skip_existing)
+    _run_batch(eng, todo, len(specs), quiet, show_progress, pipe if isinstance(eng, batch.InlineEngine) else None)
 
 
-def _drop_partials(outs: list[str], pid: int) -> None:
-    """The partial and lock files a dead worker left (a run that is killed cannot remove its own)."""
-    from stableface.sinks import holder_of, lock_path, partial_path
-
-    for o in outs:
-        if o != "-":
-            for keep in (False, True):
-                p = partial_path(Path(o), keep_suffix=keep)
-                p.with_name(p.name.replace(f".{os.getpid()}.", f".{pid}.")).unlink(missing_ok=True)
-            if holder_of(o) is None:  # its lock died with it
-                lock_path(Path(o)).unlink(missing_ok=True)
-
-
-def _track_parallel(specs, plans, jobs, build_args, sequence, stabilizer, quiet, verbose=0) -> None:
-    """Sources in ``jobs`` worker processes; progress counts finished sources.
-
-    A worker tracks one source at a time, so the source of a worker that dies (SIGKILL, out of
-    memory) is known: its partial files are removed and it is tried once more in a new worker,
-    then reported as failed; the rest of the batch goes on. Ctrl-C / SIGTERM: queued sources are
-    dropped, the workers are stopped (SIGTERM: each closes its outputs up to its last frame; one
-    that takes longer than a second is killed) and the exit follows at once (130 / 143).
-    """
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
-    failures: list[str] = []
-    incomplete: list[str] = []
-    faceless: list[str] = []
-    ctx = mp.get_context("spawn")  # no inherited onnxruntime threads
-    args = (build_args, sequence, stabilizer, verbose, quiet)
-    queue = deque((i, spec, outs) for i, (spec, outs) in enumerate(zip(specs, plans)))
-    tries: dict[int, int] = defaultdict(int)
-    done = 0
-    start_deaths = 0  # workers that died before taking a source
-    workers: list[_Worker] = []
-    progress = None
+def _run_batch(eng, todo: list, n: int, quiet: bool, show_progress: bool, pipe=None) -> None:
+    """Drive an engine over the jobs: the lines of each source as it ends, one progress bar (sources
+    for the local pool, frames over the whole batch for Ray; the inline engine draws its own), the
+    summary, and the exit code (1 a source failed; 130 / 143 interrupted)."""
+    tally = batch.Tally(n, lambda line: click.echo(line, err=True), quiet)
+    inline = isinstance(eng, batch.InlineEngine)
+    eng.submit(todo)
     try:
-        with _signals(), ExitStack() as stack:
-            if _progress_enabled(quiet):
-                from rich.console import Console
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                progress = stack.enter_context(Progress(TextColumn("[bold]sources"), BarColumn(), MofNCompleteColumn(),
-                                                        TimeRemainingColumn(), console=Console(stderr=True)))
-                task = progress.add_task("sources", total=len(specs))
-
-            def finished(rep: SourceReport) -> None:
-                nonlocal done
-                done += 1
-                _account(rep, failures, incomplete, faceless, quiet, progress is not None)
-                if progress is not None:
-                    progress.update(task, advance=1)
-
-            workers.extend(_Worker(ctx, args) for _ in range(min(jobs, len(specs))))
-            while done < len(specs):
-                for w in workers:
-                    if w.ready and w.job is None and queue:
-                        w.job = queue.popleft()
-                        tries[w.job[0]] += 1
-                        try:
-                            w.conn.send((w.job[1], w.job[2]))
-                        except OSError:
-                            pass  # it has just died: its sentinel says so below
-                ready = wait([w.conn for w in workers] + [w.proc.sentinel for w in workers], timeout=1.0)
-                for w in list(workers):
-                    if w.conn in ready:
-                        try:
-                            msg = w.conn.recv()
-                        except (EOFError, OSError):
-                            msg = None  # it died: its sentinel says so below
-                        if msg == "ready":
-                            w.ready = True
-                        elif isinstance(msg, SourceReport):
-                            w.job = None
-                            finished(msg)
-                    if w.proc.sentinel in ready or not w.proc.is_alive():
-                        w.proc.join()
-                        workers.remove(w)
-                        why = _death(w.proc.exitcode)
-                        if w.job is None:
-                            start_deaths += 1
-                        else:
-                            i, spec, outs = w.job
-                            _drop_partials(outs, w.proc.pid)
-                            if tries[i] < 2:
-                                log.warning("%s: its worker process died (%s); trying it once more", spec, why)
-                                queue.appendleft(w.job)
-                            else:
-                                finished(SourceReport(spec, error=f"{spec}: its worker process died ({why}), twice"))
-                        if start_deaths >= 3:  # workers that cannot even start: the rest cannot be tracked
-                            while queue:
-                                spec = queue.popleft()[1]
-                                finished(SourceReport(spec, error=f"{spec}: not tracked: worker processes die as they "
-                                                      f"start ({why})"))
-                        elif queue and len(workers) < min(jobs, len(queue) + sum(x.job is not None for x in workers)):
-                            workers.append(_Worker(ctx, args))
-            for w in workers:
-                try:
-                    w.conn.send(None)
-                except OSError:
-                    pass
+        with term_signals(), _BatchBar(None if inline or not show_progress else eng, len(todo)) as bar:
+            for ev in eng.events():
+                if isinstance(ev, batch.Finished):
+                    tally.add(ev.report, show_progress)
+                    bar.finished(ev.report)
+                else:
+                    bar.progress(ev)
     except (KeyboardInterrupt, Interrupted) as exc:
         code = exc.code if isinstance(exc, Interrupted) else 130
-        for w in workers:
-            if w.proc.is_alive():
-                w.proc.terminate()  # SIGTERM: a worker closes its outputs up to its last frame
-        deadline = time.monotonic() + 1.0
-        for w in workers:
-            w.proc.join(max(0.0, deadline - time.monotonic()))
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join()
-                if w.job is not None:
-                    _drop_partials(w.job[2], w.proc.pid)
-        click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
+        eng.cancel()
+        if getattr(eng, "drops_cut_short", False):
+            line = (f"{'terminated' if code == 143 else 'interrupted'}; the sources cut short were cancelled and their "
+                    "outputs removed (complete files remain)")
+        elif inline:
+            line = f"{'terminated' if code == 143 else 'interrupted'}; outputs closed up to the last processed frame"
+        else:
+            line = "interrupted; outputs closed up to the last processed frame"
+        click.echo(f"stableface: {line}", err=True)
         sys.exit(code)
-    for w in workers:
-        w.proc.join(timeout=5)
-    _summarise(failures, len(specs), faceless, incomplete)
+    except BrokenPipeError as exc:  # inline only: -o - needs --jobs 1
+        _pipe_closed(exc, list(eng.current.outs) if eng.current is not None else [])
+    finally:
+        close = getattr(eng, "close", None)
+        if close is not None:
+            close()
+    if pipe is not None:
+        batch.print_timings(pipe, tally.frames)
+    code = tally.summarise()
+    if code:
+        sys.exit(code)
+
+
+class _BatchBar:
+    """The batch's progress bar on stderr: finished sources (the local pool), or every frame of every
+    source with fps and sources done / failed (engines that send ``batch.Progress``). None: no bar."""
+
+    def __init__(self, eng, n: int) -> None:
+        self.eng, self.n = eng, n
+        self.progress_bar = self.task = None
+        self.frames_bar = False
+        self.done = self.failed = 0
+        self.t0 = time.monotonic()
+
+    def __enter__(self) -> _BatchBar:
+        if self.eng is None:
+            return self
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.frames_bar = getattr(self.eng, "reports_frames", False)
+        if self.frames_bar:
+            self.progress_bar = Progress(TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("{task.fields[fps]:>6.1f} fps"),
+                                         TextColumn("sources {task.fields[done]}/{task.fields[n]}{task.fields[failed]}"),
+                                         TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.progress_bar.add_task("frames", total=None, fps=0.0, done=0, n=self.n, failed="")
+        else:
+            self.progress_bar = Progress(TextColumn("[bold]sources"), BarColumn(), MofNCompleteColumn(),
+                                         TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.progress_bar.add_task("sources", total=self.n)
+        self.progress_bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.__exit__(*exc)
+
+    def finished(self, rep) -> None:
+        self.done += 1
+        self.failed += bool(rep.error)
+        if self.progress_bar is not None and not self.frames_bar:
+            self.progress_bar.update(self.task, advance=1)
+
+    def progress(self, ev) -> None:
+        if self.progress_bar is not None and self.frames_bar:
+            fps = ev.frames / max(time.monotonic() - self.t0, 1e-6)
+            self.progress_bar.update(self.task, completed=ev.frames, total=ev.total, fps=fps, done=ev.done,
+                                     failed=f", {ev.failed} failed" if ev.failed else "")
 
 
 def _no_window_reason() -> str | None:
@@ -851,7 +404,7 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
     from stableface.sinks import SinkError
     from stableface.video import SourceError
 
-    _setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet)
     _output_plan([camera], outputs, None, "json", overwrite)
     _need_stdout(outputs)
     if show and (why := _no_window_reason()):
@@ -860,8 +413,8 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
     _note_lookahead(lookahead)
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead)
     try:
-        with _signals():
-            rep = _run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,
+        with term_signals():
+            rep = batch._run_source(pipe, camera, list(outputs), False, _progress_enabled(quiet), stabilizer, show=show,
                               reconnect=reconnect)
     except BrokenPipeError as exc:
         _pipe_closed(exc, list(outputs))
@@ -872,7 +425,7 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
         sys.exit(130)
     except Interrupted as exc:
         sys.exit(exc.code)
-    _print_timings(pipe, rep.frames)
+    batch.print_timings(pipe, rep.frames)
     if rep.incomplete:  # a URL to a file, read to its end
         _fail(rep.incomplete_line(), 1)
 
@@ -889,7 +442,7 @@ def demo(out_dir, frames, noise, device, overwrite, quiet):
     """Track a built-in clip (a public-domain photo moved like a handheld camera), raw and stabilized."""
     from stableface.demo import OUTPUTS, run_demo
 
-    _setup_logging(0, quiet)
+    setup_logging(0, quiet)
     if out_dir.exists() and not out_dir.is_dir():
         raise OneLineUsageError(f"--out-dir {out_dir}: is not a folder")
     existing = [str(out_dir / name) for name in OUTPUTS if (out_dir / name).exists()]
@@ -939,7 +492,7 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
     from stableface.points import Scorer
     from stableface.weights import resolve
 
-    _setup_logging(0, quiet)
+    setup_logging(0, quiet)
     try:
         scorer = Scorer.build(point_map, points, norm)
         marks = [int(v) for v in landmarks.split(",") if v.strip()]

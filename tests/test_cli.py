@@ -268,14 +268,14 @@ def test_a_folder_as_output_and_an_output_given_twice_are_usage_errors_before_an
 
 
 def test_out_dir_names_never_collide():
-    from stableface.cli import OneLineUsageError, out_dir_names
+    from stableface.batch import PlanError, out_dir_names
 
     assert out_dir_names(["/v/d1/a.mp4", "/v/a-1.mp4", "/v/d2/a.mp4"]) == ["d1_a", "a-1", "d2_a"]
     assert out_dir_names(["/v/x/001/vid.avi", "/v/x/002/vid.avi", "/v/y.mp4"]) == ["001_vid", "002_vid", "y"]
     assert out_dir_names(["/a/same/clip.mp4", "/b/same/clip.mp4"]) == ["a_same_clip", "b_same_clip"]
     assert out_dir_names(["/v/A.mp4", "/w/a.mp4"]) == ["v_A", "w_a"]  # case-insensitive file systems
     for clash in (["/v/a.mp4", "/v/a.avi"], ["/v/a.mp4", "/v/a.mp4"]):
-        with pytest.raises(OneLineUsageError, match="would write the same file"):
+        with pytest.raises(PlanError, match="would write the same file"):
             out_dir_names(clash)
 
 

@@ -340,7 +340,7 @@ def test_cli_lookahead_option_and_help():
 
 
 def test_cli_writer_completes_a_frame_an_interrupt_cut_short():
-    from stableface.cli import _Writer
+    from stableface.batch import _Writer
     from stableface.pipeline import Timer
 
     class Flaky(Recorder):
