@@ -420,7 +420,8 @@ def test_webcam_with_lookahead_flushes_when_the_stream_ends(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     frames = [json.loads(x)["frame"] for x in out.read_text().splitlines()]
-    assert 1 <= len(frames) <= 6 and frames == list(range(len(frames)))
+    # a live source may drop stale frames on a slow machine: the ones written are in order, none twice
+    assert 1 <= len(frames) <= 6 and frames == sorted(set(frames)) and set(frames) <= set(range(6))
     doc = json.loads((tmp_path / "live.json").read_text())
     assert doc["lookahead"] == 8 and [f["frame"] for f in doc["frames"]] == frames
 
