@@ -62,7 +62,6 @@ def full(pipe: Pipeline, path: Path, out: Path) -> tuple[int, float, dict[str, f
     total = time.perf_counter() - t0
     stages = dict(pipe.timer.total)
     stages["decode"] = decode
-    stages["stabilizer"] = stages.get("stabilizer", 0.0) - stages.get("pdc", 0.0)  # pdc is timed inside
     return n, total, stages
 
 

@@ -32,7 +32,7 @@ from stableface.lookahead import Lookahead
 from stableface.shots import ShotDetector, landmarks_changed
 from stableface.sinks import Sink, SinkError
 from stableface.stabilizer import (ConvLSTMStabilizer, ConvLSTMStep, Decoder, NoStabilizer, OneEuroStabilizer,
-                                   Stabilizer)
+                                   Stabilizer, update_many)
 from stableface.tracker import Track, Tracker
 from stableface.types import Face, Frame, FrameResult
 from stableface.video import Source, open_source
@@ -43,11 +43,16 @@ log = logging.getLogger("stableface")
 
 
 class Timer:
-    """Accumulates seconds per stage (for benchmarks and ``-v``)."""
+    """Accumulates seconds per stage (for benchmarks, ``-v`` and ``--profile``).
+
+    Stages may nest: a stage's time excludes the stages opened inside it (PDC inside the
+    stabilizer counts as ``pdc`` only), so the stages of one thread add up to its wall time
+    without counting any second twice. One timer serves one thread."""
 
     def __init__(self) -> None:
         self.total: dict[str, float] = defaultdict(float)
         self.count: dict[str, int] = defaultdict(int)
+        self._open: list[_Stage] = []
 
     def add(self, stage: str, seconds: float) -> None:
         self.total[stage] += seconds
@@ -56,16 +61,27 @@ class Timer:
     def stage(self, name: str) -> _Stage:
         return _Stage(self, name)
 
+    def clear(self) -> None:
+        self.total.clear()
+        self.count.clear()
+
 
 class _Stage:
     def __init__(self, timer: Timer, name: str) -> None:
         self.timer, self.name = timer, name
 
     def __enter__(self) -> None:
+        self.inner = 0.0
+        self.timer._open.append(self)
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self.timer.add(self.name, time.perf_counter() - self.t0)
+        dt = time.perf_counter() - self.t0
+        open_ = self.timer._open
+        open_.pop()
+        self.timer.add(self.name, dt - self.inner)
+        if open_:
+            open_[-1].inner += dt
 
 
 class _TimedDecoder(Decoder):
@@ -73,9 +89,9 @@ class _TimedDecoder(Decoder):
         super().__init__(*args, **kwargs)
         self.timer = timer
 
-    def __call__(self, heatmaps: np.ndarray, crop: C.CropBox, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self.timer.stage("pdc"):
-            return super().__call__(heatmaps, crop, offset)
+            return super().decode(heatmaps)
 
 
 @dataclass(frozen=True)
@@ -252,12 +268,16 @@ class Pipeline:
         tracks = list(tracker.tracks)
         if tracks:
             hm = self._heatmaps(self._crops(image, [t.crop for t in tracks]))
-            for t, h in zip(tracks, hm):
-                if not self._finite(h, frame):
+            ok = []
+            for i, (t, h) in enumerate(zip(tracks, hm)):
+                if self._finite(h, frame):
+                    ok.append(i)
+                else:
                     tracker.end(t)  # (its stabilizer never sees them)
-                    continue
-                with self.timer.stage("stabilizer"):
-                    pts, scores = t.stabilizer.update(h, t.crop, frame.timestamp_ms)
+            tracks = [tracks[i] for i in ok]
+            with self.timer.stage("stabilizer"):  # all faces at once (one ConvLSTM call)
+                outs = update_many([t.stabilizer for t in tracks], hm[ok], [t.crop for t in tracks], frame.timestamp_ms)
+            for t, (pts, scores) in zip(tracks, outs):
                 if tracker.observe(t, pts, scores):
                     seen.append((t, pts, scores))
         live = {id(t) for t in tracker.tracks}  # by identity: a track that ended may have given its id to another
