@@ -408,6 +408,8 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
     the run is interrupted (KeyboardInterrupt, Interrupted): every processed frame, in order.
     The outputs are told which frames the source could not give (``Sink.footer``).
     """
+    from contextlib import closing
+
     import cv2
 
     from stableface.draw import draw_result
@@ -418,7 +420,12 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
         src = stack.enter_context(open_source(spec, sequence=sequence, reconnect=reconnect))
         sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, pipe.stabilizer_label, pipe.backbone.k,
                                                lookahead=pipe.config.lookahead, audio_from=src.media_path)) for o in outs]
-        writer = _Writer(sinks, pipe.timer)
+        written = [0, 0]  # frames and faces in every output (counted by the writer thread)
+
+        def on_written(result) -> None:
+            written[0] += 1
+            written[1] += len(result.faces)
+
         progress = status = None
         if show_progress and src.info.live:  # no end to show a bar to: a status line
             status = _LiveStatus(src.info.name)
@@ -440,46 +447,42 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
         fps_ema = 0.0
         last = time.perf_counter()
         failed = ended = False
+        pairs = pipe.track_pairs(src, sinks, on_written)  # its end writes what a lookahead holds, and the footers
         try:
-            for frame, result in pipe.stream(src):
-                now = time.perf_counter()
-                inst = 1.0 / max(now - last, 1e-6)
-                fps_ema = inst if fps_ema == 0 else 0.9 * fps_ema + 0.1 * inst
-                last = now
-                for s in sinks:
-                    if isinstance(s, VideoSink):
-                        s.fps_text = f"{fps_ema:.1f} fps"
-                writer.write(frame, result)
-                if progress is not None:
-                    progress.update(task, advance=1, fps=writer.frames / max(now - t0, 1e-6))
-                if status is not None:
-                    status.update(fps_ema, len(result.faces), writer.frames, src.dropped)
-                if window is not None:
-                    cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
-                    key = cv2.waitKey(1) & 0xFF
-                    if key in (ord("q"), 27):
-                        break
-            else:
-                ended = True
+            with closing(pairs):
+                for frame, result in pairs:
+                    now = time.perf_counter()
+                    inst = 1.0 / max(now - last, 1e-6)
+                    fps_ema = inst if fps_ema == 0 else 0.9 * fps_ema + 0.1 * inst
+                    last = now
+                    for s in sinks:
+                        if isinstance(s, VideoSink):
+                            s.fps_text = f"{fps_ema:.1f} fps"
+                    if progress is not None:
+                        progress.update(task, completed=written[0], fps=written[0] / max(now - t0, 1e-6))
+                    if status is not None:
+                        status.update(fps_ema, len(result.faces), written[0], src.dropped)
+                    if window is not None:
+                        cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
+                        key = cv2.waitKey(1) & 0xFF
+                        if key in (ord("q"), 27):
+                            break
+                else:
+                    ended = True
         except (SinkError, BrokenPipeError):
             failed = True  # an output is gone: nothing more can be written
             raise
         finally:
-            if not failed:  # the end, a quit key or an interrupt: the frames the lookahead holds
-                writer.finish()
-                for frame, result in pipe.drain():
-                    writer.write(frame, result)
-                for s in sinks:
-                    s.footer(list(src.unreadable), src.dropped)
+            if not failed:  # the end, a quit key or an interrupt: every frame is written by now
                 if status is not None:
-                    status.end(writer.frames, src.dropped)
+                    status.end(written[0], src.dropped)
                 if src.info.live:
-                    _live_note(src, writer.frames, ended)
+                    _live_note(src, written[0], ended)
         if progress is not None:  # containers can announce more frames than they hold
-            progress.update(task, total=writer.frames, completed=writer.frames)
+            progress.update(task, total=written[0], completed=written[0])
         if window is not None:
             cv2.destroyWindow(window)
-    return SourceReport(spec, writer.frames, writer.faces, list(src.unreadable), src.dropped, src.info.live,
+    return SourceReport(spec, written[0], written[1], list(src.unreadable), src.dropped, src.info.live,
                         None if src.info.live else src.stop_reason)
 
 
