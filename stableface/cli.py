@@ -487,9 +487,29 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
 
 
 def _print_timings(pipe, frames: int) -> None:
-    if frames:
-        parts = ", ".join(f"{k} {v / frames * 1000:.2f} ms" for k, v in pipe.timer.total.items())
-        log.info("per frame: %s", parts)
+    """``-v``: ms per frame of each stage of the tracking thread (they add up to its wall time: none
+    is counted twice), then the reader's and writer's busy time, which overlaps them."""
+    prof = pipe.profile()
+    if frames and prof["frames"]:
+        parts = ", ".join(f"{k} {v['ms_per_frame']:.2f}" for k, v in prof["stages"].items())
+        log.info("per frame (ms): %s; total %.2f ms = %.1f fps", parts, prof["wall_seconds"] / prof["frames"] * 1000,
+                 prof["fps"])
+        if prof["background"]:
+            log.info("overlapped, in the reader and writer threads (ms per frame): %s",
+                     ", ".join(f"{k} {v['ms_per_frame']:.2f}" for k, v in prof["background"].items()))
+
+
+def _write_profile(pipe, path: Path | None, sources: int) -> None:
+    """``--profile FILE``: the run's per-stage timing table as JSON (docs/formats.md)."""
+    if path is None:
+        return
+    import json
+
+    doc = {"stableface_version": __version__, "sources": sources, **pipe.profile()}
+    try:
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+    except OSError as exc:
+        log.warning("--profile %s: cannot write it (%s)", path, exc.strerror)
 
 
 # --jobs: each worker process builds its pipeline once
@@ -585,10 +605,12 @@ def _read_source_list(path: str) -> list[str]:
 @click.option("--reconnect", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="Camera or stream sources: reopen after a drop, up to N times.")
 @click.option("--overwrite", is_flag=True, help="Replace output files that already exist (default: refuse).")
+@click.option("--profile", "profile", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Write where the run's time went, per stage, as JSON (with --jobs 1).")
 @lookahead_option(DEFAULT_LOOKAHEAD_FILES)
 @model_options
-def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, overwrite, lookahead, weights, stabilizer,
-          stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
+def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, overwrite, profile, lookahead, weights,
+          stabilizer, stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
     """Landmarks for video files, images, image folders, camera indices or URLs."""
     from stableface.video import SourceError, expand
 
@@ -605,6 +627,8 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
         raise click.UsageError("no SOURCE given (as arguments or with --from-file)")
     if jobs > 1 and "-" in outputs:
         raise click.UsageError("-o - (JSONL on stdout) needs --jobs 1, so that lines stay in order")
+    if jobs > 1 and profile is not None:
+        raise click.UsageError("--profile needs --jobs 1 (it times the stages of one process)")
     try:
         specs = expand(sources, sequence=sequence)
     except SourceError as exc:
@@ -632,19 +656,22 @@ def track(sources, from_file, jobs, outputs, out_dir, fmt, sequence, reconnect, 
     total_frames = 0
     outs: list[str] = []
     try:
-        with _signals():
-            for spec, outs in zip(specs, plans):
-                rep = _track_guarded(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
-                total_frames += rep.frames
-                _account(rep, failures, incomplete, faceless, quiet, show_progress)
-    except KeyboardInterrupt:
-        click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
-        sys.exit(130)
-    except Interrupted as exc:
-        click.echo("stableface: terminated; outputs closed up to the last processed frame", err=True)
-        sys.exit(exc.code)
-    except BrokenPipeError as exc:
-        _pipe_closed(exc, outs)
+        try:
+            with _signals():
+                for spec, outs in zip(specs, plans):
+                    rep = _track_guarded(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
+                    total_frames += rep.frames
+                    _account(rep, failures, incomplete, faceless, quiet, show_progress)
+        except KeyboardInterrupt:
+            click.echo("stableface: interrupted; outputs closed up to the last processed frame", err=True)
+            sys.exit(130)
+        except Interrupted as exc:
+            click.echo("stableface: terminated; outputs closed up to the last processed frame", err=True)
+            sys.exit(exc.code)
+        except BrokenPipeError as exc:
+            _pipe_closed(exc, outs)
+    finally:  # (also after an interrupt: the frames done so far)
+        _write_profile(pipe, profile, len(specs))
     _print_timings(pipe, total_frames)
     _summarise(failures, len(specs), faceless, incomplete)
 

@@ -182,3 +182,23 @@ def test_live_sources_are_not_read_ahead(monkeypatch):
     assert [r.frame for r in Planted(0, results).track(Live(frames_of(5)))] == list(range(5))
     assert not started
     assert [r.frame for r in Planted(0, results).track(frames_of(5))] == list(range(5)) and started
+
+
+def test_cli_profile_writes_the_stage_table(tmp_path):
+    import json
+
+    from .test_cli import run_cli
+
+    path = clip(tmp_path, 12)
+    prof, out = tmp_path / "prof.json", tmp_path / "out.json"
+    r = run_cli("track", str(path), "-o", str(out), "--profile", str(prof), "-v", "--lookahead", "2")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(prof.read_text())
+    assert doc["stableface_profile"] == 1 and doc["sources"] == 1 and doc["frames"] == 12
+    assert len(json.loads(out.read_text())["frames"]) == 12
+    assert {"read", "backbone", "stabilizer", "pdc", "write", "other"} <= set(doc["stages"])
+    assert abs(sum(v["seconds"] for v in doc["stages"].values()) - doc["wall_seconds"]) < 1e-3
+    assert doc["fps"] == pytest.approx(12 / doc["wall_seconds"], rel=1e-3)
+    assert "per frame (ms):" in r.output and "overlapped" in r.output
+    r = run_cli("track", str(path), str(path), "--out-dir", str(tmp_path / "d"), "--jobs", "2", "--profile", str(prof))
+    assert r.exit_code == 2 and "--profile needs --jobs 1" in r.output
