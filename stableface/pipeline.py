@@ -341,17 +341,17 @@ class Pipeline:
 
     def track(self, source: str | Source | Iterable[Frame], sinks: list[Sink] | None = None,
               on_written: Callable[[FrameResult], None] | None = None, queue_size: int = 8,
-              threads: bool = True) -> Iterator[FrameResult]:
+              overlap: bool = True) -> Iterator[FrameResult]:
         """Results for every frame of ``source`` (a path, URL, camera index, open Source or any
         iterable of Frames), written to ``sinks``: ``track_pairs`` without the frames."""
-        pairs = self.track_pairs(source, sinks, on_written, queue_size, threads)
+        pairs = self.track_pairs(source, sinks, on_written, queue_size, overlap)
         with closing(pairs):  # a consumer that stops early stops the loop at once
             for _, result in pairs:
                 yield result
 
     def track_pairs(self, source: str | Source | Iterable[Frame], sinks: list[Sink] | None = None,
                     on_written: Callable[[FrameResult], None] | None = None, queue_size: int = 8,
-                    threads: bool = True) -> Iterator[tuple[Frame, FrameResult]]:
+                    overlap: bool = True) -> Iterator[tuple[Frame, FrameResult]]:
         """(frame, result) for every frame of ``source`` (a path, URL, camera index, open Source or
         any iterable of Frames), written to ``sinks``: the one loop from frames to outputs (the CLI,
         ``demo`` and the benchmarks run it).
@@ -361,7 +361,7 @@ class Pipeline:
         reader, which keeps only the newest frame), and a writer thread writes the results in order
         (``on_written(result)`` once a result is in every sink; it runs in that thread). Both
         queues are bounded, so memory stays flat; no frame of a finite source is ever dropped.
-        ``threads=False`` does both in the calling thread.
+        ``overlap=False`` does both in the calling thread, one after the other.
 
         If the consumer stops early or the run is interrupted, the results the lookahead still
         holds are written to ``sinks`` (not yielded), every queued result is written, and the sinks
@@ -373,8 +373,8 @@ class Pipeline:
         sinks = sinks or []
         t_start = time.perf_counter()
         live = bool(getattr(getattr(src, "info", None), "live", False))
-        reader = _Reader(src, queue_size, self.background) if threads and not live else None
-        writer = _Writer(sinks, on_written, self.background, queue_size if threads and sinks else 0)
+        reader = _Reader(src, queue_size, self.background) if overlap and not live else None
+        writer = _Writer(sinks, on_written, self.background, queue_size if overlap and sinks else 0)
         failed = False
         try:
             for frame, result in self.stream(reader if reader is not None else src):

@@ -61,7 +61,7 @@ def test_threaded_track_gives_the_serial_loops_landmarks(tmp_path, real_pipe, lo
     assert [r.frame for r in threaded] == list(range(30)) and [f for f, _ in rec.got] == list(range(30))
     assert sum(len(r.faces) for r in threaded) == 30
     assert_same(landmarks(serial), landmarks(threaded))
-    inline = list(pipe.track(str(path), threads=False))
+    inline = list(pipe.track(str(path), overlap=False))
     assert_same(landmarks(serial), landmarks(inline))
 
 
