@@ -28,8 +28,8 @@ from stableface.pipeline import Pipeline, PipelineConfig
 from stableface.sinks import JsonSink
 from stableface.video import open_source
 
-VARIANTS = {"threaded": dict(overlap=True), "serial": dict(overlap=False), "1thread": dict(overlap=True, ort_threads=1),
-            "spin": dict(overlap=True, spin=True), "before": dict(overlap=False, spin=True)}
+VARIANTS = {"threaded": {"overlap": True}, "serial": {"overlap": False}, "1thread": {"overlap": True, "ort_threads": 1},
+            "spin": {"overlap": True, "spin": True}, "before": {"overlap": False, "spin": True}}
 
 
 def decode_only(path: Path) -> tuple[int, float]:

@@ -23,15 +23,15 @@ from stableface.weights import resolve
 
 # name -> (intra-op threads, graph optimisation, execution mode, cpu arena, spinning)
 SETTINGS = {
-    "defaults (before)": dict(threads=None, opt="all", mode="seq", arena=True, spin=True),
-    "defaults, no spinning (now)": dict(threads=None, opt="all", mode="seq", arena=True, spin=False),
-    "1 thread": dict(threads=1, opt="all", mode="seq", arena=True, spin=True),
-    "2 threads": dict(threads=2, opt="all", mode="seq", arena=True, spin=True),
-    "2 threads, no spinning": dict(threads=2, opt="all", mode="seq", arena=True, spin=False),
-    "1 thread, optimisation basic": dict(threads=1, opt="basic", mode="seq", arena=True, spin=True),
-    "1 thread, optimisation extended": dict(threads=1, opt="extended", mode="seq", arena=True, spin=True),
-    "1 thread, parallel execution": dict(threads=1, opt="all", mode="par", arena=True, spin=True),
-    "1 thread, no cpu arena": dict(threads=1, opt="all", mode="seq", arena=False, spin=True),
+    "defaults (before)": {"threads": None, "opt": "all", "mode": "seq", "arena": True, "spin": True},
+    "defaults, no spinning (now)": {"threads": None, "opt": "all", "mode": "seq", "arena": True, "spin": False},
+    "1 thread": {"threads": 1, "opt": "all", "mode": "seq", "arena": True, "spin": True},
+    "2 threads": {"threads": 2, "opt": "all", "mode": "seq", "arena": True, "spin": True},
+    "2 threads, no spinning": {"threads": 2, "opt": "all", "mode": "seq", "arena": True, "spin": False},
+    "1 thread, optimisation basic": {"threads": 1, "opt": "basic", "mode": "seq", "arena": True, "spin": True},
+    "1 thread, optimisation extended": {"threads": 1, "opt": "extended", "mode": "seq", "arena": True, "spin": True},
+    "1 thread, parallel execution": {"threads": 1, "opt": "all", "mode": "par", "arena": True, "spin": True},
+    "1 thread, no cpu arena": {"threads": 1, "opt": "all", "mode": "seq", "arena": False, "spin": True},
 }
 OPT = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -84,7 +84,7 @@ def main() -> None:
         for name in SETTINGS:
             for (m, n), f in feeds.items():
                 s = sessions[(name, m)]
-                times.setdefault((name, m, n), []).append(median_ms(lambda: s.run(None, f), args.runs))
+                times.setdefault((name, m, n), []).append(median_ms(lambda s=s, f=f: s.run(None, f), args.runs))
     med = {k: float(np.median(v)) for k, v in times.items()}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, onnxruntime {ort.__version__}; "
           f"median over {args.rounds} interleaved rounds of the median of {args.runs} calls; reference matmul "

@@ -514,7 +514,7 @@ class _Writer:
                 return
             try:
                 self._write(*item)
-            except BaseException as exc:  # handed to the caller
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller, raised there)
                 with self._cond:
                     self.error = exc
                     self._items.clear()

@@ -10,7 +10,6 @@ import pytest
 import stableface.pipeline as P
 from stableface.pipeline import Pipeline, PipelineConfig
 from stableface.sinks import SinkError
-from stableface.types import Frame
 from stableface.video import open_source
 
 from .conftest import shared_video
