@@ -54,13 +54,24 @@ class HeatmapBackbone:
         self.std = np.asarray(meta.get("std", [1.0, 1.0, 1.0]), dtype=np.float32).reshape(1, 3, 1, 1)
         self.meta = meta
 
+    def _normalise(self, crops: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 BGR -> (N, 3, S, S) float32 ``(x - mean) / std`` in the model's channel
+        order, channel by channel into one array (the same values as a flip, a transpose and the
+        broadcast arithmetic, without their temporaries: about a tenth of their time for 4 crops,
+        ``benchmarks/backbone_input.py``)."""
+        n, h, w, _ = crops.shape
+        x = np.empty((n, 3, h, w), np.float32)
+        mean, std = self.mean.ravel(), self.std.ravel()
+        for c in range(3):
+            np.subtract(crops[..., 2 - c if self.rgb else c], mean[c], out=x[:, c], dtype=np.float32)
+            np.divide(x[:, c], std[c], out=x[:, c])
+        return x
+
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 BGR crops -> (N, K, H, W) float32 heatmaps."""
         if crops.ndim != 4 or crops.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"crops must be (N, {self.size}, {self.size}, 3), got {crops.shape}")
-        x = crops[..., ::-1] if self.rgb else crops
-        x = x.transpose(0, 3, 1, 2).astype(np.float32)
-        x = (x - self.mean) / self.std
+        x = self._normalise(crops)
         if self.batch is None or len(x) == self.batch:
             hm = self.session.run([self.output_name], {self.input_name: x})[0]
         else:  # a fixed batch: in turns, the last one padded

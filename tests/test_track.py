@@ -201,3 +201,20 @@ def test_cli_profile_writes_the_stage_table(tmp_path):
     assert "per frame (ms):" in r.output and "overlapped" in r.output
     r = run_cli("track", str(path), str(path), "--out-dir", str(tmp_path / "d"), "--jobs", "2", "--profile", str(prof))
     assert r.exit_code == 2 and "--profile needs --jobs 1" in r.output
+
+
+@pytest.mark.parametrize("rgb", [True, False])
+def test_backbone_input_is_the_flip_transpose_and_normalisation(rgb):
+    """The channel-by-channel normalisation gives exactly what the broadcast arithmetic gave."""
+    from stableface.backbone import HeatmapBackbone
+    from stableface.weights import resolve
+
+    bb = HeatmapBackbone(resolve().backbone, "cpu", 1)
+    bb.rgb = rgb
+    bb.mean = np.array([120.5, 110.25, 100.0], np.float32).reshape(1, 3, 1, 1)
+    bb.std = np.array([58.0, 57.5, 3.0], np.float32).reshape(1, 3, 1, 1)
+    crops = np.random.default_rng(1).integers(0, 256, (3, bb.size, bb.size, 3), dtype=np.uint8)
+    x = crops[..., ::-1] if rgb else crops
+    want = (x.transpose(0, 3, 1, 2).astype(np.float32) - bb.mean) / bb.std
+    got = bb._normalise(crops)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
