@@ -354,7 +354,7 @@ class Pipeline:
                     overlap: bool = True) -> Iterator[tuple[Frame, FrameResult]]:
         """(frame, result) for every frame of ``source`` (a path, URL, camera index, open Source or
         any iterable of Frames), written to ``sinks``: the one loop from frames to outputs (the CLI,
-        ``demo`` and the benchmarks run it).
+        ``demo`` and the speed benchmarks run it).
 
         One result per frame, in order. Decoding and writing overlap the models: a reader thread
         decodes up to ``queue_size`` frames ahead of a finite source (a live source has its own
