@@ -1,9 +1,15 @@
-"""End-to-end speed on real clips: decode-only vs full tracking (decode + detect + crop + backbone
-+ stabilizer + PDC + JSON writing), with per-stage times, in one process.
+"""End-to-end speed on real clips, through ``Pipeline.track`` (the loop the CLI runs: decode, detect,
+crop, backbone, stabilizer, PDC, lookahead, JSON writing), beside decode-only, in one process.
 
-    python benchmarks/e2e_speed.py [--videos ../shared/videos] [--stabilizer convlstm]
+    python benchmarks/e2e_speed.py [--videos ../shared/videos] [--lookahead 0] [--variants threaded,serial]
 
-Prints a markdown table; the ratio column (full / decode-only fps) is the machine-independent figure.
+Variants, measured clip by clip in turn (so a machine whose speed drifts treats them alike):
+``threaded`` (reader and writer threads, the default), ``serial`` (``track(overlap=False)``: decode,
+track and write one after the other in one thread), ``1thread`` / ``spin`` (threaded, with one
+onnxruntime intra-op thread / with intra-op spinning on, onnxruntime's default), ``before`` (the
+previous loop: serial, spinning on; for one face it is the previous code path). Prints a markdown table: fps, the ratio
+to decode-only fps (machine-independent) and to the first variant, then the first variant's stages
+(``Pipeline.profile()``: they add up to its wall time; decode and write are overlapped).
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from pathlib import Path
 
 import cv2
 
+from stableface import onnx_util
 from stableface.pipeline import Pipeline, PipelineConfig
 from stableface.sinks import JsonSink
 from stableface.video import open_source
 
-STAGES = ["decode", "detect", "crop", "backbone", "stabilizer", "pdc", "lookahead", "write"]
+VARIANTS = {"threaded": {"overlap": True}, "serial": {"overlap": False}, "1thread": {"overlap": True, "ort_threads": 1},
+            "spin": {"overlap": True, "spin": True}, "before": {"overlap": False, "spin": True}}
 
 
 def decode_only(path: Path) -> tuple[int, float]:
@@ -33,69 +41,62 @@ def decode_only(path: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def full(pipe: Pipeline, path: Path, out: Path) -> tuple[int, float, dict[str, float]]:
-    pipe.timer.total.clear()
-    n = 0
+def full(pipe: Pipeline, path: Path, out: Path, overlap: bool) -> tuple[int, float]:
     t0 = time.perf_counter()
-    decode = 0.0
     with open_source(str(path)) as src, JsonSink(out, src.info, pipe.scheme, pipe.stabilizer_label, pipe.config.lookahead) as sink:
-        it = iter(src)
-        while True:
-            td = time.perf_counter()
-            frame = next(it, None)
-            decode += time.perf_counter() - td
-            if frame is None:
-                break
-            if n == 0:
-                pipe.reset()
-            result = pipe.update(frame)
-            with pipe.timer.stage("lookahead"):
-                ready = pipe.lookahead.update(result) if pipe.lookahead.n else [result]
-            with pipe.timer.stage("write"):
-                for r in ready:
-                    sink.write(r)
-            n += 1
-        with pipe.timer.stage("lookahead"):
-            ready = pipe.lookahead.flush()
-        for r in ready:
-            sink.write(r)
-    total = time.perf_counter() - t0
-    stages = dict(pipe.timer.total)
-    stages["decode"] = decode
-    stages["stabilizer"] = stages.get("stabilizer", 0.0) - stages.get("pdc", 0.0)  # pdc is timed inside
-    return n, total, stages
+        n = sum(1 for _ in pipe.track(src, [sink], overlap=overlap))
+    return n, time.perf_counter() - t0
+
+
+def build(cfg: PipelineConfig, variant: dict, threads: int) -> Pipeline:
+    default = onnx_util.ALLOW_SPINNING
+    onnx_util.ALLOW_SPINNING = variant.get("spin", default)
+    try:
+        return Pipeline.from_weights(device="cpu", config=cfg, threads=variant.get("ort_threads", threads))
+    finally:
+        onnx_util.ALLOW_SPINNING = default
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "videos")
     ap.add_argument("--stabilizer", default="convlstm")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: stableface's default)")
     ap.add_argument("--lookahead", type=int, default=0, help="8 is what `track` does to files by default.")
+    ap.add_argument("--max-faces", type=int, default=1)
+    ap.add_argument("--variants", default="threaded,serial")
+    ap.add_argument("--repeat", type=int, default=1, help="passes over the clips")
     args = ap.parse_args()
     clips = sorted(p for p in args.videos.glob("*.mp4") if cv2.VideoCapture(str(p)).get(cv2.CAP_PROP_FRAME_WIDTH) == 512)
-    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer=args.stabilizer, lookahead=args.lookahead),
-                                threads=args.threads)
+    cfg = PipelineConfig(stabilizer=args.stabilizer, lookahead=args.lookahead, max_faces=args.max_faces)
+    names = args.variants.split(",")
+    pipes = {v: build(cfg, VARIANTS[v], args.threads) for v in names}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
-          f"stabilizer={args.stabilizer}, lookahead={args.lookahead}")
-    print("| clip | frames | decode-only fps | end-to-end fps | ratio | " + " | ".join(f"{s} ms" for s in STAGES) + " |")
-    print("|---" * (5 + len(STAGES)) + "|")
-    tot_n = tot_full = tot_dec = 0.0
-    tot_stage = {s: 0.0 for s in STAGES}
+          f"stabilizer={args.stabilizer}, lookahead={args.lookahead}, {len(clips)} clips x {args.repeat}")
+    n_all, dec, wall = 0, 0.0, {v: 0.0 for v in names}
+    for p in pipes.values():
+        p.clear_profile()
     with tempfile.TemporaryDirectory() as tmp:
-        for clip in clips:
-            n, dt = decode_only(clip)
-            n2, ft, stages = full(pipe, clip, Path(tmp) / "out.json")
-            assert n == n2
-            tot_n += n
-            tot_full += ft
-            tot_dec += dt
-            for s in STAGES:
-                tot_stage[s] += stages.get(s, 0.0)
-            print(f"| {clip.name} | {n} | {n / dt:.0f} | {n / ft:.1f} | {dt / ft:.3f} | "
-                  + " | ".join(f"{stages.get(s, 0.0) / n * 1000:.2f}" for s in STAGES) + " |")
-    print(f"| **all** | {int(tot_n)} | {tot_n / tot_dec:.0f} | **{tot_n / tot_full:.1f}** | {tot_dec / tot_full:.3f} | "
-          + " | ".join(f"{tot_stage[s] / tot_n * 1000:.2f}" for s in STAGES) + " |")
+        for _ in range(args.repeat):
+            for clip in clips:
+                n, dt = decode_only(clip)
+                n_all += n
+                dec += dt
+                for v in names:
+                    n2, ft = full(pipes[v], clip, Path(tmp) / "out.json", VARIANTS[v]["overlap"])
+                    assert n2 == n, (clip, n, n2)
+                    wall[v] += ft
+    print("| variant | frames | decode-only fps | end-to-end fps | ratio to decode-only | ratio to " + names[0] + " |")
+    print("|---|---|---|---|---|---|")
+    for v in names:
+        print(f"| {v} | {n_all} | {n_all / dec:.0f} | **{n_all / wall[v]:.1f}** | {dec / wall[v]:.3f} | "
+              f"{wall[names[0]] / wall[v]:.2f} |")
+    prof = pipes[names[0]].profile()
+    print(f"\nstages of `{names[0]}` (ms per frame; they add up to {prof['wall_seconds'] / prof['frames'] * 1000:.2f} ms):")
+    print("| " + " | ".join(prof["stages"]) + " | overlapped: " + " | ".join(prof["background"]) + " |")
+    print("|---" * (len(prof["stages"]) + len(prof["background"])) + "|")
+    print("| " + " | ".join(f"{s['ms_per_frame']:.2f}" for s in prof["stages"].values()) + " | "
+          + " | ".join(f"{s['ms_per_frame']:.2f}" for s in prof["background"].values()) + " |")
 
 
 if __name__ == "__main__":

@@ -55,12 +55,19 @@ class HeatmapBackbone:
         self.meta = meta
 
     def prepare(self, crops: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 BGR crops -> the model's (N, 3, S, S) float32 input."""
+        """(N, S, S, 3) uint8 BGR -> (N, 3, S, S) float32 ``(x - mean) / std`` in the model's channel
+        order, channel by channel into one array (the same values as a flip, a transpose and the
+        broadcast arithmetic, without their temporaries: about a tenth of their time for 4 crops,
+        ``benchmarks/backbone_input.py``)."""
         if crops.ndim != 4 or crops.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"crops must be (N, {self.size}, {self.size}, 3), got {crops.shape}")
-        x = crops[..., ::-1] if self.rgb else crops
-        x = x.transpose(0, 3, 1, 2).astype(np.float32)
-        return (x - self.mean) / self.std
+        n, h, w, _ = crops.shape
+        x = np.empty((n, 3, h, w), np.float32)
+        mean, std = self.mean.ravel(), self.std.ravel()
+        for c in range(3):
+            np.subtract(crops[..., 2 - c if self.rgb else c], mean[c], out=x[:, c], dtype=np.float32)
+            np.divide(x[:, c], std[c], out=x[:, c])
+        return x
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 BGR crops -> (N, K, H, W) float32 heatmaps."""

@@ -187,34 +187,6 @@ def outputs_complete(outs: list[str]) -> bool:
     return bool(files) and all(Path(o).is_file() for o in files)
 
 
-class _Writer:
-    """Writes each (frame, result) to every sink; ``finish()`` completes a pair that an interrupt cut
-    short, so that after a signal every sink holds the same frames, none twice."""
-
-    def __init__(self, sinks: list, timer) -> None:
-        self.sinks, self.timer = sinks, timer
-        self.frames = self.faces = 0
-        self._pair = None
-        self._done = 0
-
-    def write(self, frame, result) -> None:
-        self._pair, self._done = (frame, result), 0
-        self.finish()
-
-    def finish(self) -> None:
-        if self._pair is None:
-            return
-        frame, result = self._pair
-        while self._done < len(self.sinks):
-            s = self.sinks[self._done]
-            with self.timer.stage("write"):
-                s.write(result, frame.image if s.needs_image else None)
-            self._done += 1
-        self._pair = None
-        self.frames += 1
-        self.faces += len(result.faces)
-
-
 @dataclass
 class SourceReport:
     """What became of one source: frames written, faces, and what the source could not give."""
@@ -298,6 +270,8 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
     the run is interrupted (KeyboardInterrupt, Interrupted): every processed frame, in order.
     The outputs are told which frames the source could not give (``Sink.footer``).
     """
+    from contextlib import closing
+
     import cv2
 
     from stableface.draw import draw_result
@@ -308,7 +282,12 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
         src = stack.enter_context(open_source(spec, sequence=sequence, reconnect=reconnect))
         sinks = [stack.enter_context(open_sink(o, src.info, pipe.scheme, pipe.stabilizer_label, pipe.backbone.k,
                                                lookahead=pipe.config.lookahead, audio_from=src.media_path)) for o in outs]
-        writer = _Writer(sinks, pipe.timer)
+        written = [0, 0]  # frames and faces in every output (counted by the writer thread)
+
+        def on_written(result) -> None:
+            written[0] += 1
+            written[1] += len(result.faces)
+
         progress = status = None
         if show_progress and src.info.live:  # no end to show a bar to: a status line
             status = _LiveStatus(src.info.name)
@@ -330,53 +309,75 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
         fps_ema = 0.0
         last = time.perf_counter()
         failed = ended = False
+        pairs = pipe.track_pairs(src, sinks, on_written)  # its end writes what a lookahead holds, and the footers
         try:
-            for frame, result in pipe.stream(src):
-                now = time.perf_counter()
-                inst = 1.0 / max(now - last, 1e-6)
-                fps_ema = inst if fps_ema == 0 else 0.9 * fps_ema + 0.1 * inst
-                last = now
-                for s in sinks:
-                    if isinstance(s, VideoSink):
-                        s.fps_text = f"{fps_ema:.1f} fps"
-                writer.write(frame, result)
-                if progress is not None:
-                    progress.update(task, advance=1, fps=writer.frames / max(now - t0, 1e-6))
-                if status is not None:
-                    status.update(fps_ema, len(result.faces), writer.frames, src.dropped)
-                if window is not None:
-                    cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
-                    key = cv2.waitKey(1) & 0xFF
-                    if key in (ord("q"), 27):
-                        break
-            else:
-                ended = True
+            with closing(pairs):
+                for frame, result in pairs:
+                    now = time.perf_counter()
+                    inst = 1.0 / max(now - last, 1e-6)
+                    fps_ema = inst if fps_ema == 0 else 0.9 * fps_ema + 0.1 * inst
+                    last = now
+                    for s in sinks:
+                        if isinstance(s, VideoSink):
+                            s.fps_text = f"{fps_ema:.1f} fps"
+                    if progress is not None:
+                        progress.update(task, completed=written[0], fps=written[0] / max(now - t0, 1e-6))
+                    if status is not None:
+                        status.update(fps_ema, len(result.faces), written[0], src.dropped)
+                    if window is not None:
+                        cv2.imshow(window, draw_result(frame.image, result, f"{fps_ema:.1f} fps"))
+                        key = cv2.waitKey(1) & 0xFF
+                        if key in (ord("q"), 27):
+                            break
+                else:
+                    ended = True
         except (SinkError, BrokenPipeError):
             failed = True  # an output is gone: nothing more can be written
             raise
         finally:
-            if not failed:  # the end, a quit key or an interrupt: the frames the lookahead holds
-                writer.finish()
-                for frame, result in pipe.drain():
-                    writer.write(frame, result)
-                for s in sinks:
-                    s.footer(list(src.unreadable), src.dropped)
+            if not failed:  # the end, a quit key or an interrupt: every frame is written by now
                 if status is not None:
-                    status.end(writer.frames, src.dropped)
+                    status.end(written[0], src.dropped)
                 if src.info.live:
-                    _live_note(src, writer.frames, ended)
+                    _live_note(src, written[0], ended)
         if progress is not None:  # containers can announce more frames than they hold
-            progress.update(task, total=writer.frames, completed=writer.frames)
+            progress.update(task, total=written[0], completed=written[0])
         if window is not None:
             cv2.destroyWindow(window)
-    return SourceReport(spec, writer.frames, writer.faces, list(src.unreadable), src.dropped, src.info.live,
+    return SourceReport(spec, written[0], written[1], list(src.unreadable), src.dropped, src.info.live,
                         None if src.info.live else src.stop_reason)
 
 
 def print_timings(pipe, frames: int) -> None:
-    if frames:
-        parts = ", ".join(f"{k} {v / frames * 1000:.2f} ms" for k, v in pipe.timer.total.items())
-        log.info("per frame: %s", parts)
+    """``-v``: ms per frame of each stage of the tracking thread (they add up to its wall time: none
+    is counted twice), then the reader's and writer's busy time, which overlaps them."""
+    prof = pipe.profile()
+    if frames and prof["frames"]:
+        parts = ", ".join(f"{k} {v['ms_per_frame']:.2f}" for k, v in prof["stages"].items())
+        log.info("per frame (ms): %s; total %.2f ms = %.1f fps", parts, prof["wall_seconds"] / prof["frames"] * 1000,
+                 prof["fps"])
+        if prof["background"]:
+            log.info("overlapped, in the reader and writer threads (ms per frame): %s",
+                     ", ".join(f"{k} {v['ms_per_frame']:.2f}" for k, v in prof["background"].items()))
+
+
+def write_profile(pipe, path: Path | None, sources: int) -> None:
+    """``--profile FILE``: the run's per-stage timing table as JSON (docs/formats.md)."""
+    if path is None:
+        return
+    import json
+
+    from stableface import __version__
+
+    doc = {"stableface_version": __version__, "sources": sources, **pipe.profile()}
+    try:
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+    except OSError as exc:
+        log.warning("--profile %s: cannot write it (%s)", path, exc.strerror)
+
+
+# --jobs: each worker process builds its pipeline once
+_WORKER: dict = {}
 
 
 def build_pipeline(build_args: tuple, threads: int = 0):

@@ -219,10 +219,13 @@ def _read_source_list(path: str) -> list[str]:
 @click.option("--reconnect", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="Camera or stream sources: reopen after a drop, up to N times.")
 @click.option("--overwrite", is_flag=True, help="Replace output files that already exist (default: refuse).")
+@click.option("--profile", "profile", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Write where the run's time went, per stage, as JSON (with --jobs 1).")
 @lookahead_option(DEFAULT_LOOKAHEAD_FILES)
 @model_options
 def track(sources, from_file, jobs, engine, ray_address, ray_cpus, skip_existing, outputs, out_dir, fmt, sequence, reconnect,
-          overwrite, lookahead, weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, quiet, verbose):
+          overwrite, profile, lookahead, weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, quiet,
+          verbose):
     """Landmarks for video files, images, image folders, camera indices or URLs."""
     from stableface.video import SourceError, expand
 
@@ -246,6 +249,8 @@ def track(sources, from_file, jobs, engine, ray_address, ray_cpus, skip_existing
         raise click.UsageError("-o - (JSONL on stdout) needs --engine local --jobs 1, so that lines stay in order")
     if jobs > 1 and "-" in outputs:
         raise click.UsageError("-o - (JSONL on stdout) needs --jobs 1, so that lines stay in order")
+    if profile is not None and (jobs > 1 or engine == "ray"):
+        raise click.UsageError("--profile needs --engine local --jobs 1 (it times the stages of one process)")
     try:
         specs = expand(sources, sequence=sequence)
     except SourceError as exc:
@@ -286,10 +291,11 @@ def track(sources, from_file, jobs, engine, ray_address, ray_cpus, skip_existing
         eng = batch.LocalPool(jobs, build_args, sequence, stabilizer, verbose, quiet, resumable=skip_existing)
     else:
         eng = batch.InlineEngine(pipe, sequence, stabilizer, show_progress, reconnect, resumable=skip_existing)
-    _run_batch(eng, todo, len(specs), quiet, show_progress, pipe if isinstance(eng, batch.InlineEngine) else None)
+    _run_batch(eng, todo, len(specs), quiet, show_progress, pipe if isinstance(eng, batch.InlineEngine) else None,
+               profile)
 
 
-def _run_batch(eng, todo: list, n: int, quiet: bool, show_progress: bool, pipe=None) -> None:
+def _run_batch(eng, todo: list, n: int, quiet: bool, show_progress: bool, pipe=None, profile: Path | None = None) -> None:
     """Drive an engine over the jobs: the lines of each source as it ends, one progress bar (sources
     for the local pool, frames over the whole batch for Ray; the inline engine draws its own), the
     summary, and the exit code (1 a source failed; 130 / 143 interrupted)."""
@@ -322,6 +328,8 @@ def _run_batch(eng, todo: list, n: int, quiet: bool, show_progress: bool, pipe=N
         close = getattr(eng, "close", None)
         if close is not None:
             close()
+        if pipe is not None:  # (also after an interrupt: the frames done so far)
+            batch.write_profile(pipe, profile, n)
     if pipe is not None:
         batch.print_timings(pipe, tally.frames)
     code = tally.summarise()

@@ -100,10 +100,7 @@ def run_demo(out_dir: str | Path, n_frames: int = 120, noise: float = 8.0, devic
         with ExitStack() as stack:  # an error drops the outputs, an interrupt closes them (sinks.py)
             for s in sinks:
                 stack.enter_context(s)
-            for i, img in enumerate(frames):
-                res = pipe.update(Frame(img, i, i * 1000.0 / FPS))
-                for s in sinks:
-                    s.write(res, img)
+            for res in pipe.track((Frame(img, i, i * 1000.0 / FPS) for i, img in enumerate(frames)), sinks):
                 pts.append(res.faces[0].landmarks if res.faces else np.full((pipe.backbone.k, 2), np.nan, np.float32))
         tracks[kind] = np.stack(pts)
         echo(f"  tracked with stabilizer={kind}")

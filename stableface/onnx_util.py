@@ -12,6 +12,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+# idle intra-op threads sleep instead of spinning: on a busy CPU (our own reader and writer threads,
+# other processes) spinning threads take the cores the work needs; benchmarks/e2e_speed.py measured
+# 2.5x the fps without it on a loaded 2-core machine (docs/benchmarks.md)
+ALLOW_SPINNING = False
+
+
 class WeightsError(Exception):
     """A weights file is missing, unreadable or not what the pipeline expects."""
 
@@ -43,6 +49,8 @@ def session(path: str | Path, device: str = "auto", threads: int = 0):
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if not ALLOW_SPINNING:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = providers(device)
     try:
         if "CUDAExecutionProvider" in wanted:

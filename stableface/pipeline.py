@@ -17,9 +17,11 @@ track, detection runs on the cut frame and new ids follow; ``FrameResult.shot`` 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from stableface.lookahead import Lookahead
 from stableface.shots import ShotDetector, landmarks_changed
 from stableface.sinks import Sink, SinkError
 from stableface.stabilizer import (ConvLSTMStabilizer, ConvLSTMStep, Decoder, NoStabilizer, OneEuroStabilizer,
-                                   Stabilizer)
+                                   Stabilizer, update_many)
 from stableface.tracker import Track, Tracker
 from stableface.types import Face, Frame, FrameResult
 from stableface.video import Source, open_source
@@ -43,11 +45,16 @@ log = logging.getLogger("stableface")
 
 
 class Timer:
-    """Accumulates seconds per stage (for benchmarks and ``-v``)."""
+    """Accumulates seconds per stage (for benchmarks, ``-v`` and ``--profile``).
+
+    Stages may nest: a stage's time excludes the stages opened inside it (PDC inside the
+    stabilizer counts as ``pdc`` only), so the stages of one thread add up to its wall time
+    without counting any second twice. One timer serves one thread."""
 
     def __init__(self) -> None:
         self.total: dict[str, float] = defaultdict(float)
         self.count: dict[str, int] = defaultdict(int)
+        self._open: list[_Stage] = []
 
     def add(self, stage: str, seconds: float) -> None:
         self.total[stage] += seconds
@@ -56,16 +63,27 @@ class Timer:
     def stage(self, name: str) -> _Stage:
         return _Stage(self, name)
 
+    def clear(self) -> None:
+        self.total.clear()
+        self.count.clear()
+
 
 class _Stage:
     def __init__(self, timer: Timer, name: str) -> None:
         self.timer, self.name = timer, name
 
     def __enter__(self) -> None:
+        self.inner = 0.0
+        self.timer._open.append(self)
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self.timer.add(self.name, time.perf_counter() - self.t0)
+        dt = time.perf_counter() - self.t0
+        open_ = self.timer._open
+        open_.pop()
+        self.timer.add(self.name, dt - self.inner)
+        if open_:
+            open_[-1].inner += dt
 
 
 class _TimedDecoder(Decoder):
@@ -73,9 +91,9 @@ class _TimedDecoder(Decoder):
         super().__init__(*args, **kwargs)
         self.timer = timer
 
-    def __call__(self, heatmaps: np.ndarray, crop: C.CropBox, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self.timer.stage("pdc"):
-            return super().__call__(heatmaps, crop, offset)
+            return super().decode(heatmaps)
 
 
 @dataclass(frozen=True)
@@ -107,7 +125,9 @@ class Pipeline:
         if stabilizer_step is not None:
             stabilizer_step.check(backbone.k, backbone.heatmap_size, f"backbone {backbone.path}")
         self.detector, self.backbone, self.config, self.step = detector, backbone, config, stabilizer_step
-        self.timer = Timer()
+        self.timer = Timer()  # the tracking thread's stages
+        self.background = _ThreadTimer()  # the reader's and writer's (they overlap the others)
+        self.wall, self.frames_done = 0.0, 0  # for profile()
         self.decoder = _TimedDecoder(self.timer, backbone.size, backbone.stride, config.decoder, config.pdc_threshold,
                                      config.pdc_mode)
         self.tracker = Tracker(self.new_stabilizer, max_faces=config.max_faces, crop_scale=backbone.crop_scale,
@@ -212,6 +232,10 @@ class Pipeline:
 
     def update(self, frame: Frame | np.ndarray, timestamp_ms: float | None = None) -> FrameResult:
         """Process one frame (a ``Frame`` or a BGR image) and return its faces."""
+        with self.timer.stage("tracker"):  # what the stages inside do not take: association, bookkeeping
+            return self._update(frame, timestamp_ms)
+
+    def _update(self, frame: Frame | np.ndarray, timestamp_ms: float | None) -> FrameResult:
         if not isinstance(frame, Frame):
             if timestamp_ms is None:  # live use without timestamps: the wall clock
                 timestamp_ms = (time.monotonic() - self._t0) * 1000.0
@@ -220,6 +244,7 @@ class Pipeline:
             raise ValueError(f"timestamps must increase: got {frame.timestamp_ms} ms after {self.last_timestamp} ms "
                              "(call reset() before starting another video)")
         self.last_timestamp = frame.timestamp_ms
+        self.frames_done += 1
         image, tracker = frame.image, self.tracker
         if self.config.shot_cuts:
             with self.timer.stage("shots"):
@@ -252,12 +277,16 @@ class Pipeline:
         tracks = list(tracker.tracks)
         if tracks:
             hm = self._heatmaps(self._crops(image, [t.crop for t in tracks]))
-            for t, h in zip(tracks, hm):
-                if not self._finite(h, frame):
+            ok = []
+            for i, (t, h) in enumerate(zip(tracks, hm)):
+                if self._finite(h, frame):
+                    ok.append(i)
+                else:
                     tracker.end(t)  # (its stabilizer never sees them)
-                    continue
-                with self.timer.stage("stabilizer"):
-                    pts, scores = t.stabilizer.update(h, t.crop, frame.timestamp_ms)
+            tracks = [tracks[i] for i in ok]
+            with self.timer.stage("stabilizer"):  # all faces at once (one ConvLSTM call)
+                outs = update_many([t.stabilizer for t in tracks], hm[ok], [t.crop for t in tracks], frame.timestamp_ms)
+            for t, (pts, scores) in zip(tracks, outs):
                 if tracker.observe(t, pts, scores):
                     seen.append((t, pts, scores))
         live = {id(t) for t in tracker.tracks}  # by identity: a track that ended may have given its id to another
@@ -274,58 +303,260 @@ class Pipeline:
         """
         self.reset()
         self._source_name = getattr(getattr(source, "info", None), "name", None)  # (any iterable of Frames will do)
-        for frame in source:
+        frames = iter(source)
+        while True:
+            with self.timer.stage("read"):  # decoding, or waiting for the reader
+                frame = next(frames, None)
+            if frame is None:
+                break
             result = self.update(frame)
             if on_frame:
                 on_frame(frame, result)
             if not self.lookahead.n:
                 yield frame, result
                 continue
-            self._held.append(frame)
-            self._held_shots.append(result.shot)
-            for out in self.lookahead.update(result):
-                yield self._pair(out)
+            with self.timer.stage("lookahead"):
+                self._held.append(frame)
+                self._held_shots.append(result.shot)
+                ready = [self._pair(out) for out in self.lookahead.update(result)]
+            yield from ready
         yield from self.drain()
 
     def drain(self) -> Iterator[tuple[Frame, FrameResult]]:
         """The (frame, result) pairs the lookahead still holds, oldest first, smoothed with what there
         is; for the end of a source, or after an interrupted ``stream()``. Each pair is taken out
         as it is yielded, so a drain that stops early can be resumed by another."""
-        while (out := self.lookahead.pop()) is not None:
-            yield self._pair(out)
+        while True:
+            with self.timer.stage("lookahead"):
+                out = self.lookahead.pop()
+                pair = None if out is None else self._pair(out)
+            if pair is None:
+                return
+            yield pair
 
     def _pair(self, result: FrameResult) -> tuple[Frame, FrameResult]:
         frame, shot = self._held.popleft(), self._held_shots.popleft()
         assert frame.index == result.frame, (frame.index, result.frame)
         return frame, (result if result.shot == shot else replace(result, shot=shot))
 
-    def _write(self, sinks: list[Sink], frame: Frame, result: FrameResult) -> None:
-        for s in sinks:
-            with self.timer.stage("write"):
-                s.write(result, frame.image if s.needs_image else None)
+    def track(self, source: str | Source | Iterable[Frame], sinks: list[Sink] | None = None,
+              on_written: Callable[[FrameResult], None] | None = None, queue_size: int = 8,
+              overlap: bool = True) -> Iterator[FrameResult]:
+        """Results for every frame of ``source`` (a path, URL, camera index, open Source or any
+        iterable of Frames), written to ``sinks``: ``track_pairs`` without the frames."""
+        pairs = self.track_pairs(source, sinks, on_written, queue_size, overlap)
+        with closing(pairs):  # a consumer that stops early stops the loop at once
+            for _, result in pairs:
+                yield result
 
-    def track(self, source: str | Source, sinks: list[Sink] | None = None) -> Iterator[FrameResult]:
-        """Results for every frame of ``source`` (a path, URL, camera index or open Source), written to ``sinks``.
+    def track_pairs(self, source: str | Source | Iterable[Frame], sinks: list[Sink] | None = None,
+                    on_written: Callable[[FrameResult], None] | None = None, queue_size: int = 8,
+                    overlap: bool = True) -> Iterator[tuple[Frame, FrameResult]]:
+        """(frame, result) for every frame of ``source`` (a path, URL, camera index, open Source or
+        any iterable of Frames), written to ``sinks``: the one loop from frames to outputs (the CLI,
+        ``demo`` and the speed benchmarks run it).
 
-        One result per frame, in order. If the consumer stops early or the run is interrupted,
-        the results the lookahead still holds are written to ``sinks`` (not yielded) before this
-        returns, so the sinks hold every processed frame.
+        One result per frame, in order. Decoding and writing overlap the models: a reader thread
+        decodes up to ``queue_size`` frames ahead of a finite source (a live source has its own
+        reader, which keeps only the newest frame), and a writer thread writes the results in order
+        (``on_written(result)`` once a result is in every sink; it runs in that thread). Both
+        queues are bounded, so memory stays flat; no frame of a finite source is ever dropped.
+        ``overlap=False`` does both in the calling thread, one after the other.
+
+        If the consumer stops early or the run is interrupted, the results the lookahead still
+        holds are written to ``sinks`` (not yielded), every queued result is written, and the sinks
+        are told what the source could not give (``Sink.footer``) before this returns, so the sinks
+        hold every processed frame. An error of the reader or of a sink is raised here, in the
+        consumer's thread; after a sink's error nothing more is written.
         """
-        src = open_source(source) if isinstance(source, str) else source
+        t_start = time.perf_counter()  # (opening the source is part of the run)
+        if isinstance(source, str):
+            with self.timer.stage("read"):
+                src = open_source(source)
+        else:
+            src = source
         sinks = sinks or []
+        live = bool(getattr(getattr(src, "info", None), "live", False))
+        reader = _Reader(src, queue_size, self.background) if overlap and not live else None
+        writer = _Writer(sinks, on_written, self.background, queue_size if overlap and sinks else 0)
         failed = False
         try:
-            for frame, result in self.stream(src):
-                self._write(sinks, frame, result)
-                yield result
+            for frame, result in self.stream(reader if reader is not None else src):
+                with self.timer.stage("write"):
+                    writer.put(frame, result)
+                t = time.perf_counter()
+                yield frame, result
+                self.timer.add("caller", time.perf_counter() - t)
         except (SinkError, BrokenPipeError):
-            failed = True
+            failed = True  # an output is gone: nothing more can be written
+            raise
+        except BaseException:
+            failed = writer.error is not None
             raise
         finally:
             try:
+                if reader is not None:
+                    reader.stop()
                 if not failed:
-                    for frame, result in self.drain():
-                        self._write(sinks, frame, result)
+                    with self.timer.stage("write"):
+                        for frame, result in self.drain():
+                            writer.put(frame, result)
+                with self.timer.stage("write"):
+                    writer.close()
+                if not failed and writer.error is None:
+                    for s in sinks:
+                        if hasattr(s, "footer"):  # (any object with write() is a sink here)
+                            s.footer(list(getattr(src, "unreadable", ())), int(getattr(src, "dropped", 0)))
             finally:
+                self.wall += time.perf_counter() - t_start
                 if isinstance(source, str):
                     src.close()
+
+    def profile(self) -> dict:
+        """Where the time of the runs since the last ``clear_profile()`` went (``docs/formats.md``):
+        the stages of the tracking thread, which add up to its wall time, and the reader's and
+        writer's busy time, which overlaps them."""
+        frames = max(self.frames_done, 0)
+        per = (lambda v: v / frames * 1000.0) if frames else (lambda v: 0.0)
+        total = sum(self.timer.total.values())
+        stages = {k: {"seconds": round(v, 6), "ms_per_frame": round(per(v), 4), "calls": self.timer.count[k],
+                      "share": round(v / self.wall, 4) if self.wall else 0.0}
+                  for k, v in sorted(self.timer.total.items(), key=lambda kv: -kv[1])}
+        other = max(self.wall - total, 0.0)
+        stages["other"] = {"seconds": round(other, 6), "ms_per_frame": round(per(other), 4), "calls": 0,
+                           "share": round(other / self.wall, 4) if self.wall else 0.0}
+        background = {k: {"seconds": round(v, 6), "ms_per_frame": round(per(v), 4), "calls": self.background.count[k]}
+                      for k, v in sorted(self.background.total.items())}
+        return {"stableface_profile": 1, "frames": frames, "wall_seconds": round(self.wall, 6),
+                "fps": round(frames / self.wall, 3) if self.wall else 0.0, "stages": stages, "background": background}
+
+    def clear_profile(self) -> None:
+        self.timer.clear()
+        self.background.clear()
+        self.wall = 0.0
+        self.frames_done = 0
+
+
+class _Reader:
+    """Decodes a finite source ahead of the pipeline in a thread, through a bounded queue (nothing is
+    dropped); its errors are raised in the consumer. Looks like the source (``info``) to ``stream``."""
+
+    def __init__(self, src: Source | Iterable[Frame], queue_size: int, timer: _ThreadTimer) -> None:
+        from stableface.video import _Pump
+
+        self.info = getattr(src, "info", None)
+        self._timer = timer
+        self._pump = _Pump(self._timed(iter(src)), newest=False, maxsize=max(1, queue_size))
+
+    def _timed(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        while True:
+            t = time.perf_counter()
+            frame = next(frames, None)
+            self._timer.add("decode", time.perf_counter() - t)
+            if frame is None:
+                return
+            yield frame
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            try:
+                yield self._pump.get()
+            except StopIteration:
+                return
+
+    def stop(self) -> None:
+        """Stop and wait for the thread (the source may be closed then)."""
+        self._pump.stop(wait_s=10.0)
+
+
+class _ThreadTimer(Timer):
+    """A timer the reader and writer threads add to (locked; no nesting across threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            super().add(stage, seconds)
+
+
+class _Writer:
+    """Writes (frame, result) pairs to every sink, in order, in a thread behind a bounded queue
+    (``queue_size`` 0: in the caller's thread). A sink's error stops the writing and is raised by
+    the next ``put`` or by ``close``, in the caller's thread."""
+
+    def __init__(self, sinks: list[Sink], on_written: Callable[[FrameResult], None] | None, timer: _ThreadTimer,
+                 queue_size: int) -> None:
+        self.sinks, self.on_written, self.timer = sinks, on_written, timer
+        self.error: BaseException | None = None
+        self._raised = False
+        self._cond = threading.Condition()
+        self._items: deque[tuple[Frame, FrameResult] | None] = deque()
+        self._size = queue_size
+        self._thread = None
+        if queue_size:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="stableface-writer")
+            self._thread.start()
+
+    def _write(self, frame: Frame, result: FrameResult) -> None:
+        t = time.perf_counter()
+        for s in self.sinks:
+            s.write(result, frame.image if s.needs_image else None)
+        if self._thread is not None:  # (in the caller's thread, its own "write" stage has this time)
+            self.timer.add("write", time.perf_counter() - t)
+        if self.on_written is not None:
+            self.on_written(result)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items:
+                    self._cond.wait()
+                item = self._items[0]
+            if item is None:
+                return
+            try:
+                self._write(*item)
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller, raised there)
+                with self._cond:
+                    self.error = exc
+                    self._items.clear()
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._items.popleft()
+                self._cond.notify_all()
+
+    def _raise(self) -> None:
+        if self.error is not None and not self._raised:
+            self._raised = True
+            raise self.error
+
+    def put(self, frame: Frame, result: FrameResult) -> None:
+        if self._thread is None:
+            if self.error is None:
+                try:
+                    self._write(frame, result)
+                except BaseException as exc:
+                    self.error, self._raised = exc, True
+                    raise
+            return
+        with self._cond:
+            while len(self._items) >= self._size and self.error is None:
+                self._cond.wait(0.1)  # in short steps: signals reach the caller
+            self._raise()
+            if self.error is None:
+                self._items.append((frame, result))
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wait until every queued pair is written; raise the writer's error if not raised yet."""
+        if self._thread is not None:
+            with self._cond:
+                if self.error is None:
+                    self._items.append(None)
+                    self._cond.notify_all()
+            while self._thread.is_alive():
+                self._thread.join(0.1)
+        self._raise()

@@ -71,8 +71,7 @@ def connect(address: str | None) -> str:
 
 
 class _Counting:
-    """The pipeline, reporting the frames its stream and drain give (each one has been written by the
-    time the next is asked for) through ``report(frames, announced)``."""
+    """The pipeline, reporting the frames written to every output through ``report(frames, announced)``."""
 
     def __init__(self, pipe, report) -> None:
         self._pipe, self._report, self.frames = pipe, report, 0
@@ -80,18 +79,16 @@ class _Counting:
     def __getattr__(self, name: str):
         return getattr(self._pipe, name)
 
-    def stream(self, source, *args, **kwargs):
+    def track_pairs(self, source, sinks=None, on_written=None, *args, **kwargs):
         self._report(0, source.info.frame_count)
-        for pair in self._pipe.stream(source, *args, **kwargs):
-            yield pair
-            self.frames += 1
-            self._report(self.frames, None)
 
-    def drain(self):
-        for pair in self._pipe.drain():
-            yield pair
+        def counted(result) -> None:  # (in the pipeline's writer thread, once the frame is in every output)
             self.frames += 1
             self._report(self.frames, None)
+            if on_written is not None:
+                on_written(result)
+
+        return self._pipe.track_pairs(source, sinks, counted, *args, **kwargs)
 
 
 class _Collect(logging.Handler):

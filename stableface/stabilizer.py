@@ -245,10 +245,14 @@ class ConvLSTMStabilizer:
 
     def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
         raw, scores = self._raw(heatmaps, crop)
-        motion = self.motion.update(raw, timestamp_ms, crop.side)
-        o = grid.warp(heatmaps, self.state_to_input(crop, motion))
+        motion, o = self._input(raw, heatmaps, crop, timestamp_ms)
         s = self._step(o)
         return self._output(s, motion), scores
+
+    def _input(self, raw: np.ndarray, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
+        """The face's filtered motion and the input maps pulled into the state frame."""
+        motion = self.motion.update(raw, timestamp_ms, crop.side)
+        return motion, grid.warp(heatmaps, self.state_to_input(crop, motion))
 
     def _raw(self, heatmaps: np.ndarray, crop: CropBox) -> tuple[np.ndarray, np.ndarray]:
         """Raw landmarks in source pixels (and their scores); the first call fixes the state frame."""
@@ -267,10 +271,65 @@ class ConvLSTMStabilizer:
         s, self.h, self.c = self.step(o[None], self.h, self.c)
         return s[0]
 
-    def _output(self, s: np.ndarray, motion: np.ndarray) -> np.ndarray:
-        """PDC of the stabilized maps (state frame), carried to source pixels by the face's motion."""
-        q, _ = self.decoder.decode(s)
+    def _output(self, s: np.ndarray, motion: np.ndarray, q: np.ndarray | None = None) -> np.ndarray:
+        """PDC of the stabilized maps (state frame), carried to source pixels by the face's motion
+        (``q``: that PDC, already decoded in crop pixels)."""
+        if q is None:
+            q, _ = self.decoder.decode(s)
         return apply_affine(motion, to_source(q, self.ref, self.decoder.crop_size)).astype(np.float32)
+
+
+def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list[CropBox],
+                timestamp_ms: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[s.update(h, crop, timestamp_ms) ...]`` for the faces of one frame, with the same results,
+    batched: ConvLSTM stabilizers that share a step model take one step call for all their faces
+    (and one PDC decode of all their maps); the others update one by one."""
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(stabilizers)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(stabilizers):
+        if isinstance(s, ConvLSTMStabilizer):
+            groups.setdefault((id(s.step), id(s.decoder)), []).append(i)
+        else:
+            out[i] = s.update(heatmaps[i], crops[i], timestamp_ms)
+    for idx in groups.values():
+        if len(idx) == 1:
+            i = idx[0]
+            out[i] = stabilizers[i].update(heatmaps[i], crops[i], timestamp_ms)
+            continue
+        stabs = [stabilizers[i] for i in idx]
+        dec = stabs[0].decoder
+        hm = np.stack([heatmaps[i] for i in idx])
+        pts, scores = dec.decode(hm)  # the raw landmarks of every face at once (crop pixels)
+        motions, os = [], []
+        for j, (s, i) in enumerate(zip(stabs, idx)):
+            if s.ref is None:
+                s.ref = crops[i]
+            raw = to_source(pts[j], crops[i], dec.crop_size).astype(np.float32)
+            m, o = s._input(raw, heatmaps[i], crops[i], timestamp_ms)
+            motions.append(m)
+            os.append(o)
+        st = _step_many(stabs, np.stack(os))
+        qs, _ = dec.decode(st)
+        for j, (s, i) in enumerate(zip(stabs, idx)):
+            out[i] = s._output(st[j], motions[j], qs[j]), scores[j]
+    return out  # type: ignore[return-value]
+
+
+def _step_many(stabs: list[ConvLSTMStabilizer], o: np.ndarray) -> np.ndarray:
+    """One ConvLSTM step for several faces in one call (new tracks are primed together first)."""
+    step = stabs[0].step
+    new = [j for j, s in enumerate(stabs) if s.h is None or s.c is None]
+    for steps in sorted({stabs[j].motion.config.prime_steps for j in new}):
+        js = [j for j in new if stabs[j].motion.config.prime_steps == steps]
+        h, c = step.zeros(len(js))
+        for _ in range(steps):
+            _, h, c = step(o[js], h, c)
+        for n, j in enumerate(js):
+            stabs[j].h, stabs[j].c = h[n:n + 1], c[n:n + 1]
+    s, h, c = step(o, np.concatenate([x.h for x in stabs]), np.concatenate([x.c for x in stabs]))
+    for n, x in enumerate(stabs):
+        x.h, x.c = h[n:n + 1], c[n:n + 1]
+    return s
 
 
 StabilizerFactory = Callable[[], Stabilizer]
