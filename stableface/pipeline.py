@@ -91,6 +91,7 @@ class PipelineConfig:
     rotate_crops: bool = True
     start_score: float = 0.55  # mean heatmap peak needed to start a track from a detection
     min_score: float = 0.3  # a track whose mean heatmap peak falls below this ends
+    sure_score: float = 0.55  # a track this sure of its landmarks is kept when re-detection misses its face
     lookahead: int = 0  # frames of fixed-lag smoothing per track in stream()/track() (0: none, no delay)
     shot_cuts: bool = True  # detect shot cuts (stableface.shots): a cut ends every track
 
@@ -111,7 +112,7 @@ class Pipeline:
         self.decoder = _TimedDecoder(self.timer, backbone.size, backbone.stride, config.decoder, config.pdc_threshold,
                                      config.pdc_mode)
         self.tracker = Tracker(self.new_stabilizer, max_faces=config.max_faces, crop_scale=backbone.crop_scale,
-                               rotate=config.rotate_crops, min_score=config.min_score)
+                               rotate=config.rotate_crops, min_score=config.min_score, sure_score=config.sure_score)
         self.lookahead = Lookahead(config.lookahead)
         self._held: deque[Frame] = deque()  # the frames whose results the lookahead still holds
         self._held_shots: deque[int] = deque()  # and their shots (the lookahead rebuilds results without them)
