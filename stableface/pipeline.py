@@ -27,7 +27,7 @@ import numpy as np
 
 from stableface import codec, crop as C
 from stableface.backbone import HeatmapBackbone
-from stableface.detector import BlazeFace, FaceDetector, MultiRangeDetector
+from stableface.detector import BlazeFace, FaceDetector, UnionDetector
 from stableface.lookahead import Lookahead
 from stableface.shots import ShotDetector, landmarks_changed
 from stableface.sinks import Sink, SinkError
@@ -81,7 +81,7 @@ class _TimedDecoder(Decoder):
 @dataclass(frozen=True)
 class PipelineConfig:
     stabilizer: str = "convlstm"
-    max_faces: int = 1
+    max_faces: int = 4  # interviews, panels, group shots (README)
     redetect_every: int = 10  # frames between detections while tracks live (0: never)
     decoder: str = "pdc"
     pdc_threshold: float = codec.DEFAULT_PDC_THRESHOLD
@@ -132,7 +132,7 @@ class Pipeline:
         # under a lookahead the ConvLSTM is not run; weights the user named are still loaded and checked
         wanted = config.stabilizer == "convlstm" and (not config.lookahead or stabilizer_weights is not None)
         step = ConvLSTMStep(ws.stabilizer, device, threads or 1) if wanted else None
-        return cls(MultiRangeDetector(dets), backbone, config, step)
+        return cls(UnionDetector(dets), backbone, config, step)
 
     @property
     def stabilizer_label(self) -> str:
@@ -231,7 +231,11 @@ class Pipeline:
         self._frame_count += 1
         n = self._frame_count
         every = self.config.redetect_every
-        if not tracker.tracks or self.last_detect is None or (every and n - self.last_detect >= every):
+        # a re-detection can only start a face where there is room, or end an unsure track: else it is skipped
+        due = every and n - self.last_detect >= every if self.last_detect is not None else True
+        if due and len(tracker.tracks) >= tracker.max_faces and all(t.score >= tracker.sure_score for t in tracker.tracks):
+            due, self.last_detect = False, n
+        if not tracker.tracks or due:
             with self.timer.stage("detect"):
                 detections = self.detector.detect(image)
             self.last_detect = n
