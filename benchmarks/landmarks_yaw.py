@@ -68,8 +68,8 @@ def main() -> None:
     r = np.array(rows, dtype=float)
     bins = np.array([yaw_bin(y) for y in r[:, 0]])
     print(f"{len(r)} validation faces; start_score {pipe.config.start_score}, min_score {pipe.config.min_score}\n")
-    print("| |yaw| | faces | NME, ground-truth crop | detected | NME from detection | mean landmark score "
-          "| faces with NME > 10% | |yaw| from the predicted landmarks: mean, max |")
+    print("| abs(yaw) | faces | NME, ground-truth crop | detected | NME from detection | mean landmark score "
+          "| faces with NME > 10% | abs(yaw) from the predicted landmarks: mean, max |")
     print("|---|---|---|---|---|---|---|---|")
     for b, name in enumerate(BIN_NAMES):
         m = bins == b
@@ -81,7 +81,7 @@ def main() -> None:
               f"| {r[d, 5].mean():.3f} (min {r[d, 5].min():.3f}) | {(r[d, 4] > 0.10).sum()} "
               f"| {np.abs(r[d, 6]).mean():.1f}, {np.abs(r[d, 6]).max():.1f} |")
     print("\nGates on the first pass's mean landmark score (the start check), then on the second pass's (the track's):\n")
-    print("| threshold | kept, by |yaw| bin | NME of kept faces | faces with NME > 10% kept |")
+    print("| threshold | kept, by abs(yaw) bin | NME of kept faces | faces with NME > 10% kept |")
     print("|---|---|---|---|")
     det = r[:, 2] > 0
     for t in THRESHOLDS:
@@ -109,7 +109,7 @@ def main() -> None:
     print(f"\nShared clips: {len(s)} tracked faces; landmark score mean {s.mean():.3f}, min {s.min():.3f}; share under "
           + ", ".join(f"{t}: {100 * (s < t).mean():.2f}%" for t in THRESHOLDS))
     y = np.array(yaws)
-    print(f"|yaw| from the tracked landmarks: mean {y.mean():.1f}, 99th percentile {np.percentile(y, 99):.1f}, "
+    print(f"abs(yaw) from the tracked landmarks: mean {y.mean():.1f}, 99th percentile {np.percentile(y, 99):.1f}, "
           f"max {y.max():.1f} degrees")
 
 

@@ -32,7 +32,7 @@ class AnchorSpec:
 
 
 SHORT_RANGE = AnchorSpec(128, (8, 16), (2, 6))
-# 0.4, not MediaPipe's 0.5-0.6: small faces in wide frames score 0.4-0.6 (benchmarks/detector_recall.py)
+# 0.4, not the 0.6 used before: small faces in wide frames score 0.4-0.6 (benchmarks/detector_recall.py)
 FULL_RANGE = AnchorSpec(192, (4,), (1,), score_threshold=0.4)
 
 
