@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "videos")
     args = ap.parse_args()
     pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"))
-    size, scale = pipe.backbone.size, pipe.backbone.crop_scale
+    scale = pipe.backbone.crop_scale
     rows = []  # yaw, gt-crop NME, detected, first-pass score, NME, score, yaw from the predicted landmarks
     for f in ibug.split(ibug.list_annotated(args.data))[1]:
         img, gt = cv2.imread(str(f)), ibug.read_pts(f.with_suffix(".pts"))

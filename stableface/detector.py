@@ -189,13 +189,13 @@ class TiledDetector:
 
     def windows(self, width: int, height: int) -> list[tuple[int, int, int]]:
         """(x0, y0, side) of each tile."""
-        side = max(1, int(round(self.tile * min(width, height))))
+        side = max(1, round(self.tile * min(width, height)))
 
         def starts(length: int) -> list[int]:
             if length <= side:
                 return [0]
             n = int(np.ceil((length - side) / (side * (1 - self.overlap)))) + 1
-            return [int(round(v)) for v in np.linspace(0, length - side, n)]
+            return [round(float(v)) for v in np.linspace(0, length - side, n)]
 
         return [(x, y, side) for y in starts(height) for x in starts(width)]
 
