@@ -32,7 +32,8 @@ class AnchorSpec:
 
 
 SHORT_RANGE = AnchorSpec(128, (8, 16), (2, 6))
-FULL_RANGE = AnchorSpec(192, (4,), (1,), score_threshold=0.6)
+# 0.4, not the 0.6 used before: small faces in wide frames score 0.4-0.6 (benchmarks/detector_recall.py)
+FULL_RANGE = AnchorSpec(192, (4,), (1,), score_threshold=0.4)
 
 
 def anchors(spec: AnchorSpec) -> np.ndarray:
@@ -137,6 +138,16 @@ class BlazeFace:
         return out
 
 
+def merge(found: list[Detection], iou: float = 0.3) -> list[Detection]:
+    """Detections of several runs over one frame, best first; one that overlaps a better one by more
+    than ``iou`` is the same face and is dropped."""
+    out: list[Detection] = []
+    for d in sorted(found, key=lambda d: -d.score):
+        if not out or _iou(np.array(d.box), np.array([o.box for o in out])).max() <= iou:
+            out.append(d)
+    return out
+
+
 class MultiRangeDetector:
     """Short-range BlazeFace first; the full-range model when it finds nothing (small/far faces)."""
 
@@ -149,3 +160,57 @@ class MultiRangeDetector:
             if found:
                 return found
         return []
+
+
+class UnionDetector:
+    """Every detector runs on the frame; their detections are merged (``merge``)."""
+
+    def __init__(self, detectors: list[FaceDetector]) -> None:
+        self.detectors = detectors
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        return merge([d for det in self.detectors for d in det.detect(image)])
+
+
+class TiledDetector:
+    """A detector on the whole frame and on overlapping square tiles of it, merged (``merge``).
+
+    The detector shrinks the whole frame to its input (128 px for short-range BlazeFace): a face
+    60 px wide in a 640x360 frame is 12 px there, below what the model finds. Tiles of
+    ``tile`` x the frame's shorter side, overlapping by at least ``overlap`` of a tile, show such
+    faces larger. A tile detection cut by the tile's border is dropped (the whole face is in a
+    neighbouring tile or in the full frame).
+    """
+
+    def __init__(self, detector: FaceDetector, tile: float = 1.0, overlap: float = 0.25, whole: bool = True) -> None:
+        if not 0 < tile <= 1:
+            raise ValueError("tile must be in (0, 1]")
+        self.detector, self.tile, self.overlap, self.whole = detector, tile, overlap, whole
+
+    def windows(self, width: int, height: int) -> list[tuple[int, int, int]]:
+        """(x0, y0, side) of each tile."""
+        side = max(1, round(self.tile * min(width, height)))
+
+        def starts(length: int) -> list[int]:
+            if length <= side:
+                return [0]
+            n = int(np.ceil((length - side) / (side * (1 - self.overlap)))) + 1
+            return [round(float(v)) for v in np.linspace(0, length - side, n)]
+
+        return [(x, y, side) for y in starts(height) for x in starts(width)]
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        h, w = image.shape[:2]
+        found = list(self.detector.detect(image)) if self.whole else []
+        wins = self.windows(w, h)
+        if len(wins) == 1 and wins[0][2] >= max(w, h) and self.whole:
+            return merge(found)
+        for x, y, side in wins:
+            for d in self.detector.detect(image[y:y + side, x:x + side]):
+                x0, y0, x1, y1 = d.box
+                margin = 0.02 * side
+                cut = (x0 < margin and x > 0) or (y0 < margin and y > 0) \
+                    or (x1 > side - margin and x + side < w) or (y1 > side - margin and y + side < h)
+                if not cut:
+                    found.append(Detection((x0 + x, y0 + y, x1 + x, y1 + y), d.score, d.keypoints + [x, y]))
+        return merge(found)

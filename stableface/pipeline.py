@@ -29,7 +29,7 @@ import numpy as np
 
 from stableface import codec, crop as C
 from stableface.backbone import HeatmapBackbone
-from stableface.detector import BlazeFace, FaceDetector, MultiRangeDetector
+from stableface.detector import BlazeFace, FaceDetector, UnionDetector
 from stableface.lookahead import Lookahead
 from stableface.shots import ShotDetector, landmarks_changed
 from stableface.sinks import Sink, SinkError
@@ -99,7 +99,7 @@ class _TimedDecoder(Decoder):
 @dataclass(frozen=True)
 class PipelineConfig:
     stabilizer: str = "convlstm"
-    max_faces: int = 1
+    max_faces: int = 4  # interviews, panels, group shots (README)
     redetect_every: int = 10  # frames between detections while tracks live (0: never)
     decoder: str = "pdc"
     pdc_threshold: float = codec.DEFAULT_PDC_THRESHOLD
@@ -109,6 +109,7 @@ class PipelineConfig:
     rotate_crops: bool = True
     start_score: float = 0.55  # mean heatmap peak needed to start a track from a detection
     min_score: float = 0.3  # a track whose mean heatmap peak falls below this ends
+    sure_score: float = 0.55  # a track this sure of its landmarks is kept when re-detection misses its face
     lookahead: int = 0  # frames of fixed-lag smoothing per track in stream()/track() (0: none, no delay)
     shot_cuts: bool = True  # detect shot cuts (stableface.shots): a cut ends every track
 
@@ -131,7 +132,7 @@ class Pipeline:
         self.decoder = _TimedDecoder(self.timer, backbone.size, backbone.stride, config.decoder, config.pdc_threshold,
                                      config.pdc_mode)
         self.tracker = Tracker(self.new_stabilizer, max_faces=config.max_faces, crop_scale=backbone.crop_scale,
-                               rotate=config.rotate_crops, min_score=config.min_score)
+                               rotate=config.rotate_crops, min_score=config.min_score, sure_score=config.sure_score)
         self.lookahead = Lookahead(config.lookahead)
         self._held: deque[Frame] = deque()  # the frames whose results the lookahead still holds
         self._held_shots: deque[int] = deque()  # and their shots (the lookahead rebuilds results without them)
@@ -151,7 +152,7 @@ class Pipeline:
         # under a lookahead the ConvLSTM is not run; weights the user named are still loaded and checked
         wanted = config.stabilizer == "convlstm" and (not config.lookahead or stabilizer_weights is not None)
         step = ConvLSTMStep(ws.stabilizer, device, threads or 1) if wanted else None
-        return cls(MultiRangeDetector(dets), backbone, config, step)
+        return cls(UnionDetector(dets), backbone, config, step)
 
     @property
     def stabilizer_label(self) -> str:
@@ -255,7 +256,11 @@ class Pipeline:
         self._frame_count += 1
         n = self._frame_count
         every = self.config.redetect_every
-        if not tracker.tracks or self.last_detect is None or (every and n - self.last_detect >= every):
+        # a re-detection can only start a face where there is room, or end an unsure track: else it is skipped
+        due = every and n - self.last_detect >= every if self.last_detect is not None else True
+        if due and len(tracker.tracks) >= tracker.max_faces and all(t.score >= tracker.sure_score for t in tracker.tracks):
+            due, self.last_detect = False, n
+        if not tracker.tracks or due:
             with self.timer.stage("detect"):
                 detections = self.detector.detect(image)
             self.last_detect = n

@@ -4,8 +4,11 @@ A track is started from a detection, then followed from its own landmarks: its c
 re-derived from the landmarks, inside a dead band, so that the crop holds still while the face
 does (crop boxes never jitter more than the landmarks). Periodic re-detections keep ids honest:
 a detection that overlaps a live track is that track; one that overlaps none starts a new
-track (up to ``max_faces``); a track that no re-detection confirms ``max_misses`` times in a
-row, or whose landmark confidence drops below ``min_score``, ends and its stabilizer is reset.
+track (up to ``max_faces``); a track whose landmark confidence drops below ``min_score``, or that
+no re-detection confirms ``max_misses`` times in a row while its landmarks are less sure than
+``sure_score``, ends and its stabilizer is reset. A track is never handed to another face: a
+detection that overlaps no live track starts a new one (with a new id) or, with ``max_faces``
+tracks already live, is ignored, however high its score; a track that is lost ends, for good.
 
 Ids are 0, 1, 2, ... in order of appearance: a track is *confirmed* by the first ``observe`` it
 survives (its face is shown). A track that ends before that (a detector false positive, a
@@ -87,12 +90,12 @@ class Track:
 class Tracker:
     def __init__(self, stabilizer_factory: Callable[[], Stabilizer], max_faces: int = 1, iou_threshold: float = 0.2,
                  max_misses: int = 2, min_score: float = 0.15, crop_scale: float = 1.3, rotate: bool = True,
-                 dead_band: DeadBand | None = None) -> None:
+                 dead_band: DeadBand | None = None, sure_score: float = 1.0) -> None:
         if max_faces < 1:
             raise ValueError("max_faces must be at least 1")
         self.factory = stabilizer_factory
         self.max_faces, self.iou_threshold = max_faces, iou_threshold
-        self.max_misses, self.min_score = max_misses, min_score
+        self.max_misses, self.min_score, self.sure_score = max_misses, min_score, sure_score
         self.crop_scale, self.rotate = crop_scale, rotate
         self.dead_band = dead_band or DeadBand()
         self.tracks: list[Track] = []
@@ -108,7 +111,8 @@ class Tracker:
         """Match detections to live tracks; returns the detections that start new tracks.
 
         Tracks confirmed by a detection get ``misses = 0``; the others count a miss and end
-        after ``max_misses`` in a row.
+        after ``max_misses`` in a row, unless their landmarks are at least ``sure_score`` sure (the
+        detector misses turned and small faces that the landmarks still hold).
         """
         unmatched = list(range(len(detections)))
         for t in sorted(self.tracks, key=lambda tr: -tr.age):
@@ -118,7 +122,7 @@ class Tracker:
                 if v > best_iou:
                     best, best_iou = j, v
             if best is None:
-                t.misses += 1
+                t.misses = 0 if t.landmarks is not None and t.score >= self.sure_score else t.misses + 1
             else:
                 t.misses = 0
                 t.detection_score = detections[best].score

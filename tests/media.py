@@ -166,3 +166,38 @@ def backbone_variant(path: Path, nan_above: float | None = None, batch1: bool = 
             v.type.tensor_type.shape.dim[0].dim_value = 1
     onnx.save(m, str(path))
     return path
+
+
+def two_faces_stage(n: int = 90, width: int = 480, height: int = 360, enter: int = 20, leave: int = 50):
+    """A planted two-person clip: (frames, face_x) with ``face_x[i] = (xa, xb)`` the frame x of each face's
+    centre (outside the frame while the face leaves it), ``None`` when nothing of that person is in view.
+
+    A is scikit-image's astronaut photo (public domain), head and shoulders at 0.8x, on the left;
+    B is the same photo mirrored, hue-shifted and at 1.0x (the detector scores B higher), on the
+    right. B walks in from the right edge until frame ``enter``; A walks out to the left from
+    frame ``leave`` at 12 px per frame. Flat grey background with sensor noise (sigma 3).
+    """
+    import cv2
+
+    data = pytest.importorskip("skimage.data")
+    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    a = cv2.resize(photo[20:260, 110:340], None, fx=0.8, fy=0.8)
+    hsv = cv2.cvtColor(np.ascontiguousarray(photo[20:260, 110:340][:, ::-1]), cv2.COLOR_BGR2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(int) + 25) % 180
+    b = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    face_a, face_b = 0.8 * (225 - 110), (340 - 225)  # the face's centre in each tile (photo x 225)
+    frames, xs = [], []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        img = np.full((height, width, 3), 70.0)
+        xa = 10 - 12 * max(0, i - leave)
+        xb = 250 + 12 * max(0, enter - i)
+        pos = []
+        for tile, x, fx in ((a, xa, face_a), (b, xb, face_b)):
+            x0, x1 = max(x, 0), min(x + tile.shape[1], width)
+            if x1 > x0:
+                img[height - tile.shape[0]:, x0:x1] = tile[:, x0 - x:x1 - x]
+            pos.append(x + fx if x1 > x0 else None)
+        frames.append(np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8))
+        xs.append(tuple(pos))
+    return frames, xs

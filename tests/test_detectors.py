@@ -1,0 +1,96 @@
+"""Detector combinations (merge, union, tiles) on planted detectors, and the yaw estimate on planted heads."""
+
+import numpy as np
+import pytest
+
+from stableface import pose
+from stableface.detector import TiledDetector, UnionDetector, merge
+from stableface.types import Detection
+
+
+class Squares:
+    """Finds the white squares of a frame whose side is at least ``reach`` x the frame's longer side
+    (a detector that misses faces that are small in the frame); score = 0.9. Counts its calls."""
+
+    def __init__(self, reach=0.1):
+        self.reach, self.calls = reach, 0
+
+    def detect(self, image):
+        import cv2
+
+        self.calls += 1
+        n, _, stats, _ = cv2.connectedComponentsWithStats((image[..., 0] > 128).astype(np.uint8))
+        out = []
+        for x, y, w, h, _ in stats[1:n]:
+            if max(w, h) >= self.reach * max(image.shape[:2]):
+                out.append(Detection((float(x), float(y), float(x + w), float(y + h)), 0.9))
+        return out
+
+
+class Fixed:
+    def __init__(self, found):
+        self.found = found
+
+    def detect(self, image):
+        return list(self.found)
+
+
+def frame_with(squares, w=640, h=360):
+    img = np.zeros((h, w, 3), np.uint8)
+    for x, y, s in squares:
+        img[y:y + s, x:x + s] = 255
+    return img
+
+
+def test_merge_keeps_the_best_of_overlapping_detections_and_separate_faces():
+    a, b, c = Detection((0, 0, 10, 10), 0.7), Detection((1, 0, 11, 10), 0.9), Detection((50, 50, 60, 60), 0.8)
+    assert merge([a, b, c]) == [b, c]
+    assert merge([]) == []
+
+
+def test_union_runs_every_detector_and_merges():
+    near = Fixed([Detection((100, 100, 200, 200), 0.95)])
+    far = Fixed([Detection((102, 100, 202, 200), 0.5), Detection((400, 50, 420, 70), 0.45)])
+    found = UnionDetector([near, far]).detect(frame_with([]))
+    assert [d.box for d in found] == [(100, 100, 200, 200), (400, 50, 420, 70)]
+
+
+def test_tiles_find_small_faces_at_their_place_once():
+    small = [(40, 40, 24), (300, 200, 24), (590, 300, 24)]  # 24 px: under the planted reach of 64 px in 640
+    img = frame_with(small + [(150, 120, 100)])
+    assert [d.box for d in Squares().detect(img)] == [(150.0, 120.0, 250.0, 220.0)]
+    tiled = TiledDetector(Squares(), tile=0.5)
+    found = tiled.detect(img)
+    boxes = sorted(d.box for d in found)
+    assert boxes == sorted([(float(x), float(y), float(x + s), float(y + s)) for x, y, s in small]
+                           + [(150.0, 120.0, 250.0, 220.0)])
+    wins = tiled.windows(640, 360)
+    assert all(s == 180 for _, _, s in wins) and {x for x, _, _ in wins} >= {0, 460} and {y for _, y, _ in wins} == {0, 90, 180}
+    assert tiled.detector.calls == 1 + len(wins)
+
+
+def test_a_face_cut_by_a_tile_border_comes_from_another_tile():
+    img = frame_with([(170, 30, 30)])  # crosses x = 180, the right edge of the first tile
+    found = TiledDetector(Squares(reach=0.15), tile=0.5, whole=False).detect(img)
+    assert [d.box for d in found] == [(170.0, 30.0, 200.0, 60.0)]
+
+
+def test_one_tile_frame_runs_the_detector_once():
+    det = Squares()
+    TiledDetector(det).detect(frame_with([], 200, 200))
+    assert det.calls == 1
+
+
+@pytest.mark.parametrize("yaw", [-65.0, -30.0, 0.0, 20.0, 45.0, 80.0])
+def test_yaw_of_a_planted_head_is_found(yaw):
+    pts = np.zeros((68, 2))
+    pts[list(pose.POINTS)] = pose.project(yaw, 320, 320)
+    assert pose.yaw_degrees(pts, 320, 320) == pytest.approx(yaw, abs=0.5)
+
+
+def test_face_yaw_does_not_depend_on_where_the_face_is():
+    pts = np.zeros((68, 2))
+    pts[list(pose.POINTS)] = pose.project(35.0, 320, 320)
+    pts[[i for i in range(68) if i not in pose.POINTS]] = pts[list(pose.POINTS)].mean(0)  # inside the box
+    assert pose.face_yaw(pts) == pytest.approx(pose.face_yaw(pts + [1000.0, -300.0]), abs=1e-3)
+    assert abs(pose.face_yaw(pts)) > 20
