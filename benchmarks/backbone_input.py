@@ -9,23 +9,12 @@ Medians of ``--runs`` calls, in turns with a 256x256 float32 numpy matmul as the
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from stableface.backbone import HeatmapBackbone
 from stableface.weights import resolve
-
-
-def median_ms(fn, runs: int) -> float:
-    for _ in range(10):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts) * 1000)
+from timing import median_ms  # noqa: E402 (benchmarks/timing.py)
 
 
 def main() -> None:

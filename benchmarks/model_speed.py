@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 
@@ -22,17 +21,7 @@ from stableface.crop import CropBox
 from stableface import grid
 from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
 from stableface.weights import resolve
-
-
-def median_ms(fn, runs: int) -> float:
-    for _ in range(10):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts) * 1000)
+from timing import median_ms  # noqa: E402 (benchmarks/timing.py)
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 import onnxruntime as ort
 
 from stableface.weights import resolve
+from timing import median_ms  # noqa: E402 (benchmarks/timing.py)
 
 # name -> (intra-op threads, graph optimisation, execution mode, cpu arena, spinning)
 SETTINGS = {
@@ -51,17 +51,6 @@ def session(path, threads, opt, mode, arena, spin, default_threads):
     return ort.InferenceSession(str(path), sess_options=o, providers=["CPUExecutionProvider"])
 
 
-def median_ms(fn, runs: int) -> float:
-    for _ in range(5):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts) * 1000)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -80,11 +69,11 @@ def main() -> None:
     a = rng.random((256, 256), dtype=np.float32)
     times: dict = {}
     for _ in range(args.rounds):
-        times.setdefault("ref", []).append(median_ms(lambda: a @ a, args.runs))
+        times.setdefault("ref", []).append(median_ms(lambda: a @ a, args.runs, warmup=5))
         for name in SETTINGS:
             for (m, n), f in feeds.items():
                 s = sessions[(name, m)]
-                times.setdefault((name, m, n), []).append(median_ms(lambda s=s, f=f: s.run(None, f), args.runs))
+                times.setdefault((name, m, n), []).append(median_ms(lambda s=s, f=f: s.run(None, f), args.runs, warmup=5))
     med = {k: float(np.median(v)) for k, v in times.items()}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, onnxruntime {ort.__version__}; "
           f"median over {args.rounds} interleaved rounds of the median of {args.runs} calls; reference matmul "
