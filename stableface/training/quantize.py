@@ -13,6 +13,9 @@ several times faster; on a CPU with AVX2 only they can be slower than float. Mea
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +45,7 @@ def quantize_backbone(model: str | Path, out: str | Path, crops: np.ndarray) -> 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    model, out = Path(model), Path(out)
+    model, out = Path(model).resolve(), Path(out).resolve()
     float_bb = HeatmapBackbone(model, device="cpu")
     x = float_bb.prepare(crops)
 
@@ -59,9 +62,10 @@ def quantize_backbone(model: str | Path, out: str | Path, crops: np.ndarray) -> 
     tmp = out.with_name(out.name + ".tmp")
     pre = out.with_name(out.name + ".pre.tmp")
     try:
-        quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        with _scratch_cwd():
+            quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         m = onnx.load(str(tmp))  # the float model's metadata, plus where this twin came from
         have = {p.key for p in m.metadata_props}
         for p in onnx.load(str(model)).metadata_props:
@@ -77,3 +81,17 @@ def quantize_backbone(model: str | Path, out: str | Path, crops: np.ndarray) -> 
             p.unlink(missing_ok=True)
     diff = np.abs(a - b)
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "calibration_crops": len(crops)}
+
+
+@contextmanager
+def _scratch_cwd():
+    """Run in a temporary working directory: onnxruntime's symbolic shape inference dumps
+    ``sym_shape_infer_temp.onnx`` and its external data into the current directory when it cannot
+    infer every shape (it cannot on this backbone), and would leave them in the user's folder."""
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="stableface-quantize-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(here)
