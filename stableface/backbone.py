@@ -3,7 +3,9 @@
 Metadata read from the model (``metadata_props``, all optional for a user's own export):
 ``input_size`` (crop side, px), ``mean``/``std`` (per channel, 0-255 scale), ``color``
 (``rgb`` or ``bgr``), ``stride`` (crop px per heatmap cell), ``num_landmarks``,
-``landmark_scheme``, ``crop_scale`` (crop side / landmark box side).
+``landmark_scheme``, ``crop_scale`` (crop side / landmark box side), ``landmark_offset`` (K x 2, crop
+pixels: the backbone's mean miss on its training split, added to every decoded point; written by
+``stableface calibrate backbone``).
 Without them the input size comes from the input shape, the stride from the output shape,
 and the input is taken as 0-255 RGB.
 """
@@ -52,6 +54,7 @@ class HeatmapBackbone:
         self.rgb = str(meta.get("color", "rgb")).lower() == "rgb"
         self.mean = np.asarray(meta.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(meta.get("std", [1.0, 1.0, 1.0]), dtype=np.float32).reshape(1, 3, 1, 1)
+        self.offset = onnx_util.point_offsets(meta, "landmark_offset", self.k, self.path)
         self.meta = meta
 
     def prepare(self, crops: np.ndarray) -> np.ndarray:
@@ -84,3 +87,4 @@ class HeatmapBackbone:
         if hm.ndim != 4 or hm.shape[1] != self.k:
             raise WeightsError(f"{self.path}: output has shape {hm.shape}, expected (N, {self.k}, H, W)")
         return hm
+

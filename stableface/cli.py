@@ -731,6 +731,98 @@ def quantize(model, dataset, output, images, overwrite):
                f"of the float model on {rep['calibration_crops']} calibration crops")
 
 
+@main.command()
+@click.argument("kind", type=click.Choice(["backbone", "stabilizer"]))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The calibrated .onnx to write (MODEL with the offset in its metadata).")
+@click.option("--backbone", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="stabilizer: the (calibrated) backbone it runs over [default: the shipped one].")
+@click.option("--sequences", "n_sequences", type=click.IntRange(1), default=200, show_default=True,
+              help="stabilizer: real-motion training sequences to measure on.")
+@click.option("--videos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/videos"),
+              show_default=True, help="stabilizer: talking-head clips whose motion drives the sequences.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True)
+def calibrate(kind, model, dataset, output, backbone, n_sequences, videos, overwrite, quiet):
+    """Measure a model's systematic offset on DATASET's training split and write it into its metadata.
+
+    \b
+    backbone:   the mean miss of each landmark (landmark_offset), added to every decoded point;
+    stabilizer: the mean of stabilized - raw (output_offset) on real-motion training sequences,
+                taken off every stabilized point. Calibrate the backbone first.
+    Needs the [train] extra (onnx) and, for stabilizer, PyAV."""
+    from stableface import calibrate as CAL
+    from stableface.backbone import HeatmapBackbone
+    from stableface.onnx_util import WeightsError
+    from stableface.weights import resolve
+
+    if output.exists() and not overwrite:
+        _fail(f"{output} exists: add --overwrite to replace it", 2)
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        _fail(f"calibrate needs onnx: pip install 'stableface[train]' ({exc})", 2)
+    try:
+        train_files, _ = ibug_training_split(dataset)
+        with _count_progress(quiet, f"calibrate {kind}") as tick:
+            if kind == "backbone":
+                bb = HeatmapBackbone(model, device="cpu")
+                rep = CAL.backbone_offset(bb, train_files, progress=tick)
+                note = {"faces": rep["faces"], "crops": rep["crops"], "split": "training", "dataset": dataset.name,
+                        "left_out": round(rep["left_out"], 4)}
+                CAL.write_offset(model, output, "landmark_offset", rep["offset"], note)
+                what = f"mean miss of {rep['crops']} crops of {rep['faces']} training faces"
+            else:
+                from stableface import realmotion
+                from stableface.stabilizer import ConvLSTMStep
+                from stableface.training import data as D
+
+                bb = HeatmapBackbone(backbone or resolve().backbone, device="cpu")
+                step = ConvLSTMStep(model, device="cpu", threads=1)
+                step.check(bb.k, bb.heatmap_size, f"backbone {bb.path}")
+                stills = D.load(train_files[:n_sequences])
+                seqs = realmotion.training_sequences(stills, bb, videos, 24, 1, seed=11)
+                rep = CAL.stabilizer_offset(step, bb, seqs, progress=tick, total=len(stills))
+                note = {"sequences": rep["sequences"], "frames": rep["frames"], "backbone": bb.path.name,
+                        "backbone_offset": bb.offset is not None, "split": "training", "dataset": dataset.name,
+                        "left_out": round(rep["left_out"], 4)}
+                CAL.write_offset(model, output, "output_offset", rep["offset"], note)
+                what = f"mean of stabilized - raw over {rep['frames']} frames of {rep['sequences']} real-motion training sequences"
+    except (ValueError, WeightsError) as exc:
+        _fail(str(exc), 2)
+    dx, dy = rep["mean"]
+    click.echo(f"wrote {output}: {what}, on average {dx:+.3f} / {dy:+.3f} crop px in x / y "
+               f"(standard error {rep['stderr'][0]:.3f} / {rep['stderr'][1]:.3f}; "
+               f"{100 * rep['left_out']:.1f}% of the differences, over {CAL.TRIM_CELLS:g} heatmap cells, left out)")
+
+
+def ibug_training_split(dataset: Path) -> tuple[list[Path], list[Path]]:
+    from stableface import ibug
+
+    return ibug.training_split(dataset)
+
+
+@contextmanager
+def _count_progress(quiet: bool, name: str):
+    """A bar for ``progress(done, total)`` callbacks (total 0: unknown)."""
+    if not _progress_enabled(quiet):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as progress:
+        task = progress.add_task(name, total=None)
+
+        def tick(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total or None)
+
+        yield tick
+
+
 @contextmanager
 def _training_progress(quiet: bool, name: str):
     if not _progress_enabled(quiet):

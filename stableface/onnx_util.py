@@ -85,5 +85,19 @@ def metadata(sess) -> dict[str, object]:
     return out
 
 
+def point_offsets(meta: dict[str, object], key: str, k: int, path: str | Path) -> np.ndarray | None:
+    """A (K, 2) float32 calibration offset (crop pixels) from the metadata ``key``, or None without one."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        arr = np.zeros(0, np.float32)
+    if arr.shape != (k, 2) or not np.isfinite(arr).all():
+        raise WeightsError(f"{path}: '{key}' metadata must be {k} finite (dx, dy) pairs")
+    return arr
+
+
 def as_float32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)

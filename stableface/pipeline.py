@@ -130,7 +130,7 @@ class Pipeline:
         self.background = _ThreadTimer()  # the reader's and writer's (they overlap the others)
         self.wall, self.frames_done = 0.0, 0  # for profile()
         self.decoder = _TimedDecoder(self.timer, backbone.size, backbone.stride, config.decoder, config.pdc_threshold,
-                                     config.pdc_mode)
+                                     config.pdc_mode, backbone.offset)
         self.tracker = Tracker(self.new_stabilizer, max_faces=config.max_faces, crop_scale=backbone.crop_scale,
                                rotate=config.rotate_crops, min_score=config.min_score, sure_score=config.sure_score)
         self.lookahead = Lookahead(config.lookahead)

@@ -20,7 +20,7 @@ as everywhere in stableface. Everything is seeded: the same spec and seed give t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,3 +358,45 @@ def split_motion(library: dict[str, MotionClip]) -> tuple[list[MotionClip], list
     val = [c for n, c in library.items() if n in VALIDATION_MOTION]
     train = [c for n, c in library.items() if n not in VALIDATION_MOTION]
     return train, val
+
+
+# ---------------------------------------------------------------- training sequences
+
+def training_sequences(samples: Sequence, backbone, videos: Path, length: int, per_image: int, seed: int,
+                       progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Real-motion training sequences, seen through the crop a tracker would hold.
+
+    The motion of the shared clips that the benchmark does not use, varied, applied to ``samples``
+    (``training.data.Sample``: training stills), rendered through H.264 (480x480, 1.5x upscale),
+    cut by one crop per sequence placed from the first frame's landmarks (rolled upright, jittered
+    like a detector's). Yields ``(crops (T, S, S, 3) uint8, ground truth (T, K, 2) crop pixels)``;
+    ``finetune`` trains on them and ``stableface calibrate stabilizer`` measures on them.
+    """
+    import tempfile
+
+    from stableface.crop import CropBox, box_from_landmarks, to_crop, warp
+
+    lib = motion_library(videos, raw_tracker(backbone.path), Path(tempfile.gettempdir()) / "stableface-motion-cache")
+    motion, _ = split_motion(lib)
+    if not motion:
+        raise ValueError(f"{videos}: no clip whose motion is not held out for the benchmark")
+    rng = np.random.default_rng(seed)
+    spec = RenderSpec(width=480, height=480, upscale=1.5)
+    total, done = len(samples) * per_image, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in samples:
+            for _ in range(per_image):
+                script = make_script(motion, length, rng)
+                frames, gt = render(s.image, s.points, script, spec, rng)
+                path = write_clip(Path(tmp) / "clip.mp4", frames, gt, spec.fps, float(rng.uniform(*spec.bitrate)))
+                frames = read_clip(path)[:length]
+                done += 1
+                if len(frames) < length:
+                    continue
+                base = box_from_landmarks(gt[0], backbone.crop_scale, rotate=True)
+                j = 0.03 * base.side
+                box = CropBox(base.cx + rng.normal(0, j), base.cy + rng.normal(0, j), base.side * rng.uniform(0.95, 1.05),
+                              base.angle)
+                yield np.stack([warp(f, box, backbone.size) for f in frames]), to_crop(gt, box, backbone.size).astype(np.float32)
+                if progress:
+                    progress(done, total)

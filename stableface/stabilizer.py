@@ -28,27 +28,34 @@ from stableface.types import Stabilizer
 
 
 class Decoder:
-    """PDC (or argmax) decoding followed by the uncrop to source pixels."""
+    """PDC (or argmax) decoding, the backbone's calibration offset, then the uncrop to source pixels.
+
+    ``offset`` (K, 2, crop pixels; the backbone's ``landmark_offset``) is added to every decoded
+    point, raw or stabilized: heatmaps in this pipeline are all in the backbone's convention, and
+    the offset maps that convention onto the annotations'."""
 
     def __init__(self, crop_size: int, stride: float, method: str = "pdc", threshold: float = codec.DEFAULT_PDC_THRESHOLD,
-                 mode: str = codec.DEFAULT_PDC_MODE) -> None:
+                 mode: str = codec.DEFAULT_PDC_MODE, offset: np.ndarray | None = None) -> None:
         if method not in codec.DECODERS:
             raise ValueError(f"unknown decoder {method!r}")
         if mode not in codec.PDC_MODES:
             raise ValueError(f"unknown PDC mode {mode!r}")
         self.crop_size, self.stride, self.method, self.threshold, self.mode = crop_size, stride, method, threshold, mode
+        self.offset = None if offset is None else np.asarray(offset, np.float32)
 
     def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Points in crop pixels and scores."""
+        """Points in crop pixels (calibrated) and scores."""
         if self.method == "pdc":
-            return codec.decode_pdc(heatmaps, self.stride, self.threshold, self.mode)
-        return codec.decode_argmax(heatmaps, self.stride)
+            pts, scores = codec.decode_pdc(heatmaps, self.stride, self.threshold, self.mode)
+        else:
+            pts, scores = codec.decode_argmax(heatmaps, self.stride)
+        if self.offset is not None:
+            pts = pts + self.offset
+        return pts, scores
 
-    def __call__(self, heatmaps: np.ndarray, crop: CropBox, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Points in source pixels and scores; ``offset`` (crop pixels) is added before the uncrop."""
+    def __call__(self, heatmaps: np.ndarray, crop: CropBox) -> tuple[np.ndarray, np.ndarray]:
+        """Points in source pixels and scores."""
         pts, scores = self.decode(heatmaps)
-        if offset is not None:
-            pts = pts + offset
         return to_source(pts, crop, self.crop_size).astype(np.float32), scores
 
 
@@ -206,6 +213,9 @@ class ConvLSTMStep:
         self.meta = meta
         motion = meta.get("motion")
         self.motion = MotionConfig(**motion) if isinstance(motion, dict) else MotionConfig()
+        # the stabilized points' mean offset from the raw ones (state-frame crop pixels), measured on
+        # training sequences by `stableface calibrate stabilizer` and taken off every output
+        self.output_offset = onnx_util.point_offsets(meta, "output_offset", self.k, self.path)
 
     def check(self, k: int, heatmap_size: int, backbone: str = "backbone") -> None:
         if (k, heatmap_size) != (self.k, self.heatmap_size):
@@ -276,6 +286,8 @@ class ConvLSTMStabilizer:
         (``q``: that PDC, already decoded in crop pixels)."""
         if q is None:
             q, _ = self.decoder.decode(s)
+        if self.step.output_offset is not None:
+            q = q - self.step.output_offset
         return apply_affine(motion, to_source(q, self.ref, self.decoder.crop_size)).astype(np.float32)
 
 

@@ -92,46 +92,33 @@ def build_cache(samples: list[D.Sample], backbone: HeatmapBackbone, spec: Sequen
 
 def real_motion_cache(samples: list[D.Sample], backbone: HeatmapBackbone, videos: Path, length: int, per_image: int,
                       seed: int, progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sequences with real head and face motion (``stableface.realmotion``: the motion of the shared
-    clips held out of the benchmark, applied to training stills, rendered through H.264), seen through
-    the crop a tracker would hold: one crop per sequence, from the first frame's landmarks (rolled
-    upright, jittered like a detector's). Heatmaps (N, T, K, H, W) float16, ground truth (N, T, K, 2)."""
-    import tempfile
-
+    """Sequences with real head and face motion (``realmotion.training_sequences``: the motion of the
+    shared clips held out of the benchmark, applied to training stills, rendered through H.264, one
+    tracker-like crop per sequence). Heatmaps (N, T, K, H, W) float16, ground truth (N, T, K, 2)."""
     from stableface import realmotion as R
-    from stableface.crop import box_from_landmarks, to_crop, warp
 
-    lib = R.motion_library(videos, R.raw_tracker(backbone.path), Path(tempfile.gettempdir()) / "stableface-motion-cache")
-    motion, _ = R.split_motion(lib)
-    rng = np.random.default_rng(seed)
-    spec = R.RenderSpec(width=480, height=480, upscale=1.5)
     hms, pts = [], []
-    total = len(samples) * per_image
-    with tempfile.TemporaryDirectory() as tmp:
-        for s in samples:
-            for _ in range(per_image):
-                script = R.make_script(motion, length, rng)
-                frames, gt = R.render(s.image, s.points, script, spec, rng)
-                path = R.write_clip(Path(tmp) / "clip.mp4", frames, gt, spec.fps, float(rng.uniform(*spec.bitrate)))
-                frames = R.read_clip(path)[:length]
-                if len(frames) < length:
-                    continue
-                base = box_from_landmarks(gt[0], backbone.crop_scale, rotate=True)
-                j = 0.03 * base.side
-                box = CropBox(base.cx + rng.normal(0, j), base.cy + rng.normal(0, j), base.side * rng.uniform(0.95, 1.05),
-                              base.angle)
-                crops = np.stack([warp(f, box, backbone.size) for f in frames])
-                hms.append(_heatmaps(backbone, crops))
-                pts.append(to_crop(gt, box, backbone.size).astype(np.float32))
-                if progress:
-                    progress(len(hms), total)
+    for crops, gt in R.training_sequences(samples, backbone, videos, length, per_image, seed, progress):
+        hms.append(_heatmaps(backbone, crops))
+        pts.append(gt)
     return np.stack(hms), np.stack(pts)
+
+
+def raw_points(hms: np.ndarray, backbone: HeatmapBackbone, threshold: float, mode: str) -> np.ndarray:
+    """Raw landmarks (..., T, K, 2) in crop pixels of heatmaps (..., T, K, H, W): PDC plus the
+    backbone's calibration offset, as the runtime's ``Decoder`` gives them."""
+    raw = np.stack([codec.decode_pdc(h.astype(np.float32), backbone.stride, threshold, mode)[0] for h in hms])
+    return raw + backbone.offset if backbone.offset is not None else raw
+
+
+def offset_tensor(backbone: HeatmapBackbone, device: str) -> torch.Tensor | None:
+    return None if backbone.offset is None else torch.from_numpy(backbone.offset).to(device)
 
 
 def with_plan(hms: np.ndarray, gts: np.ndarray, backbone: HeatmapBackbone, motion: MotionConfig,
               threshold: float, mode: str) -> tuple[np.ndarray, ...]:
     """(heatmaps, ground truth, pull, push): the runtime's motion plan from the raw landmarks."""
-    raw = np.stack([codec.decode_pdc(h.astype(np.float32), backbone.stride, threshold, mode)[0] for h in hms])
+    raw = raw_points(hms, backbone, threshold, mode)
     pull, push = motion_plan(raw, backbone.size, backbone.stride, motion)
     return hms, gts, pull, push
 
@@ -202,9 +189,12 @@ def run_sequences(model: ConvLSTM, hms: torch.Tensor, pull: torch.Tensor, state:
 
 
 def state_landmarks_to_crop(s: torch.Tensor, push: torch.Tensor, threshold: float, stride: float,
-                            mode: str = codec.DEFAULT_PDC_MODE) -> torch.Tensor:
-    """Landmarks (B, T, K, 2) in crop pixels from ``run_sequences``' output (the runtime's ``_output``)."""
+                            mode: str = codec.DEFAULT_PDC_MODE, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Landmarks (B, T, K, 2) in crop pixels from ``run_sequences``' output (the runtime's ``_output``;
+    ``offset``: the backbone's calibration, (K, 2) crop pixels)."""
     q = pdc(s, threshold, stride, mode)
+    if offset is not None:
+        q = q + offset
     return torch.einsum("btij,btkj->btki", push[..., :2], q) + push[..., None, :, 2]
 
 
@@ -214,13 +204,17 @@ def to_state(points: torch.Tensor, push: torch.Tensor) -> torch.Tensor:
     return torch.einsum("btij,btkj->btki", torch.linalg.inv(a), points - t[..., None, :])
 
 
-def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, push: torch.Tensor, gt: torch.Tensor, stride: float) -> torch.Tensor:
-    """Jitter loss (or L2) of ``run_sequences``' output; heatmap targets are placed in the state frame."""
+def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, push: torch.Tensor, gt: torch.Tensor, stride: float,
+                  offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Jitter loss (or L2) of ``run_sequences``' output; heatmap targets are placed in the state frame,
+    in the backbone's convention (``offset``, its calibration, is taken off them: the stabilizer has no
+    shift to learn)."""
     size = s.shape[-1]
-    tgt = targets(to_state(gt, push), size, stride, cfg.sigma)
+    where = to_state(gt, push)
+    tgt = targets(where - offset if offset is not None else where, size, stride, cfg.sigma)
     if cfg.loss == "l2":
         return ((s - tgt) ** 2).mean()
-    u = state_landmarks_to_crop(s, push, cfg.pdc_threshold, stride, cfg.pdc_mode)
+    u = state_landmarks_to_crop(s, push, cfg.pdc_threshold, stride, cfg.pdc_mode, offset)
     loss = s.new_zeros(())
     for t in range(1, s.shape[1]):
         loss = loss + jitter_loss(s[:, t], tgt[:, t], u[:, t], u[:, t - 1], gt[:, t], gt[:, t - 1], cfg.theta, cfg.xi)
@@ -232,16 +226,19 @@ def sequence_loss(cfg: FinetuneConfig, s: torch.Tensor, push: torch.Tensor, gt: 
 
 @torch.no_grad()
 def validate(model: ConvLSTM, val: dict[str, tuple], stride: float, threshold: float, mode: str, device: str,
-             prime_steps: int) -> dict[str, float]:
+             prime_steps: int, offset: np.ndarray | None = None) -> dict[str, float]:
     model.eval()
     out: dict[str, float] = {}
+    off = None if offset is None else torch.from_numpy(offset).to(device)
     for name, (hms, gt, pull, push) in val.items():
         raw, stab = [], []
         for i in range(0, len(hms), 16):
             x = torch.from_numpy(hms[i:i + 16].astype(np.float32)).to(device)
             s = run_sequences(model, x, torch.from_numpy(pull[i:i + 16]).to(device), prime_steps=prime_steps)
-            stab.append(state_landmarks_to_crop(s, torch.from_numpy(push[i:i + 16]).to(device), threshold, stride, mode).cpu().numpy())
-            raw.append(codec.decode_pdc(hms[i:i + 16].astype(np.float32), stride, threshold, mode)[0])
+            stab.append(state_landmarks_to_crop(s, torch.from_numpy(push[i:i + 16]).to(device), threshold, stride, mode,
+                                                off).cpu().numpy())
+            r = codec.decode_pdc(hms[i:i + 16].astype(np.float32), stride, threshold, mode)[0]
+            raw.append(r + offset if offset is not None else r)
         for tag, pred in (("raw", np.concatenate(raw)), ("stab", np.concatenate(stab))):
             for k, v in sequence_metrics(pred, gt).items():
                 out[f"{name}_{tag}_{k}"] = v
@@ -315,7 +312,8 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         start_epoch, history = ck["epoch"], ck["history"]
         log(f"resumed from {last} at epoch {start_epoch}")
     if start_epoch == 0:
-        m0 = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.pdc_mode, cfg.device, motion.prime_steps)
+        m0 = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.pdc_mode, cfg.device, motion.prime_steps,
+                          backbone.offset)
         log(f"before training ({cfg.init} initialisation): " + _summary(m0))
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
@@ -337,7 +335,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             step = epoch * steps_per_epoch + b
             set_lr(opt, cosine_lr(step, total, cfg.lr))
             out_s = run_sequences(model, x, pull[:, burn:], state, prime_steps=motion.prime_steps)
-            loss = sequence_loss(cfg, out_s, push, g, backbone.stride)
+            loss = sequence_loss(cfg, out_s, push, g, backbone.stride, offset_tensor(backbone, cfg.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -345,7 +343,8 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             run += float(loss.detach()) * len(idx)
             if on_step:
                 on_step(step + 1, total, {"epoch": epoch + 1, "loss": run / seen, "seq_s": seen / (time.perf_counter() - t_ep)})
-        metrics = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.pdc_mode, cfg.device, motion.prime_steps)
+        metrics = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.pdc_mode, cfg.device, motion.prime_steps,
+                          backbone.offset)
         metrics.update(epoch=epoch + 1, loss=run / seen)
         history.append(metrics)
         save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": history,
@@ -380,7 +379,7 @@ def tune_motion(model: ConvLSTM, hms: np.ndarray, gts: np.ndarray, backbone: Hea
     # the real-motion sequences (they come last) when there are any: the motion filter is for real heads
     n = cfg.tune_sequences
     hms, gts = (hms[-n:], gts[-n:]) if cfg.sequences != "synthetic" else (hms[:n], gts[:n])
-    raw = np.stack([codec.decode_pdc(h.astype(np.float32), backbone.stride, cfg.pdc_threshold, cfg.pdc_mode)[0] for h in hms])
+    raw = raw_points(hms, backbone, cfg.pdc_threshold, cfg.pdc_mode)
     base_m = sequence_metrics(raw, gts)
     table, best, best_je = [], base, float("inf")
     for mc, beta in MOTION_GRID:
@@ -391,7 +390,7 @@ def tune_motion(model: ConvLSTM, hms: np.ndarray, gts: np.ndarray, backbone: Hea
             x = torch.from_numpy(hms[i:i + 32].astype(np.float32)).to(cfg.device)
             s = run_sequences(model, x, torch.from_numpy(pull[i:i + 32]).to(cfg.device), prime_steps=motion.prime_steps)
             pred.append(state_landmarks_to_crop(s, torch.from_numpy(push[i:i + 32]).to(cfg.device), cfg.pdc_threshold,
-                                                backbone.stride, cfg.pdc_mode).cpu().numpy())
+                                                backbone.stride, cfg.pdc_mode, offset_tensor(backbone, cfg.device)).cpu().numpy())
         m = sequence_metrics(np.concatenate(pred), gts)
         table.append({"min_cutoff": mc, "beta": beta, "nme": m["nme"], "jitter_error": m["jitter_error"],
                       "raw_nme": base_m["nme"], "raw_jitter_error": base_m["jitter_error"]})
