@@ -221,7 +221,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default="none,one-euro,one-euro-tuned,convlstm,lookahead",
-                    help="Rows to run: none, none-hard, one-euro, one-euro-tuned, convlstm, convlstm-hard, lookahead.")
+                    help="Rows to run: none, none-hard, none-flip, one-euro, one-euro-tuned, convlstm, convlstm-hard, "
+                         "convlstm-flip, lookahead (-flip: --flip-test).")
     ap.add_argument("--lookahead", type=int, default=8)
     ap.add_argument("--stabilizer", type=Path, default=None, help="A stabilizer .onnx other than the shipped one.")
     ap.add_argument("--weights", type=Path, default=None, help="A backbone .onnx (or weights folder) other than the shipped one.")
@@ -237,12 +238,14 @@ def main() -> None:
     tuned = None
     if "one-euro-tuned" in wanted:
         tracks: dict = {}
-        run(paths, {"none": PipelineConfig(stabilizer="none")}, log=lambda s: None, tracks=tracks)
+        run(paths, {"none": PipelineConfig(stabilizer="none")}, log=lambda s: None, tracks=tracks, weights=args.weights)
         tuned = tune_one_euro(tracks["none"], [np.load(p.with_suffix(".npy")) for p in paths])
         print(f"One Euro tuned on these clips: min_cutoff {tuned[0]}, beta {tuned[1]}")
     table = {"none": PipelineConfig(stabilizer="none"), "none-hard": PipelineConfig(stabilizer="none", pdc_mode="hard"),
              "one-euro": PipelineConfig(stabilizer="one-euro"),
-             "convlstm": PipelineConfig(stabilizer="convlstm"), "convlstm-hard": PipelineConfig(stabilizer="convlstm", pdc_mode="hard")}
+             "convlstm": PipelineConfig(stabilizer="convlstm"), "convlstm-hard": PipelineConfig(stabilizer="convlstm", pdc_mode="hard"),
+             "none-flip": PipelineConfig(stabilizer="none", flip_test=True),
+             "convlstm-flip": PipelineConfig(stabilizer="convlstm", flip_test=True)}
     if tuned:
         table["one-euro-tuned"] = PipelineConfig(stabilizer="one-euro", one_euro_min_cutoff=tuned[0], one_euro_beta=tuned[1])
     if "lookahead" in wanted:  # the fixed-lag smoother of the raw landmarks (it replaces the causal stabilizer)

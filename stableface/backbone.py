@@ -5,7 +5,12 @@ Metadata read from the model (``metadata_props``, all optional for a user's own 
 (``rgb`` or ``bgr``), ``stride`` (crop px per heatmap cell), ``num_landmarks``,
 ``landmark_scheme``, ``crop_scale`` (crop side / landmark box side), ``landmark_offset`` (K x 2, crop
 pixels: the backbone's mean miss on its training split, added to every decoded point; written by
-``stableface calibrate backbone``).
+``stableface calibrate backbone``), ``landmark_offset_flip`` (the same, measured with ``flip_test``).
+
+``flip_test=True`` (``--flip-test``) runs every crop beside its mirror image in one batch and
+averages the maps, the mirror's turned back (flipped along x, channels permuted by the scheme's
+mirror index): a steadier, more accurate map at twice the backbone's time. Only for schemes
+whose mirror index is known (iBUG 68).
 Without them the input size comes from the input shape, the stride from the output shape,
 and the input is taken as 0-255 RGB.
 """
@@ -23,7 +28,7 @@ from stableface.onnx_util import WeightsError
 
 
 class HeatmapBackbone:
-    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0, flip_test: bool = False) -> None:
         self.path = Path(path)
         self.session = onnx_util.session(self.path, device, threads)
         meta = onnx_util.metadata(self.session)
@@ -54,7 +59,17 @@ class HeatmapBackbone:
         self.rgb = str(meta.get("color", "rgb")).lower() == "rgb"
         self.mean = np.asarray(meta.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(meta.get("std", [1.0, 1.0, 1.0]), dtype=np.float32).reshape(1, 3, 1, 1)
-        self.offset = onnx_util.point_offsets(meta, "landmark_offset", self.k, self.path)
+        self.flip_test = bool(flip_test)
+        self.flip_index: np.ndarray | None = None
+        if self.flip_test:
+            from stableface import ibug
+
+            if self.scheme != ibug.SCHEME or self.k != ibug.K:
+                raise WeightsError(f"{self.path}: --flip-test needs the mirror index of the landmark scheme; "
+                                   f"it is known for {ibug.SCHEME}, this model gives {self.scheme}")
+            self.flip_index = ibug.FLIP_INDEX
+        key = "landmark_offset_flip" if self.flip_test else "landmark_offset"
+        self.offset = onnx_util.point_offsets(meta, key, self.k, self.path)
         self.meta = meta
 
     def prepare(self, crops: np.ndarray) -> np.ndarray:
@@ -73,8 +88,16 @@ class HeatmapBackbone:
         return x
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 BGR crops -> (N, K, H, W) float32 heatmaps."""
-        x = self.prepare(crops)
+        """(N, S, S, 3) uint8 BGR crops -> (N, K, H, W) float32 heatmaps (with ``flip_test``, the mean
+        of each crop's maps and its mirror's, turned back)."""
+        if self.flip_test and len(crops):
+            n = len(crops)
+            both = self._run(self.prepare(np.concatenate([crops, crops[:, :, ::-1]])))
+            back = both[n:][:, self.flip_index, :, ::-1]
+            return np.ascontiguousarray(0.5 * (both[:n] + back), dtype=np.float32)
+        return self._run(self.prepare(crops))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         if self.batch is None or len(x) == self.batch:
             hm = self.session.run([self.output_name], {self.input_name: x})[0]
         else:  # a fixed batch: in turns, the last one padded

@@ -117,16 +117,23 @@ def trimmed_mean(d: np.ndarray, limit: float) -> dict:
 
 
 def write_offset(model: str | Path, out: str | Path, key: str, offset: np.ndarray, note: dict) -> None:
-    """Copy ``model`` to ``out`` (atomically) with ``key`` (K x 2) and ``key + '_calibration'`` (how it was
-    measured) in its metadata, replacing earlier values."""
+    """``write_offsets`` for one key."""
+    write_offsets(model, out, {key: (offset, note)})
+
+
+def write_offsets(model: str | Path, out: str | Path, offsets: dict[str, tuple[np.ndarray, dict]]) -> None:
+    """Copy ``model`` to ``out`` (atomically) with each ``key`` (K x 2) of ``offsets`` and ``key +
+    '_calibration'`` (how it was measured) in its metadata, replacing earlier values."""
     import onnx
 
     m = onnx.load(str(model))
-    keep = [p for p in m.metadata_props if p.key not in (key, key + "_calibration")]
+    drop = {k for key in offsets for k in (key, key + "_calibration")}
+    keep = [p for p in m.metadata_props if p.key not in drop]
     del m.metadata_props[:]
     m.metadata_props.extend(keep)
-    m.metadata_props.add(key=key, value=json.dumps(np.round(np.asarray(offset, np.float64), 4).tolist()))
-    m.metadata_props.add(key=key + "_calibration", value=json.dumps(note))
+    for key, (offset, note) in offsets.items():
+        m.metadata_props.add(key=key, value=json.dumps(np.round(np.asarray(offset, np.float64), 4).tolist()))
+        m.metadata_props.add(key=key + "_calibration", value=json.dumps(note))
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     try:

@@ -112,6 +112,7 @@ class PipelineConfig:
     sure_score: float = 0.55  # a track this sure of its landmarks is kept when re-detection misses its face
     lookahead: int = 0  # frames of fixed-lag smoothing per track in stream()/track() (0: none, no delay)
     shot_cuts: bool = True  # detect shot cuts (stableface.shots): a cut ends every track
+    flip_test: bool = False  # average each crop's heatmaps with its mirror's (HeatmapBackbone.flip_test)
 
 
 class Pipeline:
@@ -130,7 +131,7 @@ class Pipeline:
         self.background = _ThreadTimer()  # the reader's and writer's (they overlap the others)
         self.wall, self.frames_done = 0.0, 0  # for profile()
         self.decoder = _TimedDecoder(self.timer, backbone.size, backbone.stride, config.decoder, config.pdc_threshold,
-                                     config.pdc_mode, backbone.offset)
+                                     config.pdc_mode, getattr(backbone, "offset", None))  # any object with the backbone interface
         self.tracker = Tracker(self.new_stabilizer, max_faces=config.max_faces, crop_scale=backbone.crop_scale,
                                rotate=config.rotate_crops, min_score=config.min_score, sure_score=config.sure_score)
         self.lookahead = Lookahead(config.lookahead)
@@ -144,7 +145,7 @@ class Pipeline:
                      device: str = "auto", config: PipelineConfig = PipelineConfig(), threads: int = 0) -> Pipeline:
         """Build from shipped weights (default) or a folder / backbone ``.onnx`` given by the user."""
         ws = resolve(weights, stabilizer_weights)
-        backbone = HeatmapBackbone(ws.backbone, device, threads)
+        backbone = HeatmapBackbone(ws.backbone, device, threads, flip_test=config.flip_test)
         dets: list[FaceDetector] = [BlazeFace(ws.detector, device=device)]
         if ws.detector_full is not None:
             dets.append(BlazeFace(ws.detector_full, device=device))

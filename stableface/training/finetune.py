@@ -369,7 +369,7 @@ MOTION_GRID = [(mc, beta) for mc in (1.0, 2.0, 4.0, 8.0, 16.0, 1000.0) for beta 
 
 @torch.no_grad()
 def tune_motion(model: ConvLSTM, hms: np.ndarray, gts: np.ndarray, backbone: HeatmapBackbone, base: MotionConfig,
-                cfg: FinetuneConfig) -> tuple[MotionConfig, list[dict]]:
+                cfg: FinetuneConfig, grid: list[tuple[float, float]] | None = None) -> tuple[MotionConfig, list[dict]]:
     """The motion filter (min_cutoff, beta) with the lowest jitter error of ``model`` on the last
     ``cfg.tune_sequences`` training sequences (the real-motion ones), at an NME within 1% of raw's;
     the table of every candidate."""
@@ -382,7 +382,7 @@ def tune_motion(model: ConvLSTM, hms: np.ndarray, gts: np.ndarray, backbone: Hea
     raw = raw_points(hms, backbone, cfg.pdc_threshold, cfg.pdc_mode)
     base_m = sequence_metrics(raw, gts)
     table, best, best_je = [], base, float("inf")
-    for mc, beta in MOTION_GRID:
+    for mc, beta in grid or MOTION_GRID:
         motion = replace(base, min_cutoff=mc, beta=beta)
         pull, push = motion_plan(raw, backbone.size, backbone.stride, motion)
         pred = []
