@@ -45,10 +45,12 @@ def sequences(samples, backbone, kind, noise, n_frames, seed):
     return np.stack(hms), np.stack(gts)
 
 
-def run_convlstm(step: ConvLSTMStep, hms: np.ndarray, size: int, stride: float, compensate: bool = True) -> np.ndarray:
-    """The runtime stabilizer class on a fixed crop whose coordinates are the crop's own."""
+def run_convlstm(step: ConvLSTMStep, hms: np.ndarray, size: int, stride: float, compensate: bool = True,
+                 offset: np.ndarray | None = None) -> np.ndarray:
+    """The runtime stabilizer class on a fixed crop whose coordinates are the crop's own (``offset``: the
+    backbone's calibration, as the pipeline's decoder adds it)."""
     box = CropBox(size / 2, size / 2, float(size))
-    stab = ConvLSTMStabilizer(step, Decoder(size, stride), None if compensate else MotionConfig(enabled=False))
+    stab = ConvLSTMStabilizer(step, Decoder(size, stride, offset=offset), None if compensate else MotionConfig(enabled=False))
     out = []
     for seq in hms:
         stab.reset()
@@ -83,9 +85,9 @@ def main() -> None:
     sets = {"still": sequences(samples, bb, "still", 10.0, args.frames, 1),
             "drift": sequences(samples, bb, "drift", 5.0, args.frames, 2),
             "shake": sequences(samples, bb, "shake", 5.0, args.frames, 3)}
-    raw = {k: codec.decode_pdc(h, bb.stride)[0] for k, (h, _) in sets.items()}
-    lstm = {k: run_convlstm(step, h, bb.size, bb.stride) for k, (h, _) in sets.items()}
-    plain = {k: run_convlstm(step, h, bb.size, bb.stride, compensate=False) for k, (h, _) in sets.items()}
+    raw = {k: codec.decode_pdc(h, bb.stride)[0] + (bb.offset if bb.offset is not None else 0) for k, (h, _) in sets.items()}
+    lstm = {k: run_convlstm(step, h, bb.size, bb.stride, offset=bb.offset) for k, (h, _) in sets.items()}
+    plain = {k: run_convlstm(step, h, bb.size, bb.stride, compensate=False, offset=bb.offset) for k, (h, _) in sets.items()}
     # tune One Euro honestly on the same sequences
     best, best_cost = None, float("inf")
     for mc, beta in itertools.product([0.3, 0.5, 1.0, 2.0, 4.0], [0.0, 0.01, 0.05, 0.2, 1.0]):
