@@ -168,6 +168,19 @@ def backbone_variant(path: Path, nan_above: float | None = None, batch1: bool = 
     return path
 
 
+def astronauts():
+    """Two people (BGR uint8 tiles, head and shoulders): A is scikit-image's astronaut photo (public
+    domain) at 0.8x, 192 x 184; B is the same photo mirrored and hue-shifted, at 1.0x (240 x 230)."""
+    import cv2
+
+    data = pytest.importorskip("skimage.data")
+    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    a = cv2.resize(photo[20:260, 110:340], None, fx=0.8, fy=0.8)
+    hsv = cv2.cvtColor(np.ascontiguousarray(photo[20:260, 110:340][:, ::-1]), cv2.COLOR_BGR2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(int) + 25) % 180
+    return a, cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
 def two_faces_stage(n: int = 90, width: int = 480, height: int = 360, enter: int = 20, leave: int = 50):
     """A planted two-person clip: (frames, face_x) with ``face_x[i] = (xa, xb)`` the frame x of each face's
     centre (outside the frame while the face leaves it), ``None`` when nothing of that person is in view.
@@ -177,14 +190,7 @@ def two_faces_stage(n: int = 90, width: int = 480, height: int = 360, enter: int
     right. B walks in from the right edge until frame ``enter``; A walks out to the left from
     frame ``leave`` at 12 px per frame. Flat grey background with sensor noise (sigma 3).
     """
-    import cv2
-
-    data = pytest.importorskip("skimage.data")
-    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    a = cv2.resize(photo[20:260, 110:340], None, fx=0.8, fy=0.8)
-    hsv = cv2.cvtColor(np.ascontiguousarray(photo[20:260, 110:340][:, ::-1]), cv2.COLOR_BGR2HSV)
-    hsv[..., 0] = (hsv[..., 0].astype(int) + 25) % 180
-    b = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    a, b = astronauts()
     face_a, face_b = 0.8 * (225 - 110), (340 - 225)  # the face's centre in each tile (photo x 225)
     frames, xs = [], []
     for i in range(n):

@@ -52,8 +52,7 @@ def test_a_sure_track_holds_while_the_detector_misses_its_face_and_a_lost_one_en
 
 
 def _ids_by_frame(frames, max_faces, **config):
-    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none", max_faces=max_faces,
-                                                                     shot_cuts=False, **config))
+    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none", max_faces=max_faces, **config))
     out = []
     for i, f in enumerate(frames):
         res = pipe.update(f, i * 40.0)

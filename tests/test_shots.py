@@ -17,6 +17,7 @@ from stableface.tracker import Tracker
 from stableface.types import Detection, Frame, FrameResult
 
 from .conftest import shared_video
+from .media import astronauts
 
 SIDE = 256
 
@@ -57,6 +58,25 @@ def moving(base, n, dx=1, dy=0, noise=2.0, seed=0):
     return out
 
 
+def stage(background, people, noise=3.0):
+    """Frames of a static ``background`` (H, W, 3) with, per frame, ``people[i]`` = [(tile, x)] standing at
+    the bottom edge at column x (cut off by the frame's sides), and sensor noise."""
+    h, w = background.shape[:2]
+    out = []
+    for i, placed in enumerate(people):
+        img = background.astype(np.float32)
+        for tile, x in placed:
+            x0, x1 = max(x, 0), min(x + tile.shape[1], w)
+            img[h - tile.shape[0]:, x0:x1] = tile[:, x0 - x:x1 - x]
+        out.append(np.clip(img + np.random.default_rng(i).normal(0, noise, img.shape), 0, 255).astype(np.uint8))
+    return out
+
+
+def backgrounds():
+    """A flat grey and a textured 480 x 360 background."""
+    return {"grey": np.full((360, 480, 3), 70, np.uint8), "textured": texture(11, (120, 160, 200), 480)[:360]}
+
+
 def cuts_of(frames, detector=None, confirm=None):
     det = detector or ShotDetector()
     return [i for i, f in enumerate(frames) if det.update(f, confirm)]
@@ -89,6 +109,39 @@ def test_a_pan_that_starts_suddenly_is_not_a_cut():
     base = texture(5, (120, 80, 200), 3 * SIDE)
     frames = moving(base, 20, dx=0) + [f for f in moving(base, 60, dx=6)[1:]]  # still, then 6 px a frame
     assert cuts_of(frames) == []
+
+
+@pytest.mark.parametrize("background", ["grey", "textured"])
+def test_a_face_that_starts_to_move_after_standing_still_is_not_a_cut(background):
+    # the astronaut stands still for 50 frames, then walks right at 12 px a frame: at the first step the
+    # frames 1 and 2 back are the same (d2 ~ d1, like a cut), and the recent motion is nil
+    a, _ = astronauts()
+    frames = stage(backgrounds()[background], [[(a, 140 + 12 * max(0, i - 49))] for i in range(75)])
+    assert cuts_of(frames) == []
+    # the face's landmarks jump with it (12 px is 0.16 of its landmark box): a landmark confirmation
+    # that says yes does not make it a cut either
+    assert cuts_of(frames, confirm=lambda: True) == []
+    det = ShotDetector()
+    for f in frames[:51]:
+        det.update(f)
+    assert det.score >= det.hard  # as sudden as a cut on d1 and d2 alone ...
+    assert det.spread < det.min_spread  # ... but a local change: the next frame decides
+
+
+@pytest.mark.parametrize("background", ["grey", "textured"])
+def test_a_cut_that_changes_only_the_person_is_found_by_the_next_frame(background):
+    import cv2
+
+    a, b = astronauts()
+    for confirm in (None, lambda: True):
+        # a jump cut: the same person 60 px to the right, on the same background; frame 30 changes as
+        # little of the picture as a motion onset, and the next one shows it was no motion
+        frames = stage(backgrounds()[background], [[(a, 140)]] * 30 + [[(a, 200)]] * 20)
+        det = ShotDetector()
+        assert [(i, det.kind) for i, f in enumerate(frames) if det.update(f, confirm)] == [(31, "late")]
+        # another person of the same size in the same place: one cut (on the colours or one frame late)
+        frames = stage(backgrounds()[background], [[(a, 140)]] * 30 + [[(cv2.resize(b, a.shape[1::-1]), 140)]] * 20)
+        assert len(cuts_of(frames, confirm=confirm)) == 1 and cuts_of(frames, confirm=confirm)[0] in (30, 31)
 
 
 def test_a_dissolve_is_one_gradual_cut_inside_it():
