@@ -750,7 +750,7 @@ def quantize(model, dataset, output, images, overwrite):
               help="stabilizer: the (calibrated) backbone it runs over [default: the shipped one].")
 @click.option("--sequences", "n_sequences", type=click.IntRange(1), default=200, show_default=True,
               help="stabilizer: real-motion training sequences to measure on.")
-@click.option("--videos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/videos"),
+@click.option("--videos", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/videos"),
               show_default=True, help="stabilizer: talking-head clips whose motion drives the sequences.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True)
@@ -794,6 +794,8 @@ def calibrate(kind, model, dataset, output, backbone, n_sequences, videos, overw
                 from stableface.stabilizer import ConvLSTMStep
                 from stableface.training import data as D
 
+                if not videos.is_dir():
+                    raise ValueError(f"--videos {videos}: no such folder (talking-head clips whose motion drives the sequences)")
                 bb = HeatmapBackbone(backbone or resolve().backbone, device="cpu")
                 step = ConvLSTMStep(model, device="cpu", threads=1)
                 step.check(bb.k, bb.heatmap_size, f"backbone {bb.path}")

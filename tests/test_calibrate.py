@@ -108,32 +108,42 @@ def _still_sequences(bb, img, own, n=3, length=16, seed=0):
 
 
 def test_stabilizer_output_offset_takes_the_measured_shift_off(tmp_path):
-    """The shipped stabilizer over the uncalibrated backbone sits right of raw (it learned the
-    annotations' offset); measured and written as output_offset, the runtime's stabilized points
-    then sit on raw's on average."""
+    """What stabilizer_offset measures is the runtime's mean (stabilized - raw); an output_offset is
+    taken off the stabilized points (a planted one moves them by exactly minus itself), and the
+    measured one brings them onto raw's on average."""
     bb = HeatmapBackbone(resolve().backbone, device="cpu", threads=1)
     img = _photo()
     own = _own_landmarks(bb, img)
     step = ConvLSTMStep(resolve().stabilizer, device="cpu", threads=1)
     step.output_offset = None  # the network as trained (the shipped file carries its calibration)
     rep = CAL.stabilizer_offset(step, bb, _still_sequences(bb, img, own))
-    out = tmp_path / "s.onnx"
-    CAL.write_offset(step.path, out, "output_offset", rep["offset"], {"planted": False})
-    cal = ConvLSTMStep(out, device="cpu", threads=1)
-    np.testing.assert_allclose(cal.output_offset, rep["offset"], atol=1e-4)
 
     def mean_vs_raw(s: ConvLSTMStep) -> np.ndarray:
         d = []
-        dec = Decoder(bb.size, bb.stride)
+        dec = Decoder(bb.size, bb.stride, offset=bb.offset)
+        box = CropBox(bb.size / 2, bb.size / 2, float(bb.size))  # crop px = source px
         for crops, _ in _still_sequences(bb, img, own, seed=0):
             stab = ConvLSTMStabilizer(s, dec)
-            box = CropBox(bb.size / 2, bb.size / 2, float(bb.size))
             for t, hm in enumerate(bb(crops)):
                 p, _ = stab.update(hm, box, t * 40.0)
                 if t >= 4:
                     d.append((p - dec(hm, box)[0]).mean(axis=0))
         return np.mean(d, axis=0)
 
-    before, after = mean_vs_raw(step), mean_vs_raw(cal)
-    assert abs(before[0]) > 0.15, before  # the learned shift (crop px = source px here)
-    assert np.all(np.abs(after) < 0.03), after
+    network = mean_vs_raw(step)
+    np.testing.assert_allclose(network, np.asarray(rep["mean"]), atol=0.02)
+    planted = np.array([1.0, -0.6], np.float32)
+    out = tmp_path / "p.onnx"
+    CAL.write_offset(step.path, out, "output_offset", rep["offset"] + planted, {"planted": True})
+    np.testing.assert_allclose(mean_vs_raw(ConvLSTMStep(out, device="cpu", threads=1)), -planted, atol=0.03)
+    CAL.write_offset(step.path, out, "output_offset", rep["offset"], {"planted": False})
+    cal = ConvLSTMStep(out, device="cpu", threads=1)
+    np.testing.assert_allclose(cal.output_offset, rep["offset"], atol=1e-4)
+    assert np.all(np.abs(mean_vs_raw(cal)) < 0.02)
+
+
+def test_calibrate_stabilizer_without_the_clips_is_one_line(tmp_path):
+    root = _dataset(tmp_path, _photo(), np.zeros((68, 2)) + 100, n=12)
+    r = CliRunner().invoke(main, ["calibrate", "stabilizer", str(resolve().stabilizer), str(root), "-o",
+                                  str(tmp_path / "s.onnx"), "--videos", str(tmp_path / "none"), "-q"])
+    assert r.exit_code == 2 and "--videos" in r.output and "Traceback" not in r.output

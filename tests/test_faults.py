@@ -350,7 +350,7 @@ def test_a_live_stream_keeps_its_frame_numbers_counts_drops_and_says_it_ended(tm
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and re.fullmatch(
         rf"stableface: {re.escape(server.url)}: the stream ended after {len(numbers)} frames; "
-        rf"{doc['dropped_frames']} stale frames dropped \(processing was slower than the source\)", lines[0]), lines
+        rf"{doc['dropped_frames']} stale frames? dropped \(processing was slower than the source\)", lines[0]), lines
 
 
 def _batch(tmp_path, n_sources, frames):
