@@ -74,13 +74,20 @@ class Track:
     history: list[int] = field(default_factory=list)
     confirmed: bool = False  # survived an observation: its id has been shown
 
+    _box: tuple | None = field(default=None, repr=False)  # (the landmarks it was computed from, box)
+
     @property
     def box(self) -> tuple[float, float, float, float]:
-        """Box of the landmarks (source pixels); the crop's bounds before the first landmarks."""
+        """Box of the landmarks (source pixels); the crop's bounds before the first landmarks.
+        Cached per landmarks array (dedupe asks for it for every pair of tracks after every face)."""
         if self.landmarks is None:
             return self.crop.bounds()
+        if self._box is not None and self._box[0] is self.landmarks:
+            return self._box[1]
         lo, hi = self.landmarks.min(axis=0), self.landmarks.max(axis=0)
-        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+        box = float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+        self._box = (self.landmarks, box)
+        return box
 
     @property
     def score(self) -> float:

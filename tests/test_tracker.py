@@ -117,3 +117,18 @@ def test_dead_band_holds_the_crop_still_for_small_moves():
 def test_detection_crop_calibration():
     c = crop_from_detection(det(100, 200, 100))
     assert c.cx == 150 and c.cy == pytest.approx(256.0) and c.side == pytest.approx(126.0)
+
+
+def test_track_box_follows_new_landmarks_and_is_cached():
+    import numpy as np
+
+    from stableface.crop import CropBox
+    from stableface.tracker import Track
+
+    t = Track(0, None, CropBox(50, 50, 100))
+    assert t.box == CropBox(50, 50, 100).bounds()
+    t.landmarks = np.array([[10.0, 20.0], [30.0, 60.0]])
+    assert t.box == (10.0, 20.0, 30.0, 60.0)
+    assert t.box is t.box  # computed once per landmarks array
+    t.landmarks = t.landmarks + 5
+    assert t.box == (15.0, 25.0, 35.0, 65.0)
