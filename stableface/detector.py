@@ -163,13 +163,27 @@ class MultiRangeDetector:
 
 
 class UnionDetector:
-    """Every detector runs on the frame; their detections are merged (``merge``)."""
+    """Every detector runs on the frame; their detections are merged (``merge``).
+
+    ``redetect`` is for the periodic re-detections while faces are tracked: it runs one detector
+    per call, in turn, so a re-detection costs one model instead of all of them; a face that only
+    one of them finds is then found by the next-but-one re-detection at the latest. ``detect``
+    (no face tracked: searching) always runs them all."""
 
     def __init__(self, detectors: list[FaceDetector]) -> None:
         self.detectors = detectors
+        self._turn = 0
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         return merge([d for det in self.detectors for d in det.detect(image)])
+
+    def redetect(self, image: np.ndarray) -> list[Detection]:
+        det = self.detectors[self._turn % len(self.detectors)]
+        self._turn += 1
+        return merge(list(det.detect(image)))
+
+    def reset(self) -> None:
+        self._turn = 0
 
 
 class TiledDetector:

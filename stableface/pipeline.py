@@ -187,6 +187,8 @@ class Pipeline:
         self._held.clear()
         self._held_shots.clear()
         self.shots.reset()
+        if hasattr(self.detector, "reset"):
+            self.detector.reset()
         self.shot = 0
         self._last_image: np.ndarray | None = None
         self.last_detect = None
@@ -262,8 +264,9 @@ class Pipeline:
         if due and len(tracker.tracks) >= tracker.max_faces and all(t.score >= tracker.sure_score for t in tracker.tracks):
             due, self.last_detect = False, n
         if not tracker.tracks or due:
-            with self.timer.stage("detect"):
-                detections = self.detector.detect(image)
+            with self.timer.stage("detect"):  # searching: every detector; re-detecting: one in turn
+                redetect = getattr(self.detector, "redetect", None) if tracker.tracks else None
+                detections = redetect(image) if redetect is not None else self.detector.detect(image)
             self.last_detect = n
             fresh = tracker.associate(detections)
             if fresh:

@@ -94,3 +94,30 @@ def test_face_yaw_does_not_depend_on_where_the_face_is():
     pts[[i for i in range(68) if i not in pose.POINTS]] = pts[list(pose.POINTS)].mean(0)  # inside the box
     assert pose.face_yaw(pts) == pytest.approx(pose.face_yaw(pts + [1000.0, -300.0]), abs=1e-3)
     assert abs(pose.face_yaw(pts)) > 20
+
+
+def test_union_redetect_runs_one_model_in_turn_and_detect_runs_all():
+    from stableface.detector import UnionDetector
+    from stableface.types import Detection
+
+    calls = []
+
+    class Counting:
+        def __init__(self, name, box):
+            self.name, self.box = name, box
+
+        def detect(self, image):
+            calls.append(self.name)
+            return [Detection(self.box, 0.9)]
+
+    u = UnionDetector([Counting("short", (0, 0, 10, 10)), Counting("full", (50, 50, 60, 60))])
+    img = np.zeros((64, 64, 3), np.uint8)
+    assert len(u.detect(img)) == 2 and calls == ["short", "full"]
+    calls.clear()
+    found = [u.redetect(img)[0].box for _ in range(4)]
+    assert calls == ["short", "full", "short", "full"]
+    assert found == [(0, 0, 10, 10), (50, 50, 60, 60)] * 2
+    u.reset()
+    calls.clear()
+    u.redetect(img)
+    assert calls == ["short"]
