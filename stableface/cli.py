@@ -892,7 +892,7 @@ def _format_metrics(metrics: dict) -> str:
 @click.option("--sequences", type=click.Choice(["both", "real-motion", "synthetic"]), default="both", show_default=True,
               help="Training sequences: stills moved in a fixed crop (synthetic), real head and face motion rendered "
                    "through H.264 (real-motion, needs PyAV and --videos), or both.")
-@click.option("--videos", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/videos"),
+@click.option("--videos", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/videos"),
               show_default=True, help="Talking-head clips whose motion drives the real-motion sequences.")
 @click.option("--real-motion-images", type=click.IntRange(0), default=0, show_default=True,
               help="Training stills rendered with real motion (0: all).")
@@ -911,6 +911,9 @@ def finetune(dataset, backbone, output, epochs, batch, lr, hidden, loss, init, i
         from stableface.training.finetune import FinetuneConfig, export_checkpoint, train
     except ImportError as exc:
         _fail(f"finetune needs torch: pip install 'stableface[train]' ({exc})", 2)
+    if sequences != "synthetic" and not videos.is_dir():
+        _fail(f"--videos {videos}: no such folder (the real-motion sequences take their motion from its clips; "
+              f"or --sequences synthetic)", 2)
     runs = output.with_name(output.name + ".runs")
     cfg = FinetuneConfig(data=str(dataset), backbone=str(backbone), out=str(runs), epochs=epochs, batch=batch, lr=lr,
                          hidden=hidden, loss=loss, init=init, init_alpha=init_alpha, theta=theta, xi=xi, pdc_threshold=pdc_threshold,

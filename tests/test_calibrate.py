@@ -147,3 +147,9 @@ def test_calibrate_stabilizer_without_the_clips_is_one_line(tmp_path):
     r = CliRunner().invoke(main, ["calibrate", "stabilizer", str(resolve().stabilizer), str(root), "-o",
                                   str(tmp_path / "s.onnx"), "--videos", str(tmp_path / "none"), "-q"])
     assert r.exit_code == 2 and "--videos" in r.output and "Traceback" not in r.output
+
+
+def test_finetune_without_the_clips_is_one_line(tmp_path):
+    r = CliRunner().invoke(main, ["finetune", str(tmp_path), "--backbone", str(resolve().backbone), "-o",
+                                  str(tmp_path / "s.onnx"), "--videos", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "--videos" in r.output and "--sequences synthetic" in r.output
