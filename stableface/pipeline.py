@@ -135,8 +135,10 @@ class Pipeline:
         self.tracker = Tracker(self.new_stabilizer, max_faces=config.max_faces, crop_scale=backbone.crop_scale,
                                rotate=config.rotate_crops, min_score=config.min_score, sure_score=config.sure_score)
         self.lookahead = Lookahead(config.lookahead)
-        self._held: deque[Frame] = deque()  # the frames whose results the lookahead still holds
-        self._held_shots: deque[int] = deque()  # and their shots (the lookahead rebuilds results without them)
+        # the frames whose results the lookahead still holds, and their shots (the lookahead rebuilds
+        # results without them), by frame number: a Ctrl-C between holding a frame and handing its
+        # result to the lookahead leaves a stale entry, never a frame paired with another's result
+        self._held: dict[int, tuple[Frame, int]] = {}
         self.shots = ShotDetector()
         self.reset()
 
@@ -185,7 +187,6 @@ class Pipeline:
         self.tracker.reset()
         self.lookahead.reset()
         self._held.clear()
-        self._held_shots.clear()
         self.shots.reset()
         if hasattr(self.detector, "reset"):
             self.detector.reset()
@@ -295,7 +296,12 @@ class Pipeline:
             tracks = [tracks[i] for i in ok]
             with self.timer.stage("stabilizer"):  # all faces at once (one ConvLSTM call)
                 outs = update_many([t.stabilizer for t in tracks], hm[ok], [t.crop for t in tracks], frame.timestamp_ms)
+            h_img, w_img = image.shape[:2]
             for t, (pts, scores) in zip(tracks, outs):
+                cx, cy = (pts.min(axis=0) + pts.max(axis=0)) / 2 if np.isfinite(pts).all() else (-1.0, -1.0)
+                if not (0 <= cx < w_img and 0 <= cy < h_img):  # the face's centre has left the frame: it is gone
+                    tracker.end(t)
+                    continue
                 if tracker.observe(t, pts, scores):
                     seen.append((t, pts, scores))
         live = {id(t) for t in tracker.tracks}  # by identity: a track that ended may have given its id to another
@@ -325,8 +331,7 @@ class Pipeline:
                 yield frame, result
                 continue
             with self.timer.stage("lookahead"):
-                self._held.append(frame)
-                self._held_shots.append(result.shot)
+                self._held[frame.index] = (frame, result.shot)
                 ready = [self._pair(out) for out in self.lookahead.update(result)]
             yield from ready
         yield from self.drain()
@@ -344,8 +349,9 @@ class Pipeline:
             yield pair
 
     def _pair(self, result: FrameResult) -> tuple[Frame, FrameResult]:
-        frame, shot = self._held.popleft(), self._held_shots.popleft()
-        assert frame.index == result.frame, (frame.index, result.frame)
+        frame, shot = self._held.pop(result.frame)
+        for stale in [i for i in self._held if i < result.frame]:  # held, but never reached the lookahead
+            del self._held[stale]
         return frame, (result if result.shot == shot else replace(result, shot=shot))
 
     def track(self, source: str | Source | Iterable[Frame], sinks: list[Sink] | None = None,

@@ -339,7 +339,8 @@ def test_a_url_to_a_file_is_tracked_like_the_file(tmp_path):
 def test_a_live_stream_keeps_its_frame_numbers_counts_drops_and_says_it_ended(tmp_path):
     from .mjpeg_server import MJPEGServer
 
-    with MJPEGServer(fps=100, max_frames=150) as server:
+    # faster than the pipeline can follow (with no face in view it only detects: a few ms a frame)
+    with MJPEGServer(fps=1000, max_frames=300) as server:
         r = stableface("webcam", "--camera", server.url, "--no-show", "-q", "--max-faces", "4", "-o", tmp_path / "l.json")
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "l.json").read_text())
@@ -608,7 +609,8 @@ def test_an_overlay_video_keeps_the_sources_audio(tmp_path):
     av = pytest.importorskip("av")
     clip = write_clip(tmp_path / "talk.mp4", n=50, noise=False, audio=True)
     r = track(clip, "-o", tmp_path / "o.mp4", "--stabilizer", "none")
-    assert r.returncode == 0 and r.stderr == "", r.stderr
+    # the clip shows numbers on grey, no face: the one line that says so, nothing else
+    assert r.returncode == 0 and r.stderr in ("", f"stableface: no face found in {clip}\n"), r.stderr
     with av.open(str(tmp_path / "o.mp4")) as out, av.open(str(clip)) as src:
         assert [s.type for s in out.streams] == ["video", "audio"]
         assert out.streams.video[0].codec_context.name == "h264" and out.streams.video[0].frames == 50

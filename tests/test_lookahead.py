@@ -380,3 +380,20 @@ def test_pipeline_lookahead_smooths_the_raw_landmarks():
     assert pipe.stabilizer_label == "none"
     live = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="convlstm"))
     assert not isinstance(live.new_stabilizer(), NoStabilizer) and live.stabilizer_label == "convlstm"
+
+
+def test_a_result_the_lookahead_never_returns_does_not_shift_the_pairing(rng):
+    """A frame held whose result never comes back from the lookahead (a Ctrl-C inside its update, on
+    a live stream): every later result is still paired with its own frame. (A parallel queue paired
+    frame 7 with result 8 and stopped the run on an assertion.)"""
+    _, results = still_track(20, 200.0, 1.0, rng)
+    pipe = Planted(4, results)
+    real = pipe.lookahead.update
+
+    def update(result):
+        return [] if result.frame == 7 else real(result)  # result 7 is lost inside the lookahead
+
+    pipe.lookahead.update = update
+    got = [(f.index, r.frame) for f, r in pipe.stream(frames_of(20))]
+    assert all(a == b for a, b in got), got
+    assert [b for _, b in got] == [i for i in range(20) if i != 7]
