@@ -69,6 +69,11 @@ class HeatmapBackbone:
                                    f"it is known for {ibug.SCHEME}, this model gives {self.scheme}")
             self.flip_index = ibug.FLIP_INDEX
         key = "landmark_offset_flip" if self.flip_test else "landmark_offset"
+        if self.flip_test and "landmark_offset_flip" not in meta and "landmark_offset" in meta:
+            logging.getLogger("stableface").warning(
+                "%s has no landmark_offset_flip (calibrated before --flip-test existed): using its landmark_offset; "
+                "`stableface calibrate backbone` measures both", self.path)
+            key = "landmark_offset"
         self.offset = onnx_util.point_offsets(meta, key, self.k, self.path)
         self.meta = meta
 

@@ -760,12 +760,14 @@ def calibrate(kind, model, dataset, output, backbone, n_sequences, videos, overw
     \b
     backbone:   the mean miss of each landmark (landmark_offset), added to every decoded point;
     stabilizer: the mean of stabilized - raw (output_offset) on real-motion training sequences,
-                taken off every stabilized point. Calibrate the backbone first.
+                taken off every stabilized point (measured without --flip-test). Calibrate the
+                backbone first.
     Needs the [train] extra (onnx) and, for stabilizer, PyAV."""
     from stableface import calibrate as CAL
     from stableface import ibug
     from stableface.backbone import HeatmapBackbone
     from stableface.onnx_util import WeightsError
+    from stableface.video import SourceError
     from stableface.weights import resolve
 
     if output.exists() and not overwrite:
@@ -807,8 +809,10 @@ def calibrate(kind, model, dataset, output, backbone, n_sequences, videos, overw
                         "left_out": round(rep["left_out"], 4)}
                 CAL.write_offsets(model, output, {"output_offset": (rep["offset"], note)})
                 what = f"mean of stabilized - raw over {rep['frames']} frames of {rep['sequences']} real-motion training sequences"
-    except (ValueError, WeightsError) as exc:
+    except (ValueError, WeightsError, SourceError) as exc:
         _fail(str(exc), 2)
+    except (RuntimeError, OSError) as exc:  # PyAV missing for the clips; an output folder that cannot be written
+        _fail(f"{output}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}", 1)
     if kind == "backbone" and "landmark_offset_flip" in offsets:
         fx, fy = offsets["landmark_offset_flip"]["mean"]
         what += f" (with --flip-test {fx:+.3f} / {fy:+.3f})"

@@ -76,7 +76,7 @@ def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "g
             preds = {"pdc": codec.decode_pdc(hm, backbone.stride, pdc_threshold)[0],
                      "argmax": codec.decode_argmax(hm, backbone.stride)[0]}
             for name, p in preds.items():
-                if backbone.offset is not None:  # the backbone's calibration, as at run time
+                if backbone.offset is not None and name == "pdc":  # the backbone's calibration, as at run time
                     p = p + backbone.offset
                 errors[name].append(err(to_source(p, box, backbone.size)))
         else:

@@ -31,8 +31,9 @@ class Decoder:
     """PDC (or argmax) decoding, the backbone's calibration offset, then the uncrop to source pixels.
 
     ``offset`` (K, 2, crop pixels; the backbone's ``landmark_offset``) is added to every decoded
-    point, raw or stabilized: heatmaps in this pipeline are all in the backbone's convention, and
-    the offset maps that convention onto the annotations'."""
+    point, raw or stabilized, decoded with PDC (it is measured with PDC; argmax points go without):
+    heatmaps in this pipeline are all in the backbone's convention, and the offset maps that
+    convention onto the annotations'."""
 
     def __init__(self, crop_size: int, stride: float, method: str = "pdc", threshold: float = codec.DEFAULT_PDC_THRESHOLD,
                  mode: str = codec.DEFAULT_PDC_MODE, offset: np.ndarray | None = None) -> None:
@@ -45,10 +46,9 @@ class Decoder:
 
     def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Points in crop pixels (calibrated) and scores."""
-        if self.method == "pdc":
-            pts, scores = codec.decode_pdc(heatmaps, self.stride, self.threshold, self.mode)
-        else:
-            pts, scores = codec.decode_argmax(heatmaps, self.stride)
+        if self.method != "pdc":  # the offset is measured with PDC
+            return codec.decode_argmax(heatmaps, self.stride)
+        pts, scores = codec.decode_pdc(heatmaps, self.stride, self.threshold, self.mode)
         if self.offset is not None:
             pts = pts + self.offset
         return pts, scores
