@@ -331,6 +331,8 @@ class Pipeline:
                 yield frame, result
                 continue
             with self.timer.stage("lookahead"):
+                if frame.index in self._held:  # the lookahead refuses it too: keep the frame that is held
+                    raise ValueError(f"frame indices must increase: got frame {frame.index} twice")
                 self._held[frame.index] = (frame, result.shot)
                 ready = [self._pair(out) for out in self.lookahead.update(result)]
             yield from ready

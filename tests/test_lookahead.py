@@ -397,3 +397,18 @@ def test_a_result_the_lookahead_never_returns_does_not_shift_the_pairing(rng):
     got = [(f.index, r.frame) for f, r in pipe.stream(frames_of(20))]
     assert all(a == b for a, b in got), got
     assert [b for _, b in got] == [i for i in range(20) if i != 7]
+
+
+def test_a_repeated_frame_index_is_refused_and_the_held_frames_survive(rng):
+    _, results = still_track(20, 200.0, 1.0, rng)
+    pipe = Planted(4, results)
+    from dataclasses import replace
+
+    frames = list(frames_of(8))
+    impostor = replace(frames[6], image=np.full_like(frames[6].image, 255))  # frame 6 again, another picture
+    got = []
+    with pytest.raises(ValueError, match="must increase"):
+        for f, r in pipe.stream(frames + [impostor]):
+            got.append((f.index, r.frame, int(f.image[0, 0, 0])))
+    got += [(f.index, r.frame, int(f.image[0, 0, 0])) for f, r in pipe.drain()]
+    assert got == [(i, i, i) for i in range(8)]  # each result with its own frame, the held frame 6 kept
