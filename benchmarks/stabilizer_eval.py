@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stableface import codec, ibug
+from stableface import ibug
 from stableface.metrics import sequence_metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import CropBox
@@ -85,7 +85,8 @@ def main() -> None:
     sets = {"still": sequences(samples, bb, "still", 10.0, args.frames, 1),
             "drift": sequences(samples, bb, "drift", 5.0, args.frames, 2),
             "shake": sequences(samples, bb, "shake", 5.0, args.frames, 3)}
-    raw = {k: codec.decode_pdc(h, bb.stride)[0] + (bb.offset if bb.offset is not None else 0) for k, (h, _) in sets.items()}
+    decoder = Decoder(bb.size, bb.stride, offset=bb.offset)  # the pipeline's: PDC with the backbone's calibration
+    raw = {k: decoder.decode(h)[0] for k, (h, _) in sets.items()}
     lstm = {k: run_convlstm(step, h, bb.size, bb.stride, offset=bb.offset) for k, (h, _) in sets.items()}
     plain = {k: run_convlstm(step, h, bb.size, bb.stride, compensate=False, offset=bb.offset) for k, (h, _) in sets.items()}
     # tune One Euro honestly on the same sequences

@@ -115,4 +115,3 @@ class HeatmapBackbone:
         if hm.ndim != 4 or hm.shape[1] != self.k:
             raise WeightsError(f"{self.path}: output has shape {hm.shape}, expected (N, {self.k}, H, W)")
         return hm
-

@@ -382,13 +382,13 @@ _WORKER: dict = {}
 
 def build_pipeline(build_args: tuple, threads: int = 0):
     """The pipeline of ``build_args`` (weights, stabilizer, stabilizer_weights, device, max_faces,
-    redetect_every, lookahead[, flip_test]); ``threads``: onnxruntime intra-op threads (0: its default).
+    redetect_every, lookahead, flip_test); ``threads``: onnxruntime intra-op threads (0: its default).
     Raises ``WeightsError``."""
     from stableface.pipeline import Pipeline, PipelineConfig
 
-    weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead, *rest = build_args
+    weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead, flip_test = build_args
     cfg = PipelineConfig(stabilizer=stabilizer, max_faces=max_faces, redetect_every=redetect_every, lookahead=lookahead,
-                         flip_test=bool(rest and rest[0]))
+                         flip_test=flip_test)
     return Pipeline.from_weights(weights, stabilizer_weights, device=device, config=cfg, threads=threads)
 
 

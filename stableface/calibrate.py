@@ -25,8 +25,8 @@ import numpy as np
 
 from stableface import codec, ibug
 from stableface.backbone import HeatmapBackbone
-from stableface.crop import CropBox, box_from_landmarks, to_crop, warp
-from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder
+from stableface.crop import CropBox, box_from_landmarks, invert, to_crop, warp
+from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder, apply_affine
 from stableface.video import read_image
 
 Progress = Callable[[int, int], None]
@@ -85,8 +85,7 @@ def stabilizer_offset(step: ConvLSTMStep, backbone: HeatmapBackbone, sequences, 
             raw, _ = stab._raw(hm, box)
             motion, o = stab._input(raw, hm, box, t * 40.0)
             q, _ = decoder.decode(stab._step(o))  # state frame, crop pixels (the state frame's crop is ``box``)
-            a = np.linalg.inv(motion[:, :2])
-            raw_state = (raw - motion[:, 2]) @ a.T  # the raw points carried into the state frame
+            raw_state = apply_affine(invert(motion), raw)  # the raw points carried into the state frame
             if t >= skip:
                 deltas.append(q - raw_state)
         n += 1
@@ -114,11 +113,6 @@ def trimmed_mean(d: np.ndarray, limit: float) -> dict:
     var = np.where(keep[..., None], (d - offset) ** 2, 0.0).sum(axis=0) / n
     return {"offset": offset.astype(np.float32), "mean": [float(v) for v in offset.mean(axis=0)],
             "stderr": [float(v) for v in np.sqrt((var / n).mean(axis=0))], "left_out": float(1 - keep.mean())}
-
-
-def write_offset(model: str | Path, out: str | Path, key: str, offset: np.ndarray, note: dict) -> None:
-    """``write_offsets`` for one key."""
-    write_offsets(model, out, {key: (offset, note)})
 
 
 def write_offsets(model: str | Path, out: str | Path, offsets: dict[str, tuple[np.ndarray, dict]]) -> None:

@@ -496,13 +496,13 @@ def demo(out_dir, frames, noise, device, overwrite, quiet):
 def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, norm, plot_dir, landmarks, fmt, weights,
              device, flip_test, quiet):
     """Accuracy on annotated images or videos; stability (Allan deviation, MCV) on any video."""
+    from dataclasses import replace
+
     from stableface import evaluate as E
     from stableface import metrics
     from stableface.backbone import HeatmapBackbone
     from stableface.ibug import AnnotationError
     from stableface.onnx_util import WeightsError
-    from dataclasses import replace
-
     from stableface.pipeline import Pipeline, PipelineConfig
     from stableface.points import Scorer
     from stableface.weights import resolve
@@ -777,7 +777,7 @@ def calibrate(kind, model, dataset, output, backbone, n_sequences, videos, overw
     except ImportError as exc:
         _fail(f"calibrate needs onnx: pip install 'stableface[train]' ({exc})", 2)
     try:
-        train_files, _ = ibug_training_split(dataset)
+        train_files, _ = ibug.training_split(dataset)
         with _count_progress(quiet, f"calibrate {kind}") as tick:
             if kind == "backbone":
                 bb = HeatmapBackbone(model, device="cpu")
@@ -820,12 +820,6 @@ def calibrate(kind, model, dataset, output, backbone, n_sequences, videos, overw
     click.echo(f"wrote {output}: {what}, on average {dx:+.3f} / {dy:+.3f} crop px in x / y "
                f"(standard error {rep['stderr'][0]:.3f} / {rep['stderr'][1]:.3f}; "
                f"{100 * rep['left_out']:.1f}% of the differences, over {CAL.TRIM_CELLS:g} heatmap cells, left out)")
-
-
-def ibug_training_split(dataset: Path) -> tuple[list[Path], list[Path]]:
-    from stableface import ibug
-
-    return ibug.training_split(dataset)
 
 
 @contextmanager

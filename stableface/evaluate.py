@@ -32,6 +32,7 @@ from stableface.backbone import HeatmapBackbone
 from stableface.crop import box_from_landmarks, to_source, warp
 from stableface.ibug import AnnotationError
 from stableface.points import Scorer
+from stableface.stabilizer import Decoder
 from stableface.video import VIDEO_EXTS, open_source, read_image
 
 @dataclass
@@ -62,6 +63,9 @@ def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "g
     errors: dict[str, list[float]] = {"pdc": [], "argmax": []}
     missed = 0
     pipe = pipeline_factory() if crop == "detector" else None
+    # the runtime's decoders: PDC with the backbone's calibration, argmax without
+    decoders = {"pdc": Decoder(backbone.size, backbone.stride, threshold=pdc_threshold, offset=backbone.offset),
+                "argmax": Decoder(backbone.size, backbone.stride, method="argmax")}
     for i, f in enumerate(files):
         img, gt = read_image(f), ibug.read_pts(f.with_suffix(".pts"))
         _enough_points(f.with_suffix(".pts"), gt, scorer)
@@ -73,12 +77,8 @@ def evaluate_images(files: list[Path], backbone: HeatmapBackbone, crop: str = "g
         if pipe is None:
             box = box_from_landmarks(gt[scorer.full.theirs], backbone.crop_scale)
             hm = backbone(warp(img, box, backbone.size)[None])[0]
-            preds = {"pdc": codec.decode_pdc(hm, backbone.stride, pdc_threshold)[0],
-                     "argmax": codec.decode_argmax(hm, backbone.stride)[0]}
-            for name, p in preds.items():
-                if backbone.offset is not None and name == "pdc":  # the backbone's calibration, as at run time
-                    p = p + backbone.offset
-                errors[name].append(err(to_source(p, box, backbone.size)))
+            for name, dec in decoders.items():
+                errors[name].append(err(to_source(dec.decode(hm)[0], box, backbone.size)))
         else:
             pipe.reset()
             res = pipe.update(img, 0.0)

@@ -69,7 +69,7 @@ def test_backbone_calibration_finds_a_planted_annotation_offset(tmp_path):
     mean_src = np.asarray(rep["mean"]) * side / bb.size
     assert np.allclose(mean_src, shift, atol=0.6), mean_src
     out = tmp_path / "cal.onnx"
-    CAL.write_offset(bb.path, out, "landmark_offset", rep["offset"], {"planted": True})
+    CAL.write_offsets(bb.path, out, {"landmark_offset": (rep["offset"], {"planted": True})})
     cal = HeatmapBackbone(out, device="cpu")
     np.testing.assert_allclose(cal.offset, rep["offset"], atol=1e-4)
     assert cal.meta["landmark_offset_calibration"] == {"planted": True}
@@ -134,9 +134,9 @@ def test_stabilizer_output_offset_takes_the_measured_shift_off(tmp_path):
     np.testing.assert_allclose(network, np.asarray(rep["mean"]), atol=0.02)
     planted = np.array([1.0, -0.6], np.float32)
     out = tmp_path / "p.onnx"
-    CAL.write_offset(step.path, out, "output_offset", rep["offset"] + planted, {"planted": True})
+    CAL.write_offsets(step.path, out, {"output_offset": (rep["offset"] + planted, {"planted": True})})
     np.testing.assert_allclose(mean_vs_raw(ConvLSTMStep(out, device="cpu", threads=1)), -planted, atol=0.03)
-    CAL.write_offset(step.path, out, "output_offset", rep["offset"], {"planted": False})
+    CAL.write_offsets(step.path, out, {"output_offset": (rep["offset"], {"planted": False})})
     cal = ConvLSTMStep(out, device="cpu", threads=1)
     np.testing.assert_allclose(cal.output_offset, rep["offset"], atol=1e-4)
     assert np.all(np.abs(mean_vs_raw(cal)) < 0.02)

@@ -104,11 +104,11 @@ def real_motion_cache(samples: list[D.Sample], backbone: HeatmapBackbone, videos
     return np.stack(hms), np.stack(pts)
 
 
-def raw_points(hms: np.ndarray, backbone: HeatmapBackbone, threshold: float, mode: str) -> np.ndarray:
+def raw_points(hms: np.ndarray, stride: float, threshold: float, mode: str, offset: np.ndarray | None) -> np.ndarray:
     """Raw landmarks (..., T, K, 2) in crop pixels of heatmaps (..., T, K, H, W): PDC plus the
-    backbone's calibration offset, as the runtime's ``Decoder`` gives them."""
-    raw = np.stack([codec.decode_pdc(h.astype(np.float32), backbone.stride, threshold, mode)[0] for h in hms])
-    return raw + backbone.offset if backbone.offset is not None else raw
+    backbone's calibration ``offset``, as the runtime's ``Decoder`` gives them."""
+    raw = np.stack([codec.decode_pdc(h.astype(np.float32), stride, threshold, mode)[0] for h in hms])
+    return raw + offset if offset is not None else raw
 
 
 def offset_tensor(backbone: HeatmapBackbone, device: str) -> torch.Tensor | None:
@@ -118,7 +118,7 @@ def offset_tensor(backbone: HeatmapBackbone, device: str) -> torch.Tensor | None
 def with_plan(hms: np.ndarray, gts: np.ndarray, backbone: HeatmapBackbone, motion: MotionConfig,
               threshold: float, mode: str) -> tuple[np.ndarray, ...]:
     """(heatmaps, ground truth, pull, push): the runtime's motion plan from the raw landmarks."""
-    raw = raw_points(hms, backbone, threshold, mode)
+    raw = raw_points(hms, backbone.stride, threshold, mode, backbone.offset)
     pull, push = motion_plan(raw, backbone.size, backbone.stride, motion)
     return hms, gts, pull, push
 
@@ -237,8 +237,7 @@ def validate(model: ConvLSTM, val: dict[str, tuple], stride: float, threshold: f
             s = run_sequences(model, x, torch.from_numpy(pull[i:i + 16]).to(device), prime_steps=prime_steps)
             stab.append(state_landmarks_to_crop(s, torch.from_numpy(push[i:i + 16]).to(device), threshold, stride, mode,
                                                 off).cpu().numpy())
-            r = codec.decode_pdc(hms[i:i + 16].astype(np.float32), stride, threshold, mode)[0]
-            raw.append(r + offset if offset is not None else r)
+            raw.append(raw_points(hms[i:i + 16], stride, threshold, mode, offset))
         for tag, pred in (("raw", np.concatenate(raw)), ("stab", np.concatenate(stab))):
             for k, v in sequence_metrics(pred, gt).items():
                 out[f"{name}_{tag}_{k}"] = v
@@ -301,6 +300,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         _, _, pulls, pushes = with_plan(hms, gts, backbone, motion, cfg.pdc_threshold, cfg.pdc_mode)
         val = {k: with_plan(v[0], v[1], backbone, motion, cfg.pdc_threshold, cfg.pdc_mode) for k, v in val.items()}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    offset = offset_tensor(backbone, cfg.device)  # the backbone's calibration, for the loss
     steps_per_epoch = math.ceil(len(hms) / cfg.batch)
     total = cfg.epochs * steps_per_epoch
     start_epoch, history = 0, []
@@ -313,7 +313,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
         log(f"resumed from {last} at epoch {start_epoch}")
     if start_epoch == 0:
         m0 = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.pdc_mode, cfg.device, motion.prime_steps,
-                          backbone.offset)
+                      backbone.offset)
         log(f"before training ({cfg.init} initialisation): " + _summary(m0))
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
@@ -335,7 +335,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             step = epoch * steps_per_epoch + b
             set_lr(opt, cosine_lr(step, total, cfg.lr))
             out_s = run_sequences(model, x, pull[:, burn:], state, prime_steps=motion.prime_steps)
-            loss = sequence_loss(cfg, out_s, push, g, backbone.stride, offset_tensor(backbone, cfg.device))
+            loss = sequence_loss(cfg, out_s, push, g, backbone.stride, offset)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -344,7 +344,7 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             if on_step:
                 on_step(step + 1, total, {"epoch": epoch + 1, "loss": run / seen, "seq_s": seen / (time.perf_counter() - t_ep)})
         metrics = validate(model, val, backbone.stride, cfg.pdc_threshold, cfg.pdc_mode, cfg.device, motion.prime_steps,
-                          backbone.offset)
+                           backbone.offset)
         metrics.update(epoch=epoch + 1, loss=run / seen)
         history.append(metrics)
         save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": history,
@@ -379,7 +379,8 @@ def tune_motion(model: ConvLSTM, hms: np.ndarray, gts: np.ndarray, backbone: Hea
     # the real-motion sequences (they come last) when there are any: the motion filter is for real heads
     n = cfg.tune_sequences
     hms, gts = (hms[-n:], gts[-n:]) if cfg.sequences != "synthetic" else (hms[:n], gts[:n])
-    raw = raw_points(hms, backbone, cfg.pdc_threshold, cfg.pdc_mode)
+    raw = raw_points(hms, backbone.stride, cfg.pdc_threshold, cfg.pdc_mode, backbone.offset)
+    offset = offset_tensor(backbone, cfg.device)
     base_m = sequence_metrics(raw, gts)
     table, best, best_je = [], base, float("inf")
     for mc, beta in grid or MOTION_GRID:
@@ -390,7 +391,7 @@ def tune_motion(model: ConvLSTM, hms: np.ndarray, gts: np.ndarray, backbone: Hea
             x = torch.from_numpy(hms[i:i + 32].astype(np.float32)).to(cfg.device)
             s = run_sequences(model, x, torch.from_numpy(pull[i:i + 32]).to(cfg.device), prime_steps=motion.prime_steps)
             pred.append(state_landmarks_to_crop(s, torch.from_numpy(push[i:i + 32]).to(cfg.device), cfg.pdc_threshold,
-                                                backbone.stride, cfg.pdc_mode, offset_tensor(backbone, cfg.device)).cpu().numpy())
+                                                backbone.stride, cfg.pdc_mode, offset).cpu().numpy())
         m = sequence_metrics(np.concatenate(pred), gts)
         table.append({"min_cutoff": mc, "beta": beta, "nme": m["nme"], "jitter_error": m["jitter_error"],
                       "raw_nme": base_m["nme"], "raw_jitter_error": base_m["jitter_error"]})
