@@ -130,14 +130,14 @@ def run(paths: list[Path], methods: dict[str, PipelineConfig], log=print, tracks
             for k, v in per.items()}
 
 
-def smooth_offline(track: np.ndarray, n: int) -> np.ndarray:
+def smooth_offline(track: np.ndarray, n: int, mode: str = "split") -> np.ndarray:
     """``--lookahead n`` applied to a (T, K, 2) single-face raw track: the same ``Lookahead`` the pipeline
     runs downstream of the tracker (it does not feed back into the crops, which follow the raw
     landmarks under a lookahead), so this is exact."""
     from stableface.lookahead import Lookahead
     from stableface.types import Face, FrameResult
 
-    la, out = Lookahead(n), []
+    la, out = Lookahead(n, mode=mode), []
     def faces(t):
         if not np.isfinite(track[t]).all():
             return ()
@@ -148,15 +148,16 @@ def smooth_offline(track: np.ndarray, n: int) -> np.ndarray:
     return np.array(out, np.float64)
 
 
-def sweep_lookahead(tracks: list[np.ndarray], gts: list[np.ndarray], ns: list[int]) -> dict[int, dict[str, float]]:
-    """Mean NRMSE, jitter error and lag of each lookahead N over the clips."""
+def sweep_lookahead(tracks: list[np.ndarray], gts: list[np.ndarray], ns: list[int]) -> dict[str, dict[str, float]]:
+    """Mean NRMSE, jitter error and lag of each lookahead N over the clips, split (the default) and plain."""
     from stableface.evaluate import accuracy
 
     scorer = Scorer.build()
     out = {}
     for n in ns:
-        rows = [accuracy(smooth_offline(tr, n), gt, scorer) for tr, gt in zip(tracks, gts)]
-        out[n] = {k: float(np.nanmean([r[k] for r in rows])) for k in ("nrmse", "jitter_error", "lag_frames")}
+        for mode in ("split", "plain"):
+            rows = [accuracy(smooth_offline(tr, n, mode), gt, scorer) for tr, gt in zip(tracks, gts)]
+            out[f"{n} {mode}"] = {k: float(np.nanmean([r[k] for r in rows])) for k in ("nrmse", "jitter_error", "lag_frames")}
     return out
 
 
@@ -279,7 +280,7 @@ def main() -> None:
     if args.sweep:
         ns = [int(v) for v in args.sweep.split(",")]
         sweep = sweep_lookahead(tracks["none"], [np.load(p.with_suffix(".npy")) for p in paths], ns)
-        print("\n| --lookahead N (raw landmarks, sigma N/4) | NRMSE % | jitter error % | lag (frames) |")
+        print("\n| --lookahead N (raw landmarks): split (the default) or plain (the previous release's) | NRMSE % | jitter error % | lag (frames) |")
         print("|---|---|---|---|")
         for n, m in sweep.items():
             print(f"| {n} | {m['nrmse']:.2f} | {m['jitter_error']:.3f} | {m['lag_frames']:.2f} |")

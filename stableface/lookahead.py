@@ -8,15 +8,28 @@
         ...
 
 The result for frame t is emitted when frame t + N arrives: each face's landmarks become a
-Gaussian-weighted local polynomial fit (quadratic by default, sigma = N / 4 frames, at least
-0.5), evaluated at frame t, of the same face id's *input* landmarks over frames t - N .. t + N
-(no recursion: a pure fixed-lag smoother, zero phase). The quadratic term lets a wider window
-average noise without rounding off accelerations (speech, nods): on the real-motion benchmark
-it beats a Gaussian mean of any width (``benchmarks/real_motion.py --sweep``). The window stops
-where the id is absent from a frame, at a gap in the frame indices, and at the ends of what was
-given (a track's start or end, the end of the source); the fit then uses what remains, so a
-still face keeps its place exactly and a face moving at constant speed (or constant
-acceleration) keeps its path everywhere, ends included.
+Gaussian-weighted local polynomial fit (quadratic by default), evaluated at frame t, of the same
+face id's *input* landmarks over frames t - N .. t + N (no recursion: a pure fixed-lag smoother,
+zero phase). The quadratic term lets a wider window average noise without rounding off
+accelerations (speech, nods).
+
+By default (``mode="split"``) the fit is split in two:
+
+- the face's motion: a least-squares similarity from frame t's landmarks to each frame's, its
+  four parameters fitted with sigma ``rigid_sigma`` (N / 4 frames, between 0.5 and 1.25);
+- its shape in its own frame: each frame's landmarks carried back by that similarity, fitted
+  with sigma ``sigma`` (N / 4 frames, between 0.5 and 2);
+
+then put together again. Head motion is fast and is measured from all 68 points at once, so it
+takes little smoothing; the shape (where the per-point noise is) takes more. On the real-motion
+benchmark this beats one fit of the points at any width (``benchmarks/real_motion.py --sweep``);
+the widths were chosen on real-motion training clips, whose stills and motion the benchmark does
+not use. ``mode="plain"`` is the single fit of the points (sigma N / 4), the previous release's.
+
+The window stops where the id is absent from a frame, at a gap in the frame indices, and at the
+ends of what was given (a track's start or end, the end of the source); the fit then uses what
+remains, so a still face keeps its place exactly and a face moving at constant speed (or
+constant acceleration) keeps its path everywhere, ends included.
 
 Only ``landmarks`` change; ``box`` is the min/max of the smoothed landmarks; ``id``, ``score``,
 ``landmark_scores``, the frame index and the timestamp stay. Memory is O(N): at most 2N + 1
@@ -32,9 +45,51 @@ import numpy as np
 from stableface.types import Face, FrameResult
 
 
-def default_sigma(n: int) -> float:
-    """Kernel width in frames for a window of N frames on each side."""
-    return max(n / 4.0, 0.5)
+MODES = ("split", "plain")
+
+
+def default_sigma(n: int, mode: str = "split") -> float:
+    """Kernel width in frames for a window of N frames on each side (in ``split`` mode: of the shape).
+
+    N / 4, at least 0.5; in ``split`` mode at most 2 frames, the width chosen on the real-motion
+    training clips (wider rounds off speech: N = 12 or 15 then smooths as N = 8 does)."""
+    return min(max(n / 4.0, 0.5), 2.0 if mode == "split" else float("inf"))
+
+
+def default_rigid_sigma(n: int) -> float:
+    """Kernel width in frames of the face's motion in ``split`` mode: N / 4, between 0.5 and 1.25
+    (chosen on the real-motion training clips: head motion is fast and measured from all points)."""
+    return min(max(n / 4.0, 0.5), 1.25)
+
+
+def similarities(ref: np.ndarray, pts: np.ndarray) -> np.ndarray | None:
+    """Least-squares similarity parameters (a, b, tx, ty) mapping ``ref`` (K, 2) onto each of ``pts``
+    (M, K, 2): x' = [[a, -b], [b, a]] x + t. None when ``ref`` has no extent."""
+    m0 = ref.mean(axis=0)
+    r = ref - m0
+    den = float((r ** 2).sum())
+    if den <= 1e-9:
+        return None
+    md = pts.mean(axis=1)
+    q = pts - md[:, None]
+    a = (r * q).sum(axis=(1, 2)) / den
+    b = (r[:, 0] * q[:, :, 1] - r[:, 1] * q[:, :, 0]).sum(axis=1) / den
+    t = md - np.stack([a * m0[0] - b * m0[1], b * m0[0] + a * m0[1]], axis=1)
+    return np.stack([a, b, t[:, 0], t[:, 1]], axis=1)
+
+
+def apply_similarity(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Points ``x`` (K, 2) through the similarity ``p`` = (a, b, tx, ty)."""
+    a, b, tx, ty = p
+    return np.stack([a * x[:, 0] - b * x[:, 1] + tx, b * x[:, 0] + a * x[:, 1] + ty], axis=1)
+
+
+def invert_similarity(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Points ``x`` (M, K, 2) through the inverse of each similarity ``p`` (M, 4)."""
+    a, b = p[:, 0, None], p[:, 1, None]
+    d = a ** 2 + b ** 2
+    u, v = x[..., 0] - p[:, 2, None], x[..., 1] - p[:, 3, None]
+    return np.stack([(a * u + b * v) / d, (-b * u + a * v) / d], axis=-1)
 
 
 def local_fit(k: np.ndarray, w: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
@@ -51,18 +106,24 @@ def local_fit(k: np.ndarray, w: np.ndarray, x: np.ndarray, degree: int) -> np.nd
 class Lookahead:
     """Per-track fixed-lag smoother (Gaussian-weighted local polynomial); ``update(result) -> [result N frames back]``."""
 
-    def __init__(self, n: int, sigma: float | None = None, degree: int = 2) -> None:
+    def __init__(self, n: int, sigma: float | None = None, degree: int = 2, mode: str = "split",
+                 rigid_sigma: float | None = None) -> None:
         if int(n) != n or n < 0:
             raise ValueError(f"lookahead must be a whole number of frames >= 0, got {n}")
-        self.n = int(n)
-        self.sigma = default_sigma(self.n) if sigma is None else float(sigma)
-        if not (np.isfinite(self.sigma) and self.sigma > 0):
-            raise ValueError(f"sigma must be a positive number of frames, got {sigma}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.n, self.mode = int(n), mode
+        self.sigma = default_sigma(self.n, mode) if sigma is None else float(sigma)
+        self.rigid_sigma = default_rigid_sigma(self.n) if rigid_sigma is None else float(rigid_sigma)
+        for name, v in (("sigma", self.sigma), ("rigid_sigma", self.rigid_sigma)):
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number of frames, got {v}")
         if degree not in (0, 1, 2):
             raise ValueError(f"degree must be 0, 1 or 2, got {degree}")
         self.degree = degree
         offsets = np.arange(-self.n, self.n + 1, dtype=np.float64)
         self._weights = np.exp(-0.5 * (offsets / self.sigma) ** 2)  # index k + n for offset k
+        self._rigid_weights = np.exp(-0.5 * (offsets / self.rigid_sigma) ** 2)
         self._buf: deque[tuple[FrameResult, dict[int, Face]]] = deque()
         self._next = 0  # position in _buf of the oldest result not yet emitted
         self._last_frame: int | None = None
@@ -153,8 +214,15 @@ class Lookahead:
         if len(ks) == 1:  # alone in its window: nothing to average
             return face
         k = np.array(ks)
-        x = np.stack(pts).reshape(len(ks), -1)
-        fit = local_fit(k, w[(k + n).astype(int)], x, min(self.degree, len(ks) - 1)).reshape(face.landmarks.shape)
+        at = (k + n).astype(int)
+        deg = min(self.degree, len(ks) - 1)
+        x = np.stack(pts)
+        sims = similarities(x[0], x) if self.mode == "split" else None
+        if sims is None:
+            fit = local_fit(k, w[at], x.reshape(len(ks), -1), deg).reshape(face.landmarks.shape)
+        else:  # the motion and the shape in the face's frame, each with its own width, then together again
+            shape = local_fit(k, w[at], invert_similarity(sims, x).reshape(len(ks), -1), deg).reshape(face.landmarks.shape)
+            fit = apply_similarity(local_fit(k, self._rigid_weights[at], sims, deg), shape)
         pts = fit.astype(face.landmarks.dtype)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         return Face(face.id, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), face.score, pts,

@@ -39,7 +39,7 @@ def run(la, results):
 def kernel(n, sigma=None, degree=2):
     """The equivalent kernel of the Gaussian-weighted local polynomial fit over a full window:
     e0^T (A^T W A)^-1 A^T W (for degree 0 and 1, the normalised Gaussian)."""
-    s = default_sigma(n) if sigma is None else sigma
+    s = default_sigma(n, "plain") if sigma is None else sigma
     k = np.arange(-n, n + 1, dtype=float)
     w = np.exp(-0.5 * (k / s) ** 2)
     a = np.vander(k, degree + 1, increasing=True)
@@ -61,6 +61,50 @@ def test_sigma_default_and_validation():
     for bad in ({"n": -1}, {"n": 1.5}, {"n": 3, "sigma": 0.0}, {"n": 3, "sigma": float("nan")}):
         with pytest.raises(ValueError):
             Lookahead(**bad)
+
+
+def test_split_defaults_and_validation():
+    la = Lookahead(8)
+    assert la.mode == "split" and la.rigid_sigma == 1.25 and la.sigma == 2.0
+    assert Lookahead(15).sigma == 2.0 and Lookahead(15, mode="plain").sigma == 3.75  # split widths are capped
+    assert Lookahead(2).rigid_sigma == 0.5 and Lookahead(4).rigid_sigma == 1.0
+    for bad in ({"n": 3, "mode": "wide"}, {"n": 3, "rigid_sigma": -1.0}):
+        with pytest.raises(ValueError):
+            Lookahead(**bad)
+
+
+def test_split_smooths_motion_and_shape_with_their_own_widths(rng):
+    """A still face whose every point shakes by one common shift per frame: the similarity takes
+    all of it, so its noise shrinks by the motion kernel (rigid_sigma), not the shape kernel."""
+    n, t = 8, 600
+    base = rng.uniform(-40, 40, size=(K, 2)) + 300.0
+    shake = rng.normal(0, 1.0, (t, 1, 2))
+    results = [FrameResult(i, i * 40.0, (face(0, base + shake[i]),)) for i in range(t)]
+    inner = slice(n, t - n)
+    for la, sigma in ((Lookahead(n), 1.25), (Lookahead(n, mode="plain"), 2.0), (Lookahead(n, rigid_sigma=3.0), 3.0)):
+        smooth = track_of(run(la, results))
+        want = np.sqrt(np.sum(kernel(n, sigma) ** 2))
+        got = np.std(smooth[inner] - base, axis=0).mean() / np.std(shake[inner], axis=0).mean()
+        assert got == pytest.approx(want, rel=0.08), (la.mode, la.rigid_sigma)
+    # independent noise on each point is mostly shape: it shrinks by about the shape kernel
+    noisy = [FrameResult(i, i * 40.0, (face(0, base + rng.normal(0, 1.0, (K, 2))),)) for i in range(t)]
+    smooth = track_of(run(Lookahead(n), noisy))
+    got = np.std(smooth[inner] - base, axis=0).mean() / np.std(track_of(noisy)[inner] - base, axis=0).mean()
+    assert got == pytest.approx(np.sqrt(np.sum(kernel(n, 2.0) ** 2)), rel=0.15)
+
+
+def test_split_keeps_a_turning_growing_moving_face():
+    """Rotation, scale and translation that change smoothly pass through the split fit unchanged."""
+    n, t = 8, 60
+    base = np.random.default_rng(7).uniform(-40, 40, size=(K, 2))
+    k = np.arange(t, dtype=float)
+    ang, sc = 0.01 * k, 1.0 + 0.004 * k
+    tx, ty = 200 + 1.5 * k + 0.02 * k ** 2, 180 - 0.8 * k
+    path = np.stack([np.stack([sc[i] * (np.cos(ang[i]) * base[:, 0] - np.sin(ang[i]) * base[:, 1]) + tx[i],
+                               sc[i] * (np.sin(ang[i]) * base[:, 0] + np.cos(ang[i]) * base[:, 1]) + ty[i]], axis=1)
+                     for i in range(t)])
+    smooth = track_of(run(Lookahead(n), [FrameResult(i, i * 40.0, (face(0, path[i]),)) for i in range(t)]))
+    assert np.abs(smooth - path).max() < 0.02
 
 
 def test_zero_is_the_identity_with_no_buffer(rng):
@@ -365,7 +409,7 @@ def test_constant_acceleration_is_kept_inside():
     path = start + 0.5 * acc * k ** 2
     smooth = track_of(run(Lookahead(n), [FrameResult(i, i * 40.0, (face(0, path[i]),)) for i in range(t)]))
     assert np.allclose(smooth, path, atol=2e-3, rtol=0)
-    mean = track_of(run(Lookahead(n, degree=0), [FrameResult(i, i * 40.0, (face(0, path[i]),)) for i in range(t)]))
+    mean = track_of(run(Lookahead(n, degree=0, mode="plain"), [FrameResult(i, i * 40.0, (face(0, path[i]),)) for i in range(t)]))
     assert np.abs(mean[n:t - n] - path[n:t - n]).max() > 0.2  # the plain mean does round it off
 
 

@@ -158,7 +158,7 @@ def test_motion_compensation_removes_lag_on_a_moving_face(tmp_path):
     base = np.array([[40.0, 50.0], [60.0, 70.0], [80.0, 50.0]])
     errors = {}
     for comp in (False, True):
-        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), MotionConfig(enabled=comp))
+        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), MotionConfig(enabled=comp), deviation_limit=None)
         for t in range(25):  # the face moves 1.5 px per frame to the right
             truth = base + [1.5 * t, 0.0]
             pts, _ = stab.update(codec.encode(truth, (32, 32), 4), box, t * 40.0)
@@ -204,6 +204,42 @@ def test_rotating_and_zooming_face_is_followed(tmp_path):
         pts, _ = stab.update(codec.encode(truth, (32, 32), 4), box, t * 40.0)
         errors.append(float(np.abs(pts - truth).max()))
     assert max(errors[12:]) < 0.5, errors
+
+
+def test_limit_deviation_bounds_the_stray_and_keeps_the_small():
+    from stableface.stabilizer import limit_deviation
+
+    raw = np.array([[0.0, 0.0], [100.0, 0.0], [50.0, 80.0]])  # face width 100 px
+    pts = raw + [[0.05, 0.0], [0.0, -0.3], [30.0, 40.0]]  # small, middling, far (50 px)
+    out = limit_deviation(pts, raw, 0.01)  # bound 1 px
+    d = np.linalg.norm(out - raw, axis=1)
+    assert d[0] == pytest.approx(0.05, rel=1e-3) and d[1] == pytest.approx(np.tanh(0.3), rel=1e-6)
+    assert d[2] == pytest.approx(1.0, rel=1e-6)
+    assert np.allclose((out - raw)[2] / d[2], [0.6, 0.8])  # along the deviation
+    assert limit_deviation(pts, raw, None) is pts and limit_deviation(pts, raw, 0.0) is pts
+
+
+def test_a_landmark_that_moves_in_the_face_frame_is_not_left_behind(tmp_path):
+    """One point jumps 10 px while the rest hold still (a jaw point under a head turn): the slow
+    state trails it by pixels; the deviation limit keeps every output within its bound of raw."""
+    from stableface import codec
+    from stableface.stabilizer import DEVIATION_LIMIT, ConvLSTMStabilizer, Decoder
+
+    step = _ema_step(tmp_path)
+    box = CropBox(64.0, 64.0, 128.0)
+    base = np.array([[34.0, 54.0], [64.0, 90.0], [94.0, 54.0]])
+    worst = {}
+    for limit in (None, DEVIATION_LIMIT):
+        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), deviation_limit=limit)
+        errs = []
+        for t in range(20):
+            truth = base + ([[0.0, 0.0], [0.0, 10.0], [0.0, 0.0]] if t >= 8 else 0.0)
+            pts, _ = stab.update(codec.encode(truth, (32, 32), 4), box, t * 40.0)
+            raw, _ = stab.decoder(codec.encode(truth, (32, 32), 4), box)
+            errs.append(float(np.linalg.norm(pts - raw, axis=1).max()))
+        worst[limit] = max(errs[8:])
+    assert worst[None] > 2.0
+    assert worst[DEVIATION_LIMIT] <= DEVIATION_LIMIT * 60.0 + 1e-4  # face width 60 px
 
 
 def test_fit_similarity_recovers_a_known_transform():
@@ -256,7 +292,7 @@ def test_training_twin_matches_the_runtime(tmp_path):
     hms = np.stack([codec.encode(p, (32, 32), 4) for p in truth]).astype(np.float32)
     dec = Decoder(128, 4.0)
     box = CropBox(64.0, 64.0, 128.0)
-    stab = ConvLSTMStabilizer(step, dec)
+    stab = ConvLSTMStabilizer(step, dec, deviation_limit=None)  # the twin is the network; the limit is a runtime guard
     runtime = np.stack([stab.update(h, box, t * 40.0)[0] for t, h in enumerate(hms)])
     raw = codec.decode_pdc(hms, 4.0)[0]
     pull, push = motion_plan(raw[None], 128, 4.0, step.motion)
