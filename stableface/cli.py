@@ -531,9 +531,8 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
             bb = HeatmapBackbone(resolve(weights).backbone, device, flip_test=flip_test)
             factory = lambda: Pipeline.from_weights(weights, device=device, config=PipelineConfig(stabilizer="none",  # noqa: E731
                                                                                                   flip_test=flip_test))
-            with _training_progress(quiet, "evaluate") as tick:
-                rep = E.evaluate_images(images, bb, crop, factory, scorer=scorer,
-                                        progress=(lambda i, n: tick(i, n, {"epoch": "-", "loss": 0.0})) if tick else None)
+            with _count_progress(quiet, "evaluate") as tick:
+                rep = E.evaluate_images(images, bb, crop, factory, scorer=scorer, progress=tick)
             table = rep.table()
             written = []
             if plot_dir is not None:
