@@ -234,7 +234,7 @@ def main() -> None:
     ap.add_argument("--lookahead", type=int, default=8)
     ap.add_argument("--stabilizer", type=Path, default=None, help="A stabilizer .onnx other than the shipped one.")
     ap.add_argument("--weights", type=Path, default=None, help="A backbone .onnx (or weights folder) other than the shipped one.")
-    ap.add_argument("--sweep", default="", help="Lookahead lengths to measure offline on the convlstm tracks, e.g. 0,2,4,8,12,15.")
+    ap.add_argument("--sweep", default="", help="Lookahead lengths to measure offline on the raw tracks (split and plain), e.g. 0,2,4,8,12,15.")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--bound", action="store_true", help="Also print what causal filtering of the raw track can reach here.")
     ap.add_argument("--save-tracks", type=Path, default=None, help="Write every method's tracks to this .npz.")

@@ -126,8 +126,9 @@ def model_options(f):
 
 def lookahead_option(default: int, extra: str = ""):
     return click.option("--lookahead", type=LOOKAHEAD_RANGE, default=default, show_default=True, metavar="N",
-                        help="Fixed-lag smoothing per track: a zero-phase local quadratic fit (Gaussian weights) of the "
-                             "raw landmarks over the N frames before and after each frame; it takes the place of the "
+                        help="Fixed-lag smoothing per track: zero-phase local quadratic fits (Gaussian weights) of the "
+                             "face's motion and of its shape, from the raw landmarks over the N frames before and after "
+                             "each frame; it takes the place of the "
                              "causal --stabilizer, which applies with --lookahead 0. " + (extra or "Output lags N frames."))
 
 

@@ -64,7 +64,8 @@ def default_rigid_sigma(n: int) -> float:
 
 def similarities(ref: np.ndarray, pts: np.ndarray) -> np.ndarray | None:
     """Least-squares similarity parameters (a, b, tx, ty) mapping ``ref`` (K, 2) onto each of ``pts``
-    (M, K, 2): x' = [[a, -b], [b, a]] x + t. None when ``ref`` has no extent."""
+    (M, K, 2): x' = [[a, -b], [b, a]] x + t. None when ``ref`` has no extent, or when a frame's scale
+    against it is outside (0.5, 2) (collapsed landmarks, an outlier): the caller then fits the points."""
     m0 = ref.mean(axis=0)
     r = ref - m0
     den = float((r ** 2).sum())
@@ -74,6 +75,9 @@ def similarities(ref: np.ndarray, pts: np.ndarray) -> np.ndarray | None:
     q = pts - md[:, None]
     a = (r * q).sum(axis=(1, 2)) / den
     b = (r[:, 0] * q[:, :, 1] - r[:, 1] * q[:, :, 0]).sum(axis=1) / den
+    scale = np.sqrt(a ** 2 + b ** 2)
+    if not np.all((scale > 0.5) & (scale < 2.0)):  # a collapsed or wild frame in the window: no face frame to share
+        return None
     t = md - np.stack([a * m0[0] - b * m0[1], b * m0[0] + a * m0[1]], axis=1)
     return np.stack([a, b, t[:, 0], t[:, 1]], axis=1)
 

@@ -248,7 +248,7 @@ def limit_deviation(points: np.ndarray, raw: np.ndarray, limit: float | None) ->
         return points
     r = np.asarray(raw, np.float64)
     bound = limit * float(np.ptp(r, axis=0).max())
-    if not bound > 0:
+    if not bound > 0:  # raw points with no extent (or NaN): no face size to scale the bound by
         return points
     d = np.asarray(points, np.float64) - r
     n = np.linalg.norm(d, axis=-1, keepdims=True)

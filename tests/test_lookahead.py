@@ -456,3 +456,18 @@ def test_a_repeated_frame_index_is_refused_and_the_held_frames_survive(rng):
             got.append((f.index, r.frame, int(f.image[0, 0, 0])))
     got += [(f.index, r.frame, int(f.image[0, 0, 0])) for f, r in pipe.drain()]
     assert got == [(i, i, i) for i in range(8)]  # each result with its own frame, the held frame 6 kept
+
+
+def test_split_falls_back_to_the_plain_fit_beside_a_collapsed_frame():
+    """A frame whose landmarks all sit on one point (a blank heatmap decodes so) has no similarity to
+    invert: the frames around it are fitted as points, finite, never a division by zero."""
+    n, t = 4, 12
+    base = np.random.default_rng(8).uniform(100, 200, size=(K, 2))
+    x = [base.copy() for _ in range(t)]
+    x[6] = np.full((K, 2), 150.0)
+    results = [FrameResult(i, i * 40.0, (face(0, x[i]),)) for i in range(t)]
+    split = track_of(run(Lookahead(n), results))
+    plain = track_of(run(Lookahead(n, mode="plain"), results))
+    assert np.all(np.isfinite(split))
+    assert np.allclose(split[2:11], plain[2:11], atol=1e-4)  # every window holding frame 6
+    assert np.allclose(split[0], base, atol=1e-4)  # frames whose window misses it keep the split fit (exact here)
