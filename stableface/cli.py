@@ -307,6 +307,7 @@ def _run_batch(eng, todo: list, n: int, quiet: bool, show_progress: bool, pipe=N
     tally = batch.Tally(n, lambda line: click.echo(line, err=True), quiet)
     inline = isinstance(eng, batch.InlineEngine)
     eng.submit(todo)
+    interrupted: int | None = None
     try:
         with term_signals(), _BatchBar(None if inline or not show_progress else eng, len(todo)) as bar:
             for ev in eng.events():
@@ -326,7 +327,7 @@ def _run_batch(eng, todo: list, n: int, quiet: bool, show_progress: bool, pipe=N
         else:
             line = "interrupted; outputs closed up to the last processed frame"
         click.echo(f"stableface: {line}", err=True)
-        sys.exit(code)
+        interrupted = code
     except BrokenPipeError as exc:  # inline only: -o - needs --jobs 1
         _pipe_closed(exc, list(eng.current.outs) if eng.current is not None else [])
     finally:
@@ -335,11 +336,26 @@ def _run_batch(eng, todo: list, n: int, quiet: bool, show_progress: bool, pipe=N
             close()
         if pipe is not None:  # (also after an interrupt: the frames done so far)
             batch.write_profile(pipe, profile, n)
+    if interrupted is not None:
+        _exit_interrupted(interrupted)
     if pipe is not None:
         batch.print_timings(pipe, tally.frames)
     code = tally.summarise()
     if code:
         sys.exit(code)
+
+
+def _exit_interrupted(code: int) -> None:
+    """Exit with ``code`` after an interrupt, outputs already closed. Where a network open was left
+    blocked inside FFmpeg (``video.interruptible``), finalising the interpreter under that thread
+    crashed it now and then (SIGSEGV instead of 143, about 1 run in 25): then the process ends at once."""
+    import threading
+
+    if any(t.is_alive() and t.name == "stableface-open" for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 class _BatchBar:
