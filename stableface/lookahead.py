@@ -42,6 +42,7 @@ from collections import deque
 
 import numpy as np
 
+from stableface.stabilizer import apply_affine, fit_similarity
 from stableface.types import Face, FrameResult
 
 
@@ -63,37 +64,23 @@ def default_rigid_sigma(n: int) -> float:
 
 
 def similarities(ref: np.ndarray, pts: np.ndarray) -> np.ndarray | None:
-    """Least-squares similarity parameters (a, b, tx, ty) mapping ``ref`` (K, 2) onto each of ``pts``
-    (M, K, 2): x' = [[a, -b], [b, a]] x + t. None when ``ref`` has no extent, or when a frame's scale
-    against it is outside (0.5, 2) (collapsed landmarks, an outlier): the caller then fits the points."""
-    m0 = ref.mean(axis=0)
-    r = ref - m0
-    den = float((r ** 2).sum())
-    if den <= 1e-9:
+    """The least-squares similarities (M, 2, 3) mapping ``ref`` (K, 2) onto each of ``pts`` (M, K, 2)
+    (``stabilizer.fit_similarity``). None when ``ref`` has no extent, or when a frame's scale against
+    it is outside (0.5, 2) (collapsed landmarks, an outlier): the caller then fits the points."""
+    if float(((ref - ref.mean(axis=0)) ** 2).sum()) <= 1e-9:
         return None
-    md = pts.mean(axis=1)
-    q = pts - md[:, None]
-    a = (r * q).sum(axis=(1, 2)) / den
-    b = (r[:, 0] * q[:, :, 1] - r[:, 1] * q[:, :, 0]).sum(axis=1) / den
-    scale = np.sqrt(a ** 2 + b ** 2)
+    m = fit_similarity(ref, pts)
+    scale = np.hypot(m[:, 0, 0], m[:, 1, 0])
     if not np.all((scale > 0.5) & (scale < 2.0)):  # a collapsed or wild frame in the window: no face frame to share
         return None
-    t = md - np.stack([a * m0[0] - b * m0[1], b * m0[0] + a * m0[1]], axis=1)
-    return np.stack([a, b, t[:, 0], t[:, 1]], axis=1)
+    return m
 
 
-def apply_similarity(p: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Points ``x`` (K, 2) through the similarity ``p`` = (a, b, tx, ty)."""
-    a, b, tx, ty = p
-    return np.stack([a * x[:, 0] - b * x[:, 1] + tx, b * x[:, 0] + a * x[:, 1] + ty], axis=1)
-
-
-def invert_similarity(p: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Points ``x`` (M, K, 2) through the inverse of each similarity ``p`` (M, 4)."""
-    a, b = p[:, 0, None], p[:, 1, None]
-    d = a ** 2 + b ** 2
-    u, v = x[..., 0] - p[:, 2, None], x[..., 1] - p[:, 3, None]
-    return np.stack([(a * u + b * v) / d, (-b * u + a * v) / d], axis=-1)
+def invert_similarity(m: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Points ``x`` (M, K, 2) through the inverse of each similarity ``m`` (M, 2, 3): R^-1 (x - t),
+    with R^-1 = R^T / s^2 for a similarity."""
+    r = m[:, :, :2]
+    return (x - m[:, None, :, 2]) @ r / (r[:, 0, 0] ** 2 + r[:, 1, 0] ** 2)[:, None, None]
 
 
 def local_fit(k: np.ndarray, w: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
@@ -226,7 +213,9 @@ class Lookahead:
             fit = local_fit(k, w[at], x.reshape(len(ks), -1), deg).reshape(face.landmarks.shape)
         else:  # the motion and the shape in the face's frame, each with its own width, then together again
             shape = local_fit(k, w[at], invert_similarity(sims, x).reshape(len(ks), -1), deg).reshape(face.landmarks.shape)
-            fit = apply_similarity(local_fit(k, self._rigid_weights[at], sims, deg), shape)
+            # the six entries of a similarity are linear in its four parameters: their fit is one
+            motion = local_fit(k, self._rigid_weights[at], sims.reshape(len(ks), 6), deg).reshape(2, 3)
+            fit = apply_affine(motion, shape)
         pts = fit.astype(face.landmarks.dtype)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         return Face(face.id, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), face.score, pts,

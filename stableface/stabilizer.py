@@ -172,21 +172,23 @@ class FaceMotion:
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares 2x3 similarity (no reflection) mapping points ``src`` (N, 2) onto ``dst``."""
+    """Least-squares 2x3 similarity (no reflection) mapping points ``src`` (N, 2) onto ``dst`` (N, 2),
+    or onto each of a stack ``dst`` (..., N, 2): then (..., 2, 3)."""
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
+    ms, md = src.mean(0), dst.mean(-2)
+    a, b = src - ms, dst - md[..., None, :]
     den = (a ** 2).sum()
     if den <= 1e-12:
-        return np.hstack([np.eye(2), (md - ms)[:, None]])
-    sc = ((a * b).sum()) / den  # s cos(theta)
-    ss = ((a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum()) / den  # s sin(theta)
-    r = np.array([[sc, -ss], [ss, sc]])
-    return np.hstack([r, (md - r @ ms)[:, None]])
+        return np.concatenate([np.broadcast_to(np.eye(2), md.shape[:-1] + (2, 2)), (md - ms)[..., None]], axis=-1)
+    sc = (a * b).sum(axis=(-2, -1)) / den  # s cos(theta)
+    ss = (a[:, 0] * b[..., 1] - a[:, 1] * b[..., 0]).sum(axis=-1) / den  # s sin(theta)
+    r = np.stack([np.stack([sc, -ss], axis=-1), np.stack([ss, sc], axis=-1)], axis=-2)
+    return np.concatenate([r, (md - r @ ms)[..., None]], axis=-1)
 
 
 def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return np.asarray(pts, np.float64) @ m[:, :2].T + m[:, 2]
+    """Points (..., N, 2) through the 2x3 affine ``m`` (or a stack of them, (..., 2, 3))."""
+    return np.asarray(pts, np.float64) @ np.swapaxes(m[..., :2], -1, -2) + m[..., None, :, 2]
 
 
 def state_to_input(ref: CropBox, crop: CropBox, motion: np.ndarray, crop_size: int, stride: float) -> np.ndarray:
@@ -285,7 +287,7 @@ class ConvLSTMStabilizer:
         raw, scores = self._raw(heatmaps, crop)
         motion, o = self._input(raw, heatmaps, crop, timestamp_ms)
         s = self._step(o)
-        return self._output(s, motion, raw=raw), scores
+        return self._output(s, motion, raw), scores
 
     def _input(self, raw: np.ndarray, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
         """The face's filtered motion and the input maps pulled into the state frame."""
@@ -309,8 +311,7 @@ class ConvLSTMStabilizer:
         s, self.h, self.c = self.step(o[None], self.h, self.c)
         return s[0]
 
-    def _output(self, s: np.ndarray, motion: np.ndarray, q: np.ndarray | None = None,
-                raw: np.ndarray | None = None) -> np.ndarray:
+    def _output(self, s: np.ndarray, motion: np.ndarray, raw: np.ndarray, q: np.ndarray | None = None) -> np.ndarray:
         """PDC of the stabilized maps (state frame), carried to source pixels by the face's motion
         (``q``: that PDC, already decoded in crop pixels), held within the deviation limit of ``raw``."""
         if q is None:
@@ -318,7 +319,7 @@ class ConvLSTMStabilizer:
         if self.step.output_offset is not None:
             q = q - self.step.output_offset
         out = apply_affine(motion, to_source(q, self.ref, self.decoder.crop_size)).astype(np.float32)
-        return out if raw is None else limit_deviation(out, raw, self.deviation_limit)
+        return limit_deviation(out, raw, self.deviation_limit)
 
 
 def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list[CropBox],
@@ -354,7 +355,7 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
         st = _step_many(stabs, np.stack(os))
         qs, _ = dec.decode(st)
         for j, (s, i) in enumerate(zip(stabs, idx)):
-            out[i] = s._output(st[j], motions[j], qs[j], raw=raws[j]), scores[j]
+            out[i] = s._output(st[j], motions[j], raws[j], qs[j]), scores[j]
     return out  # type: ignore[return-value]
 
 
