@@ -85,13 +85,30 @@ def invert_similarity(m: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def local_fit(k: np.ndarray, w: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
     """Weighted least-squares polynomial of ``degree`` through samples ``x`` (M, D) at offsets ``k`` (M,),
-    evaluated at offset 0 (its constant term)."""
-    a = np.vander(k, degree + 1, increasing=True)  # (M, degree + 1)
-    aw = a.T * w
-    gram = aw @ a
-    if np.linalg.cond(gram) > 1e10:  # too few distinct offsets for this degree
-        return local_fit(k, w, x, degree - 1) if degree else (w @ x) / w.sum()
-    return np.linalg.solve(gram, aw @ x)[0]
+    evaluated at offset 0 (its constant term). That value is linear in ``x``: ``fit_coefficients(k, w, degree) @ x``."""
+    return fit_coefficients(k, w, degree) @ x
+
+
+_COEFFICIENTS: dict[bytes, np.ndarray] = {}
+
+
+def fit_coefficients(k: np.ndarray, w: np.ndarray, degree: int) -> np.ndarray:
+    """The (M,) weights that give ``local_fit``'s value from its samples; cached by (offsets, weights,
+    degree), since a track's windows take few shapes (full, or cut short at its ends)."""
+    key = np.asarray(k, np.float64).tobytes() + np.asarray(w, np.float64).tobytes() + bytes([degree])
+    c = _COEFFICIENTS.get(key)
+    if c is None:
+        a = np.vander(k, degree + 1, increasing=True)  # (M, degree + 1)
+        aw = a.T * w
+        gram = aw @ a
+        if np.linalg.cond(gram) > 1e10:  # too few distinct offsets for this degree
+            c = fit_coefficients(k, w, degree - 1) if degree else w / w.sum()
+        else:
+            c = np.linalg.solve(gram, aw)[0]
+        if len(_COEFFICIENTS) > 4096:
+            _COEFFICIENTS.clear()
+        _COEFFICIENTS[key] = c
+    return c
 
 
 class Lookahead:
