@@ -89,26 +89,14 @@ def local_fit(k: np.ndarray, w: np.ndarray, x: np.ndarray, degree: int) -> np.nd
     return fit_coefficients(k, w, degree) @ x
 
 
-_COEFFICIENTS: dict[bytes, np.ndarray] = {}
-
-
 def fit_coefficients(k: np.ndarray, w: np.ndarray, degree: int) -> np.ndarray:
-    """The (M,) weights that give ``local_fit``'s value from its samples; cached by (offsets, weights,
-    degree), since a track's windows take few shapes (full, or cut short at its ends)."""
-    key = np.asarray(k, np.float64).tobytes() + np.asarray(w, np.float64).tobytes() + bytes([degree])
-    c = _COEFFICIENTS.get(key)
-    if c is None:
-        a = np.vander(k, degree + 1, increasing=True)  # (M, degree + 1)
-        aw = a.T * w
-        gram = aw @ a
-        if np.linalg.cond(gram) > 1e10:  # too few distinct offsets for this degree
-            c = fit_coefficients(k, w, degree - 1) if degree else w / w.sum()
-        else:
-            c = np.linalg.solve(gram, aw)[0]
-        if len(_COEFFICIENTS) > 4096:
-            _COEFFICIENTS.clear()
-        _COEFFICIENTS[key] = c
-    return c
+    """The (M,) weights that give ``local_fit``'s value from its samples (its constant term is linear in them)."""
+    a = np.vander(k, degree + 1, increasing=True)  # (M, degree + 1)
+    aw = a.T * w
+    gram = aw @ a
+    if np.linalg.cond(gram) > 1e10:  # too few distinct offsets for this degree
+        return fit_coefficients(k, w, degree - 1) if degree else w / w.sum()
+    return np.linalg.solve(gram, aw)[0]
 
 
 class Lookahead:
@@ -132,6 +120,9 @@ class Lookahead:
         offsets = np.arange(-self.n, self.n + 1, dtype=np.float64)
         self._weights = np.exp(-0.5 * (offsets / self.sigma) ** 2)  # index k + n for offset k
         self._rigid_weights = np.exp(-0.5 * (offsets / self.rigid_sigma) ** 2)
+        # fit_coefficients per (kernel, window offsets, degree): a window is a run of offsets, so a
+        # track's windows take at most (N + 1)^2 shapes (full, or cut short at its ends)
+        self._coefficients: dict[tuple[bool, bytes, int], np.ndarray] = {}
         self._buf: deque[tuple[FrameResult, dict[int, Face]]] = deque()
         self._next = 0  # position in _buf of the oldest result not yet emitted
         self._last_frame: int | None = None
@@ -197,6 +188,14 @@ class Lookahead:
         f = by_id.get(face_id)
         return f if f is not None and np.all(np.isfinite(f.landmarks)) else None
 
+    def _fit(self, k: np.ndarray, at: np.ndarray, degree: int, rigid: bool) -> np.ndarray:
+        """``fit_coefficients`` of offsets ``k`` (window positions ``at``) with the shape or the motion kernel, cached."""
+        key = (rigid, at.tobytes(), degree)
+        c = self._coefficients.get(key)
+        if c is None:
+            c = self._coefficients[key] = fit_coefficients(k, (self._rigid_weights if rigid else self._weights)[at], degree)
+        return c
+
     def _smooth(self, i: int, face: Face) -> Face:
         """Gaussian-weighted local polynomial fit over the face's run around ``_buf[i]``, at offset 0.
 
@@ -206,7 +205,7 @@ class Lookahead:
         """
         if not np.all(np.isfinite(face.landmarks)):
             return face
-        n, w = self.n, self._weights
+        n = self.n
         ks, pts = [0.0], [face.landmarks.astype(np.float64)]
         for step in (-1, 1):
             j = i
@@ -227,11 +226,11 @@ class Lookahead:
         x = np.stack(pts)
         sims = similarities(x[0], x) if self.mode == "split" else None
         if sims is None:
-            fit = local_fit(k, w[at], x.reshape(len(ks), -1), deg).reshape(face.landmarks.shape)
+            fit = (self._fit(k, at, deg, False) @ x.reshape(len(ks), -1)).reshape(face.landmarks.shape)
         else:  # the motion and the shape in the face's frame, each with its own width, then together again
-            shape = local_fit(k, w[at], invert_similarity(sims, x).reshape(len(ks), -1), deg).reshape(face.landmarks.shape)
+            shape = (self._fit(k, at, deg, False) @ invert_similarity(sims, x).reshape(len(ks), -1)).reshape(face.landmarks.shape)
             # the six entries of a similarity are linear in its four parameters: their fit is one
-            motion = local_fit(k, self._rigid_weights[at], sims.reshape(len(ks), 6), deg).reshape(2, 3)
+            motion = (self._fit(k, at, deg, True) @ sims.reshape(len(ks), 6)).reshape(2, 3)
             fit = apply_affine(motion, shape)
         pts = fit.astype(face.landmarks.dtype)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
