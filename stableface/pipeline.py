@@ -31,7 +31,7 @@ from stableface import codec, crop as C
 from stableface.backbone import HeatmapBackbone
 from stableface.detector import BlazeFace, FaceDetector, UnionDetector
 from stableface.lookahead import Lookahead
-from stableface.shots import ShotDetector, landmarks_changed
+from stableface.shots import ShotDetector, frame_features, landmarks_changed
 from stableface.sinks import Sink, SinkError
 from stableface.stabilizer import (ConvLSTMStabilizer, ConvLSTMStep, Decoder, NoStabilizer, OneEuroStabilizer,
                                    Stabilizer, update_many)
@@ -140,6 +140,7 @@ class Pipeline:
         # result to the lookahead leaves a stale entry, never a frame paired with another's result
         self._held: dict[int, tuple[Frame, int]] = {}
         self.shots = ShotDetector()
+        self._prepared: dict[int, tuple[np.ndarray, object]] = {}  # shot-test features computed ahead (track_pairs)
         self.reset()
 
     @classmethod
@@ -253,7 +254,9 @@ class Pipeline:
         image, tracker = frame.image, self.tracker
         if self.config.shot_cuts:
             with self.timer.stage("shots"):
-                cut = self.shots.update(image, lambda: self._landmarks_jumped(image))
+                ahead = self._prepared.pop(frame.index, None)  # the reader's frame_features(image)
+                features = ahead[1] if ahead is not None and ahead[0] is image else None
+                cut = self.shots.update(image, lambda: self._landmarks_jumped(image), features)
             if cut:
                 self._end_shot()
             self._last_image = image
@@ -394,7 +397,9 @@ class Pipeline:
             src = source
         sinks = sinks or []
         live = bool(getattr(getattr(src, "info", None), "live", False))
-        reader = _Reader(src, queue_size, self.background) if overlap and not live else None
+        prepare = frame_features if self.config.shot_cuts else None  # the shot test's share, beside decoding
+        reader = _Reader(src, queue_size, self.background, prepare) if overlap and not live else None
+        self._prepared = reader.prepared if reader is not None else {}
         writer = _Writer(sinks, on_written, self.background, queue_size if overlap and sinks else 0)
         failed = False
         try:
@@ -425,6 +430,7 @@ class Pipeline:
                         if hasattr(s, "footer"):  # (any object with write() is a sink here)
                             s.footer(list(getattr(src, "unreadable", ())), int(getattr(src, "dropped", 0)))
             finally:
+                self._prepared = {}
                 self.wall += time.perf_counter() - t_start
                 if isinstance(source, str):
                     src.close()
@@ -456,13 +462,20 @@ class Pipeline:
 
 class _Reader:
     """Decodes a finite source ahead of the pipeline in a thread, through a bounded queue (nothing is
-    dropped); its errors are raised in the consumer. Looks like the source (``info``) to ``stream``."""
+    dropped); its errors are raised in the consumer. Looks like the source (``info``) to ``stream``.
 
-    def __init__(self, src: Source | Iterable[Frame], queue_size: int, timer: _ThreadTimer) -> None:
+    With ``prepare``, the thread also computes ``prepare(frame.image)`` for each frame, beside
+    decoding, into ``prepared`` (frame index -> (image, value)); the consumer pops it, and uses it
+    only if the image is the very one it holds (an iterable may repeat an index)."""
+
+    def __init__(self, src: Source | Iterable[Frame], queue_size: int, timer: _ThreadTimer,
+                 prepare: Callable[[np.ndarray], object] | None = None) -> None:
         from stableface.video import _Pump
 
         self.info = getattr(src, "info", None)
         self._timer = timer
+        self._prepare = prepare
+        self.prepared: dict[int, tuple[np.ndarray, object]] = {}
         self._pump = _Pump(self._timed(iter(src)), newest=False, maxsize=max(1, queue_size))
 
     def _timed(self, frames: Iterator[Frame]) -> Iterator[Frame]:
@@ -472,6 +485,10 @@ class _Reader:
             self._timer.add("decode", time.perf_counter() - t)
             if frame is None:
                 return
+            if self._prepare is not None:
+                t = time.perf_counter()
+                self.prepared[frame.index] = (frame.image, self._prepare(frame.image))
+                self._timer.add("shots", time.perf_counter() - t)  # the shot test's thumbnail and histogram
             yield frame
 
     def __iter__(self) -> Iterator[Frame]:

@@ -127,6 +127,14 @@ def gain_normalized(thumb: np.ndarray) -> np.ndarray:
     return (thumb + GAIN_OFFSET) * ((REF_MEAN + GAIN_OFFSET) / (float(thumb.mean()) + GAIN_OFFSET))
 
 
+def frame_features(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """What :meth:`ShotDetector.update` compares, for one (H, W, 3) uint8 image: its gain-normalised
+    thumbnail and its colour histogram. A pure function of the image, so it can be computed ahead, in
+    another thread (the pipeline's reader does, beside decoding)."""
+    thumb = thumbnail(image)
+    return gain_normalized(thumb), colour_histogram(thumb)
+
+
 def _mean_abs(a: np.ndarray, b: np.ndarray) -> float:
     return cv2.norm(a, b, cv2.NORM_L1) / a.size
 
@@ -181,11 +189,11 @@ class ShotDetector:
             return max(PRIOR, max(self._diffs, default=0.0))
         return statistics.median(self._diffs)
 
-    def update(self, image: np.ndarray, confirm: Callable[[], bool] | None = None) -> bool:
-        """Whether ``image`` starts a new shot; ``confirm`` is called (only) for a candidate."""
-        thumb = thumbnail(image)
-        hist = colour_histogram(thumb)
-        thumb = gain_normalized(thumb)
+    def update(self, image: np.ndarray, confirm: Callable[[], bool] | None = None,
+               features: tuple[np.ndarray, np.ndarray | None] | None = None) -> bool:
+        """Whether ``image`` starts a new shot; ``confirm`` is called (only) for a candidate.
+        ``features``: ``frame_features(image)`` when it was computed ahead (else it is computed here)."""
+        thumb, hist = features if features is not None else frame_features(image)
         self.kind = self._decide(thumb, hist, confirm) if self._thumbs else None
         self._thumbs.append(thumb)
         if self.kind is not None:

@@ -1,10 +1,8 @@
 """The fixed-lag smoother with planted tracks, the pipeline that delays frames with it, and the CLI."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -15,7 +13,7 @@ from stableface.pipeline import Pipeline, PipelineConfig
 from stableface.types import Face, Frame, FrameResult
 
 from .conftest import shared_video
-from .test_cli import assert_closed_after_signal, run_cli
+from .test_cli import run_cli
 
 K = 68
 

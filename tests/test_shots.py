@@ -6,6 +6,8 @@ fixed 68-point template on the square it sees in its crop, with sure heatmaps (p
 weak ones (peak 0.1) where there is none.
 """
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -389,3 +391,30 @@ def test_crop_helper_used_by_the_planted_backbone_is_consistent():
     box = CropBox(130, 130, 100, 0.0)
     (x0, y0, _, _), = squares(warp(img, box, 64))
     assert to_crop(np.array([[100.0, 100.0]]), box, 64)[0] == pytest.approx([x0, y0], abs=1.0)
+
+
+def test_the_reader_thread_computes_the_shot_features_and_the_cuts_stay_the_same():
+    before = [world([(60, 60, 80, (200, 180, 160))], background=30)] * 10
+    after = [world([(64, 60, 80, (90, 200, 230))], background=40)] * 10
+    frames = frames_of(before + after)
+
+    def run(overlap, frames):
+        pipe = planted_pipeline()
+        given, update = [], pipe.shots.update
+
+        def spy(image, confirm=None, features=None):
+            given.append((features is not None, threading.current_thread() is threading.main_thread()))
+            return update(image, confirm, features)
+
+        pipe.shots.update = spy
+        return [r.shot for r in pipe.track(frames, overlap=overlap)], given
+
+    shots, given = run(True, frames)
+    assert shots == [0] * 10 + [1] * 10
+    assert given == [(True, True)] * 20  # every frame's features came from the reader thread, none recomputed
+    serial, given = run(False, frames)
+    assert serial == shots and given == [(False, True)] * 20
+    # an iterable that repeats an index with another image: that frame's features are its own
+    repeated = frames[:10] + [Frame(after[0], 9, 390.0)] + frames[11:]
+    shots, given = run(True, repeated)
+    assert shots == [0] * 10 + [1] * 10  # (frame 9 given the second image's features would be a cut)

@@ -99,7 +99,8 @@ def test_profile_stages_add_up_to_the_wall_time(tmp_path, real_pipe):
     counted = sum(v["seconds"] for k, v in stages.items() if k != "other")
     assert abs(counted - prof["wall_seconds"]) <= 0.1 * prof["wall_seconds"], stages
     assert abs(sum(v["seconds"] for v in stages.values()) - prof["wall_seconds"]) < 1e-3
-    assert set(prof["background"]) == {"decode", "write"} and prof["background"]["decode"]["calls"] == 41
+    assert set(prof["background"]) == {"decode", "shots", "write"} and prof["background"]["decode"]["calls"] == 41
+    assert prof["background"]["shots"]["calls"] == 40  # the shot test's thumbnails, made by the reader thread
 
 
 def test_reader_stays_a_bounded_queue_ahead():
