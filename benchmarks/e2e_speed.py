@@ -7,7 +7,8 @@ Variants, measured clip by clip in turn (so a machine whose speed drifts treats 
 ``threaded`` (reader and writer threads, the default), ``serial`` (``track(overlap=False)``: decode,
 track and write one after the other in one thread), ``1thread`` / ``spin`` (threaded, with one
 onnxruntime intra-op thread / with intra-op spinning on, onnxruntime's default), ``before`` (the
-previous loop: serial, spinning on; for one face it is the previous code path). Prints a markdown table: fps, the ratio
+previous loop: serial, spinning on; for one face it is the previous code path), ``no-cuts`` (threaded,
+shot-cut detection off: what the shot test costs). Prints a markdown table: fps, the ratio
 to decode-only fps (machine-independent) and to the first variant, then the first variant's stages
 (``Pipeline.profile()``: they add up to its wall time; decode and write are overlapped).
 """
@@ -19,6 +20,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -29,7 +31,8 @@ from stableface.sinks import JsonSink
 from stableface.video import open_source
 
 VARIANTS = {"threaded": {"overlap": True}, "serial": {"overlap": False}, "1thread": {"overlap": True, "ort_threads": 1},
-            "spin": {"overlap": True, "spin": True}, "before": {"overlap": False, "spin": True}}
+            "spin": {"overlap": True, "spin": True}, "before": {"overlap": False, "spin": True},
+            "no-cuts": {"overlap": True, "shot_cuts": False}}
 
 
 def decode_only(path: Path) -> tuple[int, float]:
@@ -52,6 +55,7 @@ def build(cfg: PipelineConfig, variant: dict, threads: int) -> Pipeline:
     default = onnx_util.ALLOW_SPINNING
     onnx_util.ALLOW_SPINNING = variant.get("spin", default)
     try:
+        cfg = replace(cfg, shot_cuts=variant.get("shot_cuts", cfg.shot_cuts))
         return Pipeline.from_weights(device="cpu", config=cfg, threads=variant.get("ort_threads", threads))
     finally:
         onnx_util.ALLOW_SPINNING = default
