@@ -285,6 +285,9 @@ class Pipeline:
                     if float(np.mean(scores)) < self.config.start_score:
                         tracker.end(t)  # a detector false positive: no face-like heatmaps
                         continue
+                    if not _centre_inside(pts, image):  # a face mostly past the frame's edge: it would end at once
+                        tracker.end(t)
+                        continue
                     t.crop = C.box_from_landmarks(pts, self.backbone.crop_scale, rotate=self.config.rotate_crops)
         seen: list[tuple[Track, np.ndarray, np.ndarray]] = []
         tracks = list(tracker.tracks)
@@ -299,10 +302,8 @@ class Pipeline:
             tracks = [tracks[i] for i in ok]
             with self.timer.stage("stabilizer"):  # all faces at once (one ConvLSTM call)
                 outs = update_many([t.stabilizer for t in tracks], hm[ok], [t.crop for t in tracks], frame.timestamp_ms)
-            h_img, w_img = image.shape[:2]
             for t, (pts, scores) in zip(tracks, outs):
-                cx, cy = (pts.min(axis=0) + pts.max(axis=0)) / 2 if np.isfinite(pts).all() else (-1.0, -1.0)
-                if not (0 <= cx < w_img and 0 <= cy < h_img):  # the face's centre has left the frame: it is gone
+                if not _centre_inside(pts, image):  # the face's centre has left the frame: it is gone
                     tracker.end(t)
                     continue
                 if tracker.observe(t, pts, scores):
@@ -458,6 +459,15 @@ class Pipeline:
         self.background.clear()
         self.wall = 0.0
         self.frames_done = 0
+
+
+def _centre_inside(pts: np.ndarray, image: np.ndarray) -> bool:
+    """Whether the centre of the landmarks' box lies inside the image (False for non-finite landmarks)."""
+    if not np.isfinite(pts).all():
+        return False
+    cx, cy = (pts.min(axis=0) + pts.max(axis=0)) / 2
+    h, w = image.shape[:2]
+    return bool(0 <= cx < w and 0 <= cy < h)
 
 
 class _Reader:

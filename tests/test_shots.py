@@ -418,3 +418,32 @@ def test_the_reader_thread_computes_the_shot_features_and_the_cuts_stay_the_same
     repeated = frames[:10] + [Frame(after[0], 9, 390.0)] + frames[11:]
     shots, given = run(True, repeated)
     assert shots == [0] * 10 + [1] * 10  # (frame 9 given the second image's features would be a cut)
+
+
+class CountingBackbone(PlantedBackbone):
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, crops):
+        self.calls.append(len(crops))
+        return super().__call__(crops)
+
+
+@pytest.mark.parametrize("shift, tracked", [(0.0, True), (100.0, False)])
+def test_a_face_whose_centre_is_past_the_frame_edge_is_not_started_every_frame(shift, tracked):
+    # the decoder places the landmarks `shift` px left of the square at x 20-100: their centre at -40
+    backbone = CountingBackbone()
+    pipe = Pipeline(PlantedDetector(), backbone, PipelineConfig(stabilizer="none", redetect_every=5, max_faces=1))
+    decode, made, make = pipe.decoder, [], pipe.new_stabilizer
+
+    def shifted(h, crop):
+        pts, scores = decode(h, crop)
+        return pts - [shift, 0.0], scores
+
+    pipe.decoder = shifted
+    pipe.tracker.factory = lambda: made.append(1) or make()
+    results = [pipe.update(f) for f in frames_of([world([(20, 60, 80, (200, 180, 160))], background=30)] * 10)]
+    if tracked:
+        assert all(len(r.faces) == 1 for r in results) and len(made) == 1
+    else:  # searched on every frame: one backbone pass for the detection, no second pass, no stabilizer step
+        assert all(not r.faces for r in results) and backbone.calls == [1] * 10 and pipe.tracker.tracks == []
