@@ -4,9 +4,9 @@ crop, backbone, stabilizer, PDC, lookahead, JSON writing), beside decode-only, i
     python benchmarks/e2e_speed.py [--videos ../shared/videos] [--lookahead 0] [--variants threaded,serial]
 
 Variants, measured clip by clip in turn (so a machine whose speed drifts treats them alike):
-``threaded`` (reader and writer threads, the default), ``serial`` (``track(overlap=False)``: decode,
-track and write one after the other in one thread), ``1thread`` / ``spin`` (threaded, with one
-onnxruntime intra-op thread / with intra-op spinning on, onnxruntime's default), ``before`` (the
+``threaded`` (reader and writer threads, the default; onnxruntime on every CPU but one), ``serial`` (``track(overlap=False)``: decode,
+track and write one after the other in one thread), ``1thread`` / ``2thread`` / ``spin`` (threaded, with one / two
+onnxruntime intra-op threads for the backbone / with intra-op spinning on, onnxruntime's default), ``before`` (the
 previous loop: serial, spinning on; for one face it is the previous code path), ``no-cuts`` (threaded,
 shot-cut detection off: what the shot test costs). Prints a markdown table: fps, the ratio
 to decode-only fps (machine-independent) and to the first variant, then the first variant's stages
@@ -32,7 +32,7 @@ from stableface.video import open_source
 
 VARIANTS = {"threaded": {"overlap": True}, "serial": {"overlap": False}, "1thread": {"overlap": True, "ort_threads": 1},
             "spin": {"overlap": True, "spin": True}, "before": {"overlap": False, "spin": True},
-            "no-cuts": {"overlap": True, "shot_cuts": False}}
+            "no-cuts": {"overlap": True, "shot_cuts": False}, "2thread": {"overlap": True, "ort_threads": 2}}
 
 
 def decode_only(path: Path) -> tuple[int, float]:

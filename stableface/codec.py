@@ -50,28 +50,38 @@ def decode_pdc(heatmaps: np.ndarray, stride: float, threshold: float = DEFAULT_P
     """
     hm = np.asarray(heatmaps, dtype=np.float32)
     h, w = hm.shape[-2:]
-    kept = pdc_weights(hm, threshold, mode)
-    mass = kept.sum(axis=(-2, -1))
-    weak = mass <= 1e-12
+    lead = hm.shape[:-2]
+    maps = hm.reshape(-1, h * w)
+    m = _moments(h, w)
+    s = pdc_weights(maps, threshold, mode) @ m  # (N, 3): each map's mass, sum of x, sum of y (one product)
+    weak = s[:, 0] <= 1e-12
     if np.any(weak):
-        kept = np.where(weak[..., None, None], np.maximum(hm, 0.0), kept)
-        mass = kept.sum(axis=(-2, -1))
-    flat = mass <= 1e-12  # an all-zero map: centre of the crop
-    safe = np.where(flat, 1.0, mass)
-    cx = kept.sum(axis=-2) @ np.arange(w, dtype=np.float32) / safe
-    cy = kept.sum(axis=-1) @ np.arange(h, dtype=np.float32) / safe
-    if np.any(flat):
-        cx = np.where(flat, (w - 1) / 2.0, cx)
-        cy = np.where(flat, (h - 1) / 2.0, cy)
-    points = (np.stack([cx, cy], axis=-1) + 0.5) * stride
-    scores = hm.reshape(*hm.shape[:-2], -1).max(axis=-1)
+        s[weak] = np.maximum(maps[weak], 0.0) @ m
+    flat = s[:, 0] <= 1e-12  # an all-zero map: centre of the crop
+    centre = s[:, 1:] / np.where(flat, 1.0, s[:, 0])[:, None]
+    centre[flat] = ((w - 1) / 2.0, (h - 1) / 2.0)
+    points = ((centre + 0.5) * stride).reshape(*lead, 2)
+    scores = maps.max(axis=-1).reshape(lead)
     return points.astype(np.float32), scores.astype(np.float32)
+
+
+_MOMENTS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _moments(h: int, w: int) -> np.ndarray:
+    """(h * w, 3) float32: 1, x and y of each cell of an h x w map, row-major (cached per size)."""
+    m = _MOMENTS.get((h, w))
+    if m is None:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        m = _MOMENTS[(h, w)] = np.stack([np.ones(h * w, np.float32), x.ravel(), y.ravel()], axis=1)
+    return m
 
 
 def pdc_weights(hm: np.ndarray, threshold: float, mode: str = DEFAULT_PDC_MODE) -> np.ndarray:
     """The mass PDC gives each cell: ``max(phi - threshold, 0)`` (continuous) or ``phi * (phi >= threshold)`` (hard)."""
     if mode == "continuous":
-        return np.maximum(hm - threshold, 0.0)
+        kept = hm - np.float32(threshold)
+        return np.maximum(kept, 0.0, out=kept)
     if mode == "hard":
         return hm * (hm >= threshold)
     raise ValueError(f"unknown PDC mode {mode!r}: continuous or hard")

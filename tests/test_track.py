@@ -219,3 +219,17 @@ def test_backbone_input_is_the_flip_transpose_and_normalisation(rgb):
     want = (x.transpose(0, 3, 1, 2).astype(np.float32) - bb.mean) / bb.std
     got = bb.prepare(crops)
     assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_sessions_leave_one_cpu_to_the_reader_and_writer(monkeypatch):
+    """onnxruntime gets every CPU the process may use but one unless threads are asked for (read back
+    from the live sessions); never fewer than one."""
+    from stableface import onnx_util
+    from stableface.weights import resolve
+
+    path = resolve().backbone
+    for cpus, expected in ((2, 1), (8, 7), (1, 1)):
+        monkeypatch.setattr(onnx_util.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)), raising=False)
+        assert onnx_util.default_threads() == expected
+        assert onnx_util.session(path, "cpu").get_session_options().intra_op_num_threads == expected
+    assert onnx_util.session(path, "cpu", threads=3).get_session_options().intra_op_num_threads == 3
