@@ -123,7 +123,8 @@ class Lookahead:
         # fit_coefficients per (kernel, window offsets, degree): a window is a run of offsets, so a
         # track's windows take at most (N + 1)^2 shapes (full, or cut short at its ends)
         self._coefficients: dict[tuple[bool, bytes, int], np.ndarray] = {}
-        self._buf: deque[tuple[FrameResult, dict[int, Face]]] = deque()
+        # each result, with its faces' landmarks by id as float64, or None where they are not all finite
+        self._buf: deque[tuple[FrameResult, dict[int, np.ndarray | None]]] = deque()
         self._next = 0  # position in _buf of the oldest result not yet emitted
         self._last_frame: int | None = None
 
@@ -150,7 +151,7 @@ class Lookahead:
         self._last_frame = result.frame
         if self.n == 0:
             return [result]
-        self._buf.append((result, {f.id: f for f in result.faces}))
+        self._buf.append((result, {f.id: _points(f) for f in result.faces}))
         return [self._emit()] if self.pending > self.n else []
 
     def flush(self) -> list[FrameResult]:
@@ -180,13 +181,12 @@ class Lookahead:
             return result
         return FrameResult(result.frame, result.timestamp_ms, faces)
 
-    def _usable(self, j: int, prev: int, face_id: int, step: int) -> Face | None:
-        """The face ``face_id`` in ``_buf[j]`` when it continues the run from ``_buf[prev]``."""
+    def _usable(self, j: int, prev: int, face_id: int, step: int) -> np.ndarray | None:
+        """The landmarks (float64) of face ``face_id`` in ``_buf[j]`` when it continues the run from ``_buf[prev]``."""
         res, by_id = self._buf[j]
         if res.frame != self._buf[prev][0].frame + step:  # a gap in the frame indices ends the run
             return None
-        f = by_id.get(face_id)
-        return f if f is not None and np.all(np.isfinite(f.landmarks)) else None
+        return by_id.get(face_id)
 
     def _fit(self, k: np.ndarray, at: np.ndarray, degree: int, rigid: bool) -> np.ndarray:
         """``fit_coefficients`` of offsets ``k`` (window positions ``at``) with the shape or the motion kernel, cached."""
@@ -203,21 +203,22 @@ class Lookahead:
         accelerations. Where the run is cut short (a track's first or last frames, the end of the
         source) the fit uses what remains, so a moving face is not pulled towards the side that has frames.
         """
-        if not np.all(np.isfinite(face.landmarks)):
+        own = self._buf[i][1].get(face.id)
+        if own is None:  # (landmarks not all finite)
             return face
         n = self.n
-        ks, pts = [0.0], [face.landmarks.astype(np.float64)]
+        ks, pts = [0.0], [own]
         for step in (-1, 1):
             j = i
             for k in range(1, n + 1):
                 if not 0 <= j + step < len(self._buf):
                     break
-                f = self._usable(j + step, j, face.id, step)
-                if f is None:
+                x = self._usable(j + step, j, face.id, step)
+                if x is None:
                     break
                 j += step
                 ks.append(float(step * k))
-                pts.append(f.landmarks.astype(np.float64))
+                pts.append(x)
         if len(ks) == 1:  # alone in its window: nothing to average
             return face
         k = np.array(ks)
@@ -236,3 +237,9 @@ class Lookahead:
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         return Face(face.id, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), face.score, pts,
                     face.landmark_scores)
+
+
+def _points(face: Face) -> np.ndarray | None:
+    """A face's landmarks as float64, or None where they are not all finite (such a face is not smoothed)."""
+    x = face.landmarks.astype(np.float64)
+    return x if np.isfinite(x).all() else None
