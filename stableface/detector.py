@@ -173,14 +173,18 @@ class UnionDetector:
     def __init__(self, detectors: list[FaceDetector]) -> None:
         self.detectors = detectors
         self._turn = 0
+        # ``detect``/``redetect`` may run in another thread beside this one (the pipeline's reader runs
+        # re-detections ahead): BlazeFace keeps no state between calls
+        self.thread_safe = all(isinstance(d, BlazeFace) for d in detectors)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         return merge([d for det in self.detectors for d in det.detect(image)])
 
-    def redetect(self, image: np.ndarray) -> list[Detection]:
-        det = self.detectors[self._turn % len(self.detectors)]
-        self._turn += 1
-        return merge(list(det.detect(image)))
+    def redetect(self, image: np.ndarray, turn: int | None = None) -> list[Detection]:
+        """One detector's detections: the ``turn``-th in turn (modulo their number), or the next one."""
+        if turn is None:
+            turn, self._turn = self._turn, self._turn + 1
+        return merge(list(self.detectors[turn % len(self.detectors)].detect(image)))
 
     def reset(self) -> None:
         self._turn = 0

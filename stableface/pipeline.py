@@ -140,7 +140,9 @@ class Pipeline:
         # result to the lookahead leaves a stale entry, never a frame paired with another's result
         self._held: dict[int, tuple[Frame, int]] = {}
         self.shots = ShotDetector()
-        self._prepared: dict[int, tuple[np.ndarray, object]] = {}  # shot-test features computed ahead (track_pairs)
+        self._prepared: dict[int, tuple[np.ndarray, dict]] = {}  # the reader thread's work (_ahead), by frame index
+        # re-detections by block number (one model in turn), which the reader may run ahead
+        self._ahead_detect = bool(getattr(detector, "thread_safe", False)) and hasattr(detector, "redetect")
         self.reset()
 
     @classmethod
@@ -217,6 +219,25 @@ class Pipeline:
         with self.timer.stage("backbone"):
             return self.backbone(crops)
 
+    def _ahead(self) -> Callable[[Frame], dict] | None:
+        """The per-frame work the reader thread does beside decoding, none of which depends on the
+        tracks: the shot test's thumbnail and histogram (``"shots"``), and on the first frame of each
+        block of ``redetect_every`` indices, that block's re-detection (``"detections"``; for a detector
+        that may run in another thread). The tracking thread uses what it needs (``_update``)."""
+        every = self.config.redetect_every if self._ahead_detect else 0
+        if not (self.config.shot_cuts or every):
+            return None
+        last = [None]  # the last block seen (the reader's own)
+
+        def ahead(frame: Frame) -> dict:
+            out = {"shots": frame_features(frame.image)} if self.config.shot_cuts else {}
+            if every and frame.index // every != last[0]:
+                last[0] = frame.index // every
+                out["detections"] = self.detector.redetect(frame.image, last[0])
+            return out
+
+        return ahead
+
     def _landmarks_jumped(self, image: np.ndarray) -> bool:
         """Landmark evidence for a cut candidate (``shots.landmarks_changed``): a tracked face whose
         landmarks, decoded from the previous frame and this one in the same crop, jump or lose confidence."""
@@ -252,26 +273,33 @@ class Pipeline:
         self.last_timestamp = frame.timestamp_ms
         self.frames_done += 1
         image, tracker = frame.image, self.tracker
+        ahead = self._prepared.pop(frame.index, None)  # what the reader thread made of this frame (_ahead)
+        ahead = ahead[1] if ahead is not None and ahead[0] is image else {}
         if self.config.shot_cuts:
             with self.timer.stage("shots"):
-                ahead = self._prepared.pop(frame.index, None)  # the reader's frame_features(image)
-                features = ahead[1] if ahead is not None and ahead[0] is image else None
-                cut = self.shots.update(image, lambda: self._landmarks_jumped(image), features)
+                cut = self.shots.update(image, lambda: self._landmarks_jumped(image), ahead.get("shots"))
             if cut:
                 self._end_shot()
             self._last_image = image
         self._frame_count += 1
-        n = self._frame_count
         every = self.config.redetect_every
+        # while faces are tracked, a re-detection is due on the first frame of each block of `every`
+        # frame indices (after a detection in the block): the reader can run it ahead on that frame
+        block = frame.index // every if every else 0
+        due = self.last_detect is None or bool(every) and block != self.last_detect
         # a re-detection can only start a face where there is room, or end an unsure track: else it is skipped
-        due = every and n - self.last_detect >= every if self.last_detect is not None else True
         if due and len(tracker.tracks) >= tracker.max_faces and all(t.score >= tracker.sure_score for t in tracker.tracks):
-            due, self.last_detect = False, n
+            due, self.last_detect = False, block
         if not tracker.tracks or due:
-            with self.timer.stage("detect"):  # searching: every detector; re-detecting: one in turn
+            with self.timer.stage("detect"):  # searching: every detector; re-detecting: one in turn, by block
                 redetect = getattr(self.detector, "redetect", None) if tracker.tracks else None
-                detections = redetect(image) if redetect is not None else self.detector.detect(image)
-            self.last_detect = n
+                if redetect is None:
+                    detections = self.detector.detect(image)
+                elif "detections" in ahead:
+                    detections = ahead["detections"]
+                else:
+                    detections = redetect(image, block) if self._ahead_detect else redetect(image)
+            self.last_detect = block
             fresh = tracker.associate(detections)
             if fresh:
                 new = [tracker.start(d) for d in fresh]
@@ -398,8 +426,7 @@ class Pipeline:
             src = source
         sinks = sinks or []
         live = bool(getattr(getattr(src, "info", None), "live", False))
-        prepare = frame_features if self.config.shot_cuts else None  # the shot test's share, beside decoding
-        reader = _Reader(src, queue_size, self.background, prepare) if overlap and not live else None
+        reader = _Reader(src, queue_size, self.background, self._ahead()) if overlap and not live else None
         self._prepared = reader.prepared if reader is not None else {}
         writer = _Writer(sinks, on_written, self.background, queue_size if overlap and sinks else 0)
         failed = False
@@ -474,12 +501,12 @@ class _Reader:
     """Decodes a finite source ahead of the pipeline in a thread, through a bounded queue (nothing is
     dropped); its errors are raised in the consumer. Looks like the source (``info``) to ``stream``.
 
-    With ``prepare``, the thread also computes ``prepare(frame.image)`` for each frame, beside
-    decoding, into ``prepared`` (frame index -> (image, value)); the consumer pops it, and uses it
-    only if the image is the very one it holds (an iterable may repeat an index)."""
+    With ``prepare``, the thread also computes ``prepare(frame)`` for each frame, beside decoding,
+    into ``prepared`` (frame index -> (image, value)); the consumer pops it, and uses it only if the
+    image is the very one it holds (an iterable may repeat an index)."""
 
     def __init__(self, src: Source | Iterable[Frame], queue_size: int, timer: _ThreadTimer,
-                 prepare: Callable[[np.ndarray], object] | None = None) -> None:
+                 prepare: Callable[[Frame], object] | None = None) -> None:
         from stableface.video import _Pump
 
         self.info = getattr(src, "info", None)
@@ -497,8 +524,8 @@ class _Reader:
                 return
             if self._prepare is not None:
                 t = time.perf_counter()
-                self.prepared[frame.index] = (frame.image, self._prepare(frame.image))
-                self._timer.add("shots", time.perf_counter() - t)  # the shot test's thumbnail and histogram
+                self.prepared[frame.index] = (frame.image, self._prepare(frame))
+                self._timer.add("ahead", time.perf_counter() - t)  # Pipeline._ahead: shot test features, re-detections
             yield frame
 
     def __iter__(self) -> Iterator[Frame]:

@@ -99,8 +99,8 @@ def test_profile_stages_add_up_to_the_wall_time(tmp_path, real_pipe):
     counted = sum(v["seconds"] for k, v in stages.items() if k != "other")
     assert abs(counted - prof["wall_seconds"]) <= 0.1 * prof["wall_seconds"], stages
     assert abs(sum(v["seconds"] for v in stages.values()) - prof["wall_seconds"]) < 1e-3
-    assert set(prof["background"]) == {"decode", "shots", "write"} and prof["background"]["decode"]["calls"] == 41
-    assert prof["background"]["shots"]["calls"] == 40  # the shot test's thumbnails, made by the reader thread
+    assert set(prof["background"]) == {"decode", "ahead", "write"} and prof["background"]["decode"]["calls"] == 41
+    assert prof["background"]["ahead"]["calls"] == 40  # the shot test's thumbnails and re-detections, in the reader thread
 
 
 def test_reader_stays_a_bounded_queue_ahead():
@@ -233,3 +233,26 @@ def test_sessions_leave_one_cpu_to_the_reader_and_writer(monkeypatch):
         assert onnx_util.default_threads() == expected
         assert onnx_util.session(path, "cpu").get_session_options().intra_op_num_threads == expected
     assert onnx_util.session(path, "cpu", threads=3).get_session_options().intra_op_num_threads == 3
+
+
+def test_the_reader_thread_runs_the_redetections_ahead_and_nothing_changes(tmp_path):
+    """With a reader thread, every re-detection runs there (one model in turn, by block of frames), and
+    the results are the serial loop's, which runs the same re-detections in the tracking thread."""
+    import threading
+
+    path = clip(tmp_path, 40)
+    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(lookahead=0, redetect_every=10))
+    calls, redetect = [], pipe.detector.redetect
+
+    def spy(image, turn=None):
+        calls.append((threading.current_thread() is threading.main_thread(), turn))
+        return redetect(image, turn)
+
+    pipe.detector.redetect = spy
+    with open_source(str(path)) as src:
+        serial = [r for _, r in pipe.stream(src)]
+    assert calls == [(True, 1), (True, 2), (True, 3)]  # frames 10, 20, 30: the models in turn
+    calls.clear()
+    threaded = list(pipe.track(str(path)))
+    assert sorted(calls) == [(False, b) for b in range(4)]  # frames 0 (unused: searching), 10, 20, 30
+    assert_same(landmarks(serial), landmarks(threaded), tol=0.0)
