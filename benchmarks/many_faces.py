@@ -5,7 +5,8 @@ with ``--max-faces 1`` and ``--max-faces 4`` through ``Pipeline.track`` (JSON wr
     python benchmarks/many_faces.py [--frames 200] [--repeat 2]
 
 ``4 faces, one by one`` is the previous path (one stabilizer call per face; the backbone already
-took all crops in one call). Prints ms per frame, faces per frame and the ratio to one face.
+took all crops in one call); ``2 threads``: the backbone with two onnxruntime threads instead of
+stableface's default (every CPU but one). Prints ms per frame, faces per frame and the ratio to one face.
 """
 
 from __future__ import annotations
@@ -66,16 +67,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     batched = P.update_many
-    variants = {"1 face": (1, batched), "4 faces, batched": (4, batched), "4 faces, one by one": (4, one_by_one)}
-    pipes = {k: Pipeline.from_weights(device="cpu", config=PipelineConfig(max_faces=m, lookahead=0))
-             for k, (m, _) in variants.items()}
+    # (max faces, stabilizer path, onnxruntime threads: 0 is stableface's default, every CPU but one)
+    variants = {"1 face": (1, batched, 0), "4 faces, batched": (4, batched, 0), "4 faces, one by one": (4, one_by_one, 0),
+                "1 face, 2 threads": (1, batched, 2), "4 faces, batched, 2 threads": (4, batched, 2)}
+    pipes = {k: Pipeline.from_weights(device="cpu", config=PipelineConfig(max_faces=m, lookahead=0), threads=t)
+             for k, (m, _, t) in variants.items()}
     wall = {k: 0.0 for k in variants}
     frames = {k: 0 for k in variants}
     faces = {k: 0 for k in variants}
     with tempfile.TemporaryDirectory() as tmp:
         video = mosaic(args.videos, Path(tmp) / "mosaic.avi", args.frames)
         for _ in range(args.repeat):
-            for k, (_, fn) in variants.items():
+            for k, (_, fn, _) in variants.items():
                 P.update_many = fn
                 try:
                     n, f, dt = run(pipes[k], video, Path(tmp) / "out.json")
