@@ -545,7 +545,8 @@ class InlineEngine:
 _WORKER: dict = {}
 
 
-def _worker_init(build_args: tuple, sequence: bool, stabilizer: str, verbose: int = 0, quiet: bool = False) -> None:
+def _worker_init(build_args: tuple, sequence: bool, stabilizer: str, verbose: int = 0, quiet: bool = False,
+                 threads: int = 0) -> None:
     import signal as _signal
 
     from stableface.onnx_util import WeightsError
@@ -553,7 +554,7 @@ def _worker_init(build_args: tuple, sequence: bool, stabilizer: str, verbose: in
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the parent decides; it terminates the pool
     setup_logging(verbose, quiet)  # the pipeline's warnings reach stderr as the parent's do
     try:
-        _WORKER.update(pipe=build_pipeline(build_args), sequence=sequence, stabilizer=stabilizer)
+        _WORKER.update(pipe=build_pipeline(build_args, threads), sequence=sequence, stabilizer=stabilizer)
     except WeightsError as exc:  # the parent checked them; the files changed since
         print(f"stableface: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -565,10 +566,11 @@ def _worker_run(job: tuple[str, list[str]]) -> SourceReport:
         return track_guarded(_WORKER["pipe"], spec, outs, _WORKER["sequence"], False, _WORKER["stabilizer"])
 
 
-def _worker_main(conn, build_args: tuple, sequence: bool, stabilizer: str, verbose: int, quiet: bool) -> None:
+def _worker_main(conn, build_args: tuple, sequence: bool, stabilizer: str, verbose: int, quiet: bool,
+                 threads: int) -> None:
     """A --jobs worker: builds its pipeline once, says so, then tracks the sources it is sent, one at
     a time, sending back each one's report; ``None`` ends it."""
-    _worker_init(build_args, sequence, stabilizer, verbose, quiet)
+    _worker_init(build_args, sequence, stabilizer, verbose, quiet, threads)
     conn.send("ready")
     try:
         while (job := conn.recv()) is not None:
@@ -613,6 +615,14 @@ def drop_partials(outs: Iterable[str], pid: int) -> None:
                 lock_path(Path(o)).unlink(missing_ok=True)
 
 
+def worker_threads(jobs: int, cpus: int | None = None) -> int:
+    """onnxruntime threads of each of ``jobs`` workers on ``cpus`` CPUs (default: those this process
+    may use): a share each, at least one, so that the workers together do not oversubscribe the machine."""
+    from stableface.onnx_util import available_cpus
+
+    return max(1, (cpus if cpus is not None else available_cpus()) // max(1, jobs))
+
+
 class LocalPool:
     """Sources in ``jobs`` worker processes of this machine (spawned: no inherited onnxruntime threads).
 
@@ -627,7 +637,7 @@ class LocalPool:
                  quiet: bool = False, resumable: bool = False) -> None:
         self.jobs, self.resumable = jobs, resumable
         self.drops_cut_short = resumable  # cancel() leaves complete files only
-        self.args = (build_args, sequence, stabilizer, verbose, quiet)
+        self.args = (build_args, sequence, stabilizer, verbose, quiet, worker_threads(jobs))
         self.queue: deque[Job] = deque()
         self.workers: list[_Worker] = []
         self.n = 0

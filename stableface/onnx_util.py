@@ -44,11 +44,15 @@ def default_threads() -> int:
     The pipeline's reader and writer threads (decoding, the shot test's thumbnails, writing) need a
     core beside the models; on 2 cores one intra-op thread gave 6-14% more end-to-end fps than
     onnxruntime's default of two (``benchmarks/e2e_speed.py --variants threaded,2thread``)."""
+    return max(1, available_cpus() - 1)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
     try:
-        n = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # (not on every platform)
-        n = os.cpu_count() or 1
-    return max(1, n - 1)
+        return os.cpu_count() or 1
 
 
 def session(path: str | Path, device: str = "auto", threads: int = 0):

@@ -256,3 +256,10 @@ def test_the_reader_thread_runs_the_redetections_ahead_and_nothing_changes(tmp_p
     threaded = list(pipe.track(str(path)))
     assert sorted(calls) == [(False, b) for b in range(4)]  # frames 0 (unused: searching), 10, 20, 30
     assert_same(landmarks(serial), landmarks(threaded), tol=0.0)
+
+
+def test_jobs_workers_share_the_cpus():
+    from stableface.batch import worker_threads
+
+    assert [worker_threads(j, 16) for j in (1, 2, 4, 16, 32)] == [16, 8, 4, 1, 1]
+    assert worker_threads(2, 2) == 1 and worker_threads(3, 2) == 1
