@@ -5,7 +5,7 @@ with ``--max-faces 1`` and ``--max-faces 4`` through ``Pipeline.track`` (JSON wr
     python benchmarks/many_faces.py [--frames 200] [--repeat 2]
 
 ``4 faces, one by one`` is the previous path (one stabilizer call per face; the backbone already
-took all crops in one call); ``2 threads``: the backbone with two onnxruntime threads instead of
+took all crops in one call); ``2 threads``: every model with two onnxruntime threads instead of
 stableface's default (every CPU but one). Prints ms per frame, faces per frame and the ratio to one face.
 """
 

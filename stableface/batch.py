@@ -382,7 +382,8 @@ _WORKER: dict = {}
 
 def build_pipeline(build_args: tuple, threads: int = 0):
     """The pipeline of ``build_args`` (weights, stabilizer, stabilizer_weights, device, max_faces,
-    redetect_every, lookahead, flip_test); ``threads``: onnxruntime intra-op threads (0: its default).
+    redetect_every, lookahead, flip_test); ``threads``: onnxruntime intra-op threads of every model (0:
+    ``onnx_util.default_threads()``, every CPU but one).
     Raises ``WeightsError``."""
     from stableface.pipeline import Pipeline, PipelineConfig
 

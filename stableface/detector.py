@@ -82,8 +82,8 @@ class BlazeFace:
     """
 
     def __init__(self, path: str | Path, spec: AnchorSpec | None = None, device: str = "auto",
-                 score_threshold: float | None = None) -> None:
-        self.session = onnx_util.session(path, device)
+                 score_threshold: float | None = None, threads: int = 0) -> None:
+        self.session = onnx_util.session(path, device, threads)
         inp = self.session.get_inputs()[0]
         size = inp.shape[-1] if isinstance(inp.shape[-1], int) else 128
         self.spec = spec or (SHORT_RANGE if size == 128 else FULL_RANGE)

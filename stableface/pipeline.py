@@ -141,8 +141,10 @@ class Pipeline:
         self._held: dict[int, tuple[Frame, int]] = {}
         self.shots = ShotDetector()
         self._prepared: dict[int, tuple[np.ndarray, dict]] = {}  # the reader thread's work (_ahead), by frame index
-        # re-detections by block number (one model in turn), which the reader may run ahead
-        self._ahead_detect = bool(getattr(detector, "thread_safe", False)) and hasattr(detector, "redetect")
+        # whether the next re-detections will be used: tracks live, and not all max_faces of them sure
+        # (set by the tracking thread each frame, read by the reader's _ahead; a stale value only
+        # wastes one detection or leaves it to the tracking thread)
+        self._redetect_wanted = False
         self.reset()
 
     @classmethod
@@ -151,9 +153,9 @@ class Pipeline:
         """Build from shipped weights (default) or a folder / backbone ``.onnx`` given by the user."""
         ws = resolve(weights, stabilizer_weights)
         backbone = HeatmapBackbone(ws.backbone, device, threads, flip_test=config.flip_test)
-        dets: list[FaceDetector] = [BlazeFace(ws.detector, device=device)]
+        dets: list[FaceDetector] = [BlazeFace(ws.detector, device=device, threads=threads)]
         if ws.detector_full is not None:
-            dets.append(BlazeFace(ws.detector_full, device=device))
+            dets.append(BlazeFace(ws.detector_full, device=device, threads=threads))
         # the step is tiny: one thread beats two on small CPUs (benchmarks/model_speed.py)
         # under a lookahead the ConvLSTM is not run; weights the user named are still loaded and checked
         wanted = config.stabilizer == "convlstm" and (not config.lookahead or stabilizer_weights is not None)
@@ -200,6 +202,7 @@ class Pipeline:
         self._frame_count = 0
         self._t0 = time.monotonic()
         self._source_name, self.nonfinite = None, 0  # faces dropped for NaN/Inf heatmaps (warned once per source)
+        self._redetect_wanted = False
 
     def _finite(self, heatmaps: np.ndarray, frame: Frame) -> bool:
         """False for heatmaps holding NaN or Inf (a broken backbone): that face is dropped from this frame."""
@@ -219,21 +222,28 @@ class Pipeline:
         with self.timer.stage("backbone"):
             return self.backbone(crops)
 
+    def _by_block(self) -> bool:
+        """Whether re-detections take the model of their block (``redetect(image, turn)``), so that the
+        reader thread can run them ahead: for a detector that says it may run in another thread."""
+        return bool(getattr(self.detector, "thread_safe", False)) and hasattr(self.detector, "redetect")
+
     def _ahead(self) -> Callable[[Frame], dict] | None:
         """The per-frame work the reader thread does beside decoding, none of which depends on the
         tracks: the shot test's thumbnail and histogram (``"shots"``), and on the first frame of each
-        block of ``redetect_every`` indices, that block's re-detection (``"detections"``; for a detector
-        that may run in another thread). The tracking thread uses what it needs (``_update``)."""
-        every = self.config.redetect_every if self._ahead_detect else 0
+        block of ``redetect_every`` frames of the source, that block's re-detection (``"detections"``,
+        with ``"block"``), unless the tracking thread has said it will not use it. The tracking thread
+        uses what it needs (``_update``). The frames are counted as ``_update`` counts them (every
+        frame of a finite source reaches it, in order)."""
+        every = self.config.redetect_every if self._by_block() else 0
         if not (self.config.shot_cuts or every):
             return None
-        last = [None]  # the last block seen (the reader's own)
+        detector, seen = self.detector, [0]
 
         def ahead(frame: Frame) -> dict:
             out = {"shots": frame_features(frame.image)} if self.config.shot_cuts else {}
-            if every and frame.index // every != last[0]:
-                last[0] = frame.index // every
-                out["detections"] = self.detector.redetect(frame.image, last[0])
+            n, seen[0] = seen[0], seen[0] + 1
+            if every and n % every == 0 and self._redetect_wanted:
+                out["block"], out["detections"] = n // every, detector.redetect(frame.image, n // every)
             return out
 
         return ahead
@@ -284,8 +294,8 @@ class Pipeline:
         self._frame_count += 1
         every = self.config.redetect_every
         # while faces are tracked, a re-detection is due on the first frame of each block of `every`
-        # frame indices (after a detection in the block): the reader can run it ahead on that frame
-        block = frame.index // every if every else 0
+        # frames of the source (after a detection in the block): the reader can run it ahead there
+        block = (self._frame_count - 1) // every if every else 0
         due = self.last_detect is None or bool(every) and block != self.last_detect
         # a re-detection can only start a face where there is room, or end an unsure track: else it is skipped
         if due and len(tracker.tracks) >= tracker.max_faces and all(t.score >= tracker.sure_score for t in tracker.tracks):
@@ -295,10 +305,10 @@ class Pipeline:
                 redetect = getattr(self.detector, "redetect", None) if tracker.tracks else None
                 if redetect is None:
                     detections = self.detector.detect(image)
-                elif "detections" in ahead:
+                elif ahead.get("block") == block:
                     detections = ahead["detections"]
                 else:
-                    detections = redetect(image, block) if self._ahead_detect else redetect(image)
+                    detections = redetect(image, block) if self._by_block() else redetect(image)
             self.last_detect = block
             fresh = tracker.associate(detections)
             if fresh:
@@ -339,6 +349,8 @@ class Pipeline:
         live = {id(t) for t in tracker.tracks}  # by identity: a track that ended may have given its id to another
         faces = sorted((Face(t.id, t.box, t.score, pts, scores) for t, pts, scores in seen if id(t) in live),
                        key=lambda f: f.id)
+        self._redetect_wanted = bool(tracker.tracks) and not (
+            len(tracker.tracks) >= tracker.max_faces and all(t.score >= tracker.sure_score for t in tracker.tracks))
         return FrameResult(frame.index, frame.timestamp_ms, tuple(faces), self.shot)
 
     def stream(self, source: Source, on_frame: Callable[[Frame, FrameResult], None] | None = None) -> Iterator[tuple[Frame, FrameResult]]:
@@ -426,6 +438,7 @@ class Pipeline:
             src = source
         sinks = sinks or []
         live = bool(getattr(getattr(src, "info", None), "live", False))
+        self._redetect_wanted = False  # (a new source: searching first)
         reader = _Reader(src, queue_size, self.background, self._ahead()) if overlap and not live else None
         self._prepared = reader.prepared if reader is not None else {}
         writer = _Writer(sinks, on_written, self.background, queue_size if overlap and sinks else 0)

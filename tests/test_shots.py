@@ -14,7 +14,7 @@ import pytest
 from stableface import codec
 from stableface.crop import to_crop
 from stableface.pipeline import Pipeline, PipelineConfig
-from stableface.shots import ShotDetector, landmark_jump, landmarks_changed, thumbnail
+from stableface.shots import ShotDetector, frame_features, landmark_jump, landmarks_changed, thumbnail
 from stableface.tracker import Tracker
 from stableface.types import Detection, Frame, FrameResult
 
@@ -403,6 +403,9 @@ def test_the_reader_thread_computes_the_shot_features_and_the_cuts_stay_the_same
         given, update = [], pipe.shots.update
 
         def spy(image, confirm=None, features=None):
+            if features is not None:  # the features handed over are this very image's
+                own = frame_features(image)
+                assert np.array_equal(features[0], own[0]) and np.array_equal(features[1], own[1])
             given.append((features is not None, threading.current_thread() is threading.main_thread()))
             return update(image, confirm, features)
 
@@ -416,8 +419,8 @@ def test_the_reader_thread_computes_the_shot_features_and_the_cuts_stay_the_same
     assert serial == shots and given == [(False, True)] * 20
     # an iterable that repeats an index with another image: that frame's features are its own
     repeated = frames[:10] + [Frame(after[0], 9, 390.0)] + frames[11:]
-    shots, given = run(True, repeated)
-    assert shots == [0] * 10 + [1] * 10  # (frame 9 given the second image's features would be a cut)
+    shots, given = run(True, repeated)  # (the spy fails if a frame is handed another image's features)
+    assert shots == [0] * 10 + [1] * 10
 
 
 class CountingBackbone(PlantedBackbone):
@@ -447,3 +450,14 @@ def test_a_face_whose_centre_is_past_the_frame_edge_is_not_started_every_frame(s
         assert all(len(r.faces) == 1 for r in results) and len(made) == 1
     else:  # searched on every frame: one backbone pass for the detection, no second pass, no stabilizer step
         assert all(not r.faces for r in results) and backbone.calls == [1] * 10 and pipe.tracker.tracks == []
+
+
+@pytest.mark.parametrize("step", [1, 3, 0])
+def test_redetections_are_counted_in_frames_processed_not_in_frame_indices(step):
+    # a live source's indices skip the frames it dropped; an API caller may give any increasing index
+    detector = PlantedDetector()
+    pipe = Pipeline(detector, PlantedBackbone(), PipelineConfig(stabilizer="none", redetect_every=10, max_faces=2))
+    image = world([(60, 60, 80, (200, 180, 160))], background=30)
+    for i in range(60):
+        pipe.update(Frame(image, i * step, i * 40.0))
+    assert detector.calls == 6  # frame 0 (searching), then once every 10 frames processed
