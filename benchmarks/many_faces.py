@@ -2,7 +2,7 @@
 (each scaled to 256x256, a 512x512 mosaic; composed in a temporary folder, never saved), tracked
 with ``--max-faces 1`` and ``--max-faces 4`` through ``Pipeline.track`` (JSON written), in turns.
 
-    python benchmarks/many_faces.py [--frames 200] [--repeat 2]
+    python benchmarks/many_faces.py [--frames 200] [--repeat 2] [--lookahead 8]
 
 ``4 faces, one by one`` is the previous path (one stabilizer call per face; the backbone already
 took all crops in one call); ``2 threads``: every model with two onnxruntime threads instead of
@@ -48,7 +48,7 @@ def mosaic(videos: Path, out: Path, frames: int) -> Path:
 
 def run(pipe: Pipeline, path: Path, out: Path) -> tuple[int, int, float]:
     t0 = time.perf_counter()
-    with open_source(str(path)) as src, JsonSink(out, src.info, pipe.scheme, pipe.stabilizer_label) as sink:
+    with open_source(str(path)) as src, JsonSink(out, src.info, pipe.scheme, pipe.stabilizer_label, pipe.config.lookahead) as sink:
         faces = n = 0
         for r in pipe.track(src, [sink]):
             n += 1
@@ -65,12 +65,14 @@ def main() -> None:
     ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "videos")
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--lookahead", type=int, default=0, help="8 is what `track` does to files by default (the "
+                    "ConvLSTM then does not run); 0: the live stabilizer")
     args = ap.parse_args()
     batched = P.update_many
     # (max faces, stabilizer path, onnxruntime threads: 0 is stableface's default, every CPU but one)
     variants = {"1 face": (1, batched, 0), "4 faces, batched": (4, batched, 0), "4 faces, one by one": (4, one_by_one, 0),
                 "1 face, 2 threads": (1, batched, 2), "4 faces, batched, 2 threads": (4, batched, 2)}
-    pipes = {k: Pipeline.from_weights(device="cpu", config=PipelineConfig(max_faces=m, lookahead=0), threads=t)
+    pipes = {k: Pipeline.from_weights(device="cpu", config=PipelineConfig(max_faces=m, lookahead=args.lookahead), threads=t)
              for k, (m, _, t) in variants.items()}
     wall = {k: 0.0 for k in variants}
     frames = {k: 0 for k in variants}

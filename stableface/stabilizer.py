@@ -329,11 +329,20 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
     (and one PDC decode of all their maps); the others update one by one."""
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(stabilizers)
     groups: dict[tuple[int, int], list[int]] = {}
+    raw: dict[int, list[int]] = {}  # NoStabilizer faces by decoder: one PDC call for all their maps
     for i, s in enumerate(stabilizers):
         if isinstance(s, ConvLSTMStabilizer):
             groups.setdefault((id(s.step), id(s.decoder)), []).append(i)
+        elif type(s) is NoStabilizer:
+            raw.setdefault(id(s.decoder), []).append(i)
         else:
             out[i] = s.update(heatmaps[i], crops[i], timestamp_ms)
+    for idx in raw.values():
+        dec = stabilizers[idx[0]].decoder
+        maps = np.asarray(heatmaps)
+        pts, scores = dec.decode(maps[idx] if len(idx) < len(maps) else maps)
+        for j, i in enumerate(idx):
+            out[i] = to_source(pts[j], crops[i], dec.crop_size).astype(np.float32), scores[j]
     for idx in groups.values():
         if len(idx) == 1:
             i = idx[0]

@@ -61,7 +61,7 @@ class DeadBand:
         return wanted if (moved or scaled or turned) else current
 
 
-@dataclass
+@dataclass(eq=False)  # a track is an entity: compared (``in``, ``remove``) by identity, not field by field
 class Track:
     id: int
     stabilizer: Stabilizer
@@ -75,6 +75,7 @@ class Track:
     confirmed: bool = False  # survived an observation: its id has been shown
 
     _box: tuple | None = field(default=None, repr=False)  # (the landmarks it was computed from, box)
+    _score: tuple | None = field(default=None, repr=False)  # (the scores it was computed from, score)
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -91,7 +92,12 @@ class Track:
 
     @property
     def score(self) -> float:
-        return float(np.clip(np.mean(self.scores), 0.0, 1.0)) if self.scores is not None else self.detection_score
+        """Mean landmark score in [0, 1] (cached per scores array), or the detection's before the first landmarks."""
+        if self.scores is None:
+            return self.detection_score
+        if self._score is None or self._score[0] is not self.scores:
+            self._score = (self.scores, float(np.clip(np.mean(self.scores), 0.0, 1.0)))
+        return self._score[1]
 
 
 class Tracker:

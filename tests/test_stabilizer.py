@@ -63,10 +63,11 @@ def test_batched_update_matches_one_face_at_a_time():
     faces = 3
     base = rng.uniform(30, 98, size=(faces, step.k, 2))
     starts = [0, 0, 2]  # the third face's track starts later: it is primed inside the batch
-    one = [ConvLSTMStabilizer(step, dec) for _ in range(faces)] + [NoStabilizer(dec)]
-    many = [ConvLSTMStabilizer(step, dec) for _ in range(faces)] + [NoStabilizer(dec)]
+    # two raw faces too: decoded in one PDC call together
+    one = [ConvLSTMStabilizer(step, dec) for _ in range(faces)] + [NoStabilizer(dec), NoStabilizer(dec)]
+    many = [ConvLSTMStabilizer(step, dec) for _ in range(faces)] + [NoStabilizer(dec), NoStabilizer(dec)]
     for t in range(6):
-        live = [i for i in range(faces) if t >= starts[i]] + [faces]
+        live = [i for i in range(faces) if t >= starts[i]] + [faces, faces + 1]
         a = 2 * np.pi * t / 10
         pts = [base[i % faces] + [6 * np.cos(a + i), 6 * np.sin(a + i)] for i in live]
         hm = np.stack([codec.encode(p, (32, 32), 4.0) + rng.normal(0, 0.02, (step.k, 32, 32)).astype(np.float32)
