@@ -8,7 +8,8 @@ Variants, measured clip by clip in turn (so a machine whose speed drifts treats 
 track and write one after the other in one thread), ``1thread`` / ``2thread`` / ``spin`` (threaded, with one / two
 onnxruntime intra-op threads for every model / with intra-op spinning on, onnxruntime's default), ``before`` (the
 previous loop: serial, spinning on, the backbone on every core; for one face it is the previous code path), ``no-cuts`` (threaded,
-shot-cut detection off: what the shot test costs). Prints a markdown table: fps, the ratio
+shot-cut detection off: what the shot test costs), ``spin2`` (threaded, two intra-op threads per model,
+spinning on). Prints a markdown table: fps, the ratio
 to decode-only fps (machine-independent) and to the first variant, then the first variant's stages
 (``Pipeline.profile()``: they add up to its wall time; decode and write are overlapped).
 """
@@ -32,7 +33,8 @@ from stableface.video import open_source
 
 VARIANTS = {"threaded": {"overlap": True}, "serial": {"overlap": False}, "1thread": {"overlap": True, "ort_threads": 1},
             "spin": {"overlap": True, "spin": True}, "before": {"overlap": False, "spin": True, "ort_threads": os.cpu_count() or 1},
-            "no-cuts": {"overlap": True, "shot_cuts": False}, "2thread": {"overlap": True, "ort_threads": 2}}
+            "no-cuts": {"overlap": True, "shot_cuts": False}, "2thread": {"overlap": True, "ort_threads": 2},
+            "spin2": {"overlap": True, "spin": True, "ort_threads": 2}}
 
 
 def decode_only(path: Path) -> tuple[int, float]:
