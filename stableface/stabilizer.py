@@ -333,7 +333,7 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
     for i, s in enumerate(stabilizers):
         if isinstance(s, ConvLSTMStabilizer):
             groups.setdefault((id(s.step), id(s.decoder)), []).append(i)
-        elif type(s) is NoStabilizer:
+        elif type(s) is NoStabilizer and isinstance(s.decoder, Decoder):  # (any callable decoder goes one by one)
             raw.setdefault(id(s.decoder), []).append(i)
         else:
             out[i] = s.update(heatmaps[i], crops[i], timestamp_ms)
