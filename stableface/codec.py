@@ -13,6 +13,8 @@ Heatmaps are arrays of shape ``(..., K, H, W)``; points are ``(..., K, 2)`` as `
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 DEFAULT_SIGMA = 1.5
@@ -65,15 +67,12 @@ def decode_pdc(heatmaps: np.ndarray, stride: float, threshold: float = DEFAULT_P
     return points.astype(np.float32), scores.astype(np.float32)
 
 
-_MOMENTS: dict[tuple[int, int], np.ndarray] = {}
-
-
+@lru_cache(maxsize=8)
 def _moments(h: int, w: int) -> np.ndarray:
-    """(h * w, 3) float32: 1, x and y of each cell of an h x w map, row-major (cached per size)."""
-    m = _MOMENTS.get((h, w))
-    if m is None:
-        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-        m = _MOMENTS[(h, w)] = np.stack([np.ones(h * w, np.float32), x.ravel(), y.ravel()], axis=1)
+    """(h * w, 3) float32: 1, x and y of each cell of an h x w map, row-major (cached per size, read-only)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    m = np.stack([np.ones(h * w, np.float32), x.ravel(), y.ravel()], axis=1)
+    m.setflags(write=False)
     return m
 
 

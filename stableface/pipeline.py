@@ -141,10 +141,6 @@ class Pipeline:
         self._held: dict[int, tuple[Frame, int]] = {}
         self.shots = ShotDetector()
         self._prepared: dict[int, tuple[np.ndarray, dict]] = {}  # the reader thread's work (_ahead), by frame index
-        # whether the next re-detections will be used: tracks live, and not all max_faces of them sure
-        # (set by the tracking thread each frame, read by the reader's _ahead; a stale value only
-        # wastes one detection or leaves it to the tracking thread)
-        self._redetect_wanted = False
         self.reset()
 
     @classmethod
@@ -202,6 +198,9 @@ class Pipeline:
         self._frame_count = 0
         self._t0 = time.monotonic()
         self._source_name, self.nonfinite = None, 0  # faces dropped for NaN/Inf heatmaps (warned once per source)
+        # whether the next re-detections will be used: tracks live, not all settled (set by the tracking
+        # thread each frame, read by the reader's _ahead; a stale value only wastes one detection or
+        # leaves it to the tracking thread)
         self._redetect_wanted = False
 
     def _finite(self, heatmaps: np.ndarray, frame: Frame) -> bool:
@@ -298,7 +297,7 @@ class Pipeline:
         block = (self._frame_count - 1) // every if every else 0
         due = self.last_detect is None or bool(every) and block != self.last_detect
         # a re-detection can only start a face where there is room, or end an unsure track: else it is skipped
-        if due and len(tracker.tracks) >= tracker.max_faces and all(t.score >= tracker.sure_score for t in tracker.tracks):
+        if due and tracker.settled():
             due, self.last_detect = False, block
         if not tracker.tracks or due:
             with self.timer.stage("detect"):  # searching: every detector; re-detecting: one in turn, by block
@@ -349,8 +348,7 @@ class Pipeline:
         live = {id(t) for t in tracker.tracks}  # by identity: a track that ended may have given its id to another
         faces = sorted((Face(t.id, t.box, t.score, pts, scores) for t, pts, scores in seen if id(t) in live),
                        key=lambda f: f.id)
-        self._redetect_wanted = bool(tracker.tracks) and not (
-            len(tracker.tracks) >= tracker.max_faces and all(t.score >= tracker.sure_score for t in tracker.tracks))
+        self._redetect_wanted = bool(tracker.tracks) and not tracker.settled()
         return FrameResult(frame.index, frame.timestamp_ms, tuple(faces), self.shot)
 
     def stream(self, source: Source, on_frame: Callable[[Frame, FrameResult], None] | None = None) -> Iterator[tuple[Frame, FrameResult]]:

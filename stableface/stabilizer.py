@@ -337,9 +337,9 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
             raw.setdefault(id(s.decoder), []).append(i)
         else:
             out[i] = s.update(heatmaps[i], crops[i], timestamp_ms)
+    maps = np.asarray(heatmaps)
     for idx in raw.values():
         dec = stabilizers[idx[0]].decoder
-        maps = np.asarray(heatmaps)
         pts, scores = dec.decode(maps[idx] if len(idx) < len(maps) else maps)
         for j, i in enumerate(idx):
             out[i] = to_source(pts[j], crops[i], dec.crop_size).astype(np.float32), scores[j]

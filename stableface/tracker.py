@@ -120,6 +120,11 @@ class Tracker:
             t.stabilizer.reset()
         self.tracks, self.next_id, self._shown = [], 0, 0
 
+    def settled(self) -> bool:
+        """All ``max_faces`` tracks are live and sure of their landmarks: a detection could neither start
+        a face (no room) nor end a track (none unsure), so re-detecting has nothing to do."""
+        return len(self.tracks) >= self.max_faces and all(t.score >= self.sure_score for t in self.tracks)
+
     def associate(self, detections: list[Detection]) -> list[Detection]:
         """Match detections to live tracks; returns the detections that start new tracks.
 
