@@ -56,8 +56,8 @@ def run(pipe: Pipeline, path: Path, out: Path) -> tuple[int, int, float]:
     return n, faces, time.perf_counter() - t0
 
 
-def one_by_one(stabs, hm, crops, ts):
-    return [s.update(h, c, ts) for s, h, c in zip(stabs, hm, crops)]
+def one_by_one(stabs, hm, crops, ts, images=None):
+    return [s.update(h, c, ts, None if images is None else images[i]) for i, (s, h, c) in enumerate(zip(stabs, hm, crops))]
 
 
 def main() -> None:

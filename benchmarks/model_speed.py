@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 
+import cv2
 import numpy as np
 
 from stableface.backbone import HeatmapBackbone
@@ -56,6 +57,16 @@ def main() -> None:
     still = ConvLSTMStabilizer(step, Decoder(bb.size, bb.stride))
     j = iter(range(10 ** 9))
     t_still = median_ms(lambda: still.update(moving[0], box, 40.0 * next(j)), args.runs)
+    # the same moving face with the crop's pixels (a smooth texture moving with it): the face motion by image flow
+    tex = cv2.GaussianBlur(rng.normal(128, 60, size=(bb.size + 40, bb.size + 40, 3)).astype(np.float32), (0, 0), 2.0)
+    tex = np.clip(tex * 2.5 - 190, 0, 255).astype(np.uint8)
+    images = [np.ascontiguousarray(tex[20 - int(12 * np.sin(a)):][:bb.size, 20 - int(12 * np.cos(a)):][:, :bb.size]) for a in turn]
+    flowing = ConvLSTMStabilizer(step, Decoder(bb.size, bb.stride))
+    k = iter(range(10 ** 9))
+    def with_image():
+        n = next(k)
+        return flowing.update(moving[n % 40], box, 40.0 * n, images[n % 40])
+    t_flow = median_ms(with_image, args.runs)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime threads "
           f"{args.threads or 'default'}; median of {args.runs} runs")
     print("| model | ms per face | ratio to reference op |")
@@ -67,6 +78,7 @@ def main() -> None:
     print(f"| PDC decode ({step.k} maps) | {t_pdc:.2f} | {t_pdc / ref:.1f} |")
     print(f"| whole stabilizer update, moving face | {t_stage:.2f} | {t_stage / ref:.1f} |")
     print(f"| whole stabilizer update, still face | {t_still:.2f} | {t_still / ref:.1f} |")
+    print(f"| whole stabilizer update, moving face, with the crop's pixels (image flow, the pipeline's path) | {t_flow:.2f} | {t_flow / ref:.1f} |")
 
 
 if __name__ == "__main__":

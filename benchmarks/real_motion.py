@@ -230,7 +230,8 @@ def main() -> None:
                          "--out runs/real_motion_train).")
     ap.add_argument("--methods", default="none,one-euro,one-euro-tuned,convlstm,lookahead",
                     help="Rows to run: none, none-hard, none-flip, one-euro, one-euro-tuned, convlstm, convlstm-hard, "
-                         "convlstm-flip, lookahead (-flip: --flip-test).")
+                         "convlstm-flip, convlstm-noflow, lookahead, lookahead-noflow (-flip: --flip-test; -noflow: the "
+                         "face followed by its landmarks only, without image flow).")
     ap.add_argument("--lookahead", type=int, default=8)
     ap.add_argument("--stabilizer", type=Path, default=None, help="A stabilizer .onnx other than the shipped one.")
     ap.add_argument("--weights", type=Path, default=None, help="A backbone .onnx (or weights folder) other than the shipped one.")
@@ -253,11 +254,13 @@ def main() -> None:
              "one-euro": PipelineConfig(stabilizer="one-euro"),
              "convlstm": PipelineConfig(stabilizer="convlstm"), "convlstm-hard": PipelineConfig(stabilizer="convlstm", pdc_mode="hard"),
              "none-flip": PipelineConfig(stabilizer="none", flip_test=True),
-             "convlstm-flip": PipelineConfig(stabilizer="convlstm", flip_test=True)}
+             "convlstm-flip": PipelineConfig(stabilizer="convlstm", flip_test=True),
+             "convlstm-noflow": PipelineConfig(stabilizer="convlstm", flow=False)}
     if tuned:
         table["one-euro-tuned"] = PipelineConfig(stabilizer="one-euro", one_euro_min_cutoff=tuned[0], one_euro_beta=tuned[1])
-    if "lookahead" in wanted:  # the fixed-lag smoother of the raw landmarks (it replaces the causal stabilizer)
+    if {"lookahead", "lookahead-noflow"} & set(wanted):  # the fixed-lag smoother of the raw landmarks (it replaces the causal stabilizer)
         table["lookahead"] = PipelineConfig(stabilizer="none", lookahead=args.lookahead)
+        table["lookahead-noflow"] = PipelineConfig(stabilizer="none", lookahead=args.lookahead, flow=False)
     methods = {"none": table["none"]} | {k: table[k] for k in wanted if k in table}  # raw first: offsets are against it
     tracks = {}
     res = run(paths, methods, stabilizer=args.stabilizer, tracks=tracks, weights=args.weights)

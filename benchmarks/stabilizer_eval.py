@@ -37,24 +37,27 @@ def sequences(samples, backbone, kind, noise, n_frames, seed):
     rng = np.random.default_rng(seed)
     spec = SequenceSpec(length=n_frames, size=backbone.size, crop_scale=backbone.crop_scale, noise=(noise, noise),
                         blur=0.0, motion=kind, max_speed=1.0)
-    hms, gts = [], []
+    hms, gts, crops = [], [], []
     for s in samples:
         frames, gt, _ = make_sequence(s, spec, rng)
         hms.append(backbone(frames))
         gts.append(gt)
-    return np.stack(hms), np.stack(gts)
+        crops.append(frames)
+    return np.stack(hms), np.stack(gts), np.stack(crops)
 
 
 def run_convlstm(step: ConvLSTMStep, hms: np.ndarray, size: int, stride: float, compensate: bool = True,
-                 offset: np.ndarray | None = None) -> np.ndarray:
+                 offset: np.ndarray | None = None, crops: np.ndarray | None = None) -> np.ndarray:
     """The runtime stabilizer class on a fixed crop whose coordinates are the crop's own (``offset``: the
-    backbone's calibration, as the pipeline's decoder adds it)."""
+    backbone's calibration, as the pipeline's decoder adds it; ``crops``: the frames' pixels, given to
+    the stabilizer as the pipeline gives them, for the face motion's image flow)."""
     box = CropBox(size / 2, size / 2, float(size))
     stab = ConvLSTMStabilizer(step, Decoder(size, stride, offset=offset), None if compensate else MotionConfig(enabled=False))
     out = []
-    for seq in hms:
+    for i, seq in enumerate(hms):
         stab.reset()
-        out.append(np.stack([stab.update(o, box, t * 40.0)[0] for t, o in enumerate(seq)]))
+        out.append(np.stack([stab.update(o, box, t * 40.0, None if crops is None else crops[i][t])[0]
+                             for t, o in enumerate(seq)]))
     return np.stack(out)
 
 
@@ -86,23 +89,25 @@ def main() -> None:
             "drift": sequences(samples, bb, "drift", 5.0, args.frames, 2),
             "shake": sequences(samples, bb, "shake", 5.0, args.frames, 3)}
     decoder = Decoder(bb.size, bb.stride, offset=bb.offset)  # the pipeline's: PDC with the backbone's calibration
-    raw = {k: decoder.decode(h)[0] for k, (h, _) in sets.items()}
-    lstm = {k: run_convlstm(step, h, bb.size, bb.stride, offset=bb.offset) for k, (h, _) in sets.items()}
-    plain = {k: run_convlstm(step, h, bb.size, bb.stride, compensate=False, offset=bb.offset) for k, (h, _) in sets.items()}
+    raw = {k: decoder.decode(h)[0] for k, (h, _, _) in sets.items()}
+    lstm = {k: run_convlstm(step, h, bb.size, bb.stride, offset=bb.offset, crops=c) for k, (h, _, c) in sets.items()}
+    plain = {k: run_convlstm(step, h, bb.size, bb.stride, compensate=False, offset=bb.offset) for k, (h, _, _) in sets.items()}
+    landmark_motion = {k: run_convlstm(step, h, bb.size, bb.stride, offset=bb.offset) for k, (h, _, _) in sets.items()}
     # tune One Euro honestly on the same sequences
     best, best_cost = None, float("inf")
     for mc, beta in itertools.product([0.3, 0.5, 1.0, 2.0, 4.0], [0.0, 0.01, 0.05, 0.2, 1.0]):
         cost = 0.0
-        for k, (_, gt) in sets.items():
+        for k, (_, gt, _) in sets.items():
             m = sequence_metrics(run_one_euro(raw[k], mc, beta, unit), gt)
             cost += m["nme"] + m["jitter_error"] + m["jitter"]
         if cost < best_cost:
             best, best_cost = (mc, beta), cost
     euro = {k: run_one_euro(raw[k], *best, unit) for k in sets}
     table = {}
-    for k, (_, gt) in sets.items():
+    for k, (_, gt, _) in sets.items():
         table[k] = {"raw": sequence_metrics(raw[k], gt), "one-euro": sequence_metrics(euro[k], gt),
                     "convlstm (no motion compensation)": sequence_metrics(plain[k], gt),
+                    "convlstm (motion from the landmarks only)": sequence_metrics(landmark_motion[k], gt),
                     "convlstm": sequence_metrics(lstm[k], gt)}
     print(f"{len(samples)} validation images x {args.frames} frames per set; One Euro tuned: min_cutoff={best[0]}, beta={best[1]}")
     print("| set | method | NME % | jitter % | jitter error % |")

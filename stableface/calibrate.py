@@ -83,7 +83,7 @@ def stabilizer_offset(step: ConvLSTMStep, backbone: HeatmapBackbone, sequences, 
         stab = ConvLSTMStabilizer(step, decoder, deviation_limit=None)  # the network's own offset, unbounded
         for t, hm in enumerate(hms):
             raw, _ = stab._raw(hm, box)
-            motion, o = stab._input(raw, hm, box, t * 40.0)
+            motion, o = stab._input(raw, hm, box, t * 40.0, crops[t])  # with the crop's pixels, as at run time
             q, _ = decoder.decode(stab._step(o))  # state frame, crop pixels (the state frame's crop is ``box``)
             raw_state = apply_affine(invert(motion), raw)  # the raw points carried into the state frame
             if t >= skip:

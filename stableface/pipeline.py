@@ -33,8 +33,8 @@ from stableface.detector import BlazeFace, FaceDetector, UnionDetector
 from stableface.lookahead import Lookahead
 from stableface.shots import ShotDetector, frame_features, landmarks_changed
 from stableface.sinks import Sink, SinkError
-from stableface.stabilizer import (ConvLSTMStabilizer, ConvLSTMStep, Decoder, NoStabilizer, OneEuroStabilizer,
-                                   Stabilizer, update_many)
+from stableface.stabilizer import (ConvLSTMStabilizer, ConvLSTMStep, Decoder, MotionConfig, NoStabilizer,
+                                   OneEuroStabilizer, Stabilizer, update_many)
 from stableface.tracker import Track, Tracker
 from stableface.types import Face, Frame, FrameResult
 from stableface.video import Source, open_source
@@ -113,6 +113,7 @@ class PipelineConfig:
     lookahead: int = 0  # frames of fixed-lag smoothing per track in stream()/track() (0: none, no delay)
     shot_cuts: bool = True  # detect shot cuts (stableface.shots): a cut ends every track
     flip_test: bool = False  # average each crop's heatmaps with its mirror's (HeatmapBackbone.flip_test)
+    flow: bool = True  # follow each face by image flow: the ConvLSTM's face motion, the lookahead's face frame
 
 
 class Pipeline:
@@ -174,8 +175,8 @@ class Pipeline:
         causal stabilizer would only add the lag that a smoother which sees the future does not
         need (``benchmarks/real_motion.py``: jitter error 0.46% of IOD smoothing the ConvLSTM's
         track, 0.37% smoothing the raw one)."""
-        if self.config.lookahead:
-            return NoStabilizer(self.decoder)
+        if self.config.lookahead:  # the raw landmarks, and the face's frame for the smoother (by image flow)
+            return NoStabilizer(self.decoder, MotionConfig() if self.config.flow else None)
         if self.config.stabilizer == "convlstm":
             assert self.step is not None
             return ConvLSTMStabilizer(self.step, self.decoder)
@@ -329,7 +330,8 @@ class Pipeline:
         seen: list[tuple[Track, np.ndarray, np.ndarray]] = []
         tracks = list(tracker.tracks)
         if tracks:
-            hm = self._heatmaps(self._crops(image, [t.crop for t in tracks]))
+            crops = self._crops(image, [t.crop for t in tracks])
+            hm = self._heatmaps(crops)
             ok = []
             for i, (t, h) in enumerate(zip(tracks, hm)):
                 if self._finite(h, frame):
@@ -338,7 +340,8 @@ class Pipeline:
                     tracker.end(t)  # (its stabilizer never sees them)
             tracks = [tracks[i] for i in ok]
             with self.timer.stage("stabilizer"):  # all faces at once (one ConvLSTM call)
-                outs = update_many([t.stabilizer for t in tracks], hm[ok], [t.crop for t in tracks], frame.timestamp_ms)
+                outs = update_many([t.stabilizer for t in tracks], hm[ok], [t.crop for t in tracks], frame.timestamp_ms,
+                                   crops[ok] if self.config.flow else None)
             for t, (pts, scores) in zip(tracks, outs):
                 if not _centre_inside(pts, image):  # the face's centre has left the frame: it is gone
                     tracker.end(t)
@@ -346,7 +349,8 @@ class Pipeline:
                 if tracker.observe(t, pts, scores):
                     seen.append((t, pts, scores))
         live = {id(t) for t in tracker.tracks}  # by identity: a track that ended may have given its id to another
-        faces = sorted((Face(t.id, t.box, t.score, pts, scores) for t, pts, scores in seen if id(t) in live),
+        faces = sorted((Face(t.id, t.box, t.score, pts, scores, getattr(t.stabilizer, "frame", None))
+                        for t, pts, scores in seen if id(t) in live),
                        key=lambda f: f.id)
         self._redetect_wanted = bool(tracker.tracks) and not tracker.settled()
         return FrameResult(frame.index, frame.timestamp_ms, tuple(faces), self.shot)

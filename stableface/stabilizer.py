@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from stableface import codec, grid, onnx_util
-from stableface.crop import CropBox, to_source
+from stableface.crop import CropBox, to_crop, to_source
 from stableface.onnx_util import WeightsError
 from stableface.types import Stabilizer
 
@@ -60,16 +61,31 @@ class Decoder:
 
 
 class NoStabilizer:
-    """The raw backbone: decode each frame on its own."""
+    """The raw backbone: decode each frame on its own.
 
-    def __init__(self, decoder: Decoder) -> None:
+    With ``motion`` it also follows the face's frame (``FaceMotion``, by image flow when given the
+    crop's pixels) and keeps it in ``frame``: the similarity a lookahead smooths the shape in."""
+
+    def __init__(self, decoder: Decoder, motion: MotionConfig | None = None) -> None:
         self.decoder = decoder
+        self.motion = None if motion is None else FaceMotion(motion)
+        self.frame: np.ndarray | None = None
 
-    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
-        return self.decoder(heatmaps, crop)
+    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float,
+               image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        pts, scores = self.decoder(heatmaps, crop)
+        self.follow(pts, crop, timestamp_ms, image)
+        return pts, scores
+
+    def follow(self, raw: np.ndarray, crop: CropBox, timestamp_ms: float, image: np.ndarray | None) -> None:
+        """Carry the face's frame to this frame's raw landmarks (with ``motion`` only)."""
+        if self.motion is not None:
+            self.frame = self.motion.update(raw, timestamp_ms, crop.side, image, crop)
 
     def reset(self) -> None:
-        pass
+        self.frame = None
+        if self.motion is not None:
+            self.motion.reset()
 
 
 class OneEuro:
@@ -116,7 +132,8 @@ class OneEuroStabilizer:
         self.decoder = decoder
         self.filter = OneEuro(min_cutoff, beta)
 
-    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
+    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float,
+               image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         pts, scores = self.decoder(heatmaps, crop)
         unit = crop.side / 100.0
         return (self.filter(pts / unit, timestamp_ms) * unit).astype(np.float32), scores
@@ -129,12 +146,17 @@ class OneEuroStabilizer:
 class MotionConfig:
     """How the ConvLSTM's state follows the face; read by the runtime and by the training twin.
 
-    The face's motion is a similarity (shift, scale, roll) fitted to the raw landmarks in every
-    frame, against the track's first raw landmarks. It is filtered before use (a One Euro filter
-    on the images of two anchor points, in units of 1/100 of the first crop's side), so that the
-    frame the state lives in moves smoothly with the head: the raw landmarks' common-mode noise
-    is not passed on, and no shift ever steps. The ConvLSTM then sees a face that holds still up
-    to its non-rigid motion and the filter's small residual.
+    The face's motion is a similarity (shift, scale, roll) mapping the track's first raw landmarks
+    onto this frame's, tracked through the images of two anchor points. The pipeline gives the
+    stabilizer the crop's pixels, and then (``flow``) the motion from the previous frame is
+    measured in the image: pyramidal Lucas-Kanade flow of the previous raw landmarks from the
+    previous crop into this one, a similarity fitted to it. Pixels move with the head but not
+    with the backbone's noise, so the common-mode noise of the raw landmarks (which any filter of
+    the landmark fit either passes on or pays for in lag) stays out of the state's frame. The
+    landmark fit pulls the tracked anchors back by ``flow_pull`` per frame, so the flow's drift
+    cannot build up. Without the pixels (a caller that gives heatmaps only) the landmark fit is
+    filtered by a One Euro filter instead (in units of 1/100 of the first crop's side). The
+    ConvLSTM then sees a face that holds still up to its non-rigid motion and a small residual.
     """
 
     enabled: bool = True
@@ -142,10 +164,22 @@ class MotionConfig:
     beta: float = 0.3  # per (unit / s)
     d_cutoff: float = 1.0  # Hz
     prime_steps: int = 12  # a new track starts from the state of a face that has been still for a while
+    # Image flow (where the stabilizer is given the crop's pixels): the motion from the previous
+    # frame is measured by pyramidal Lucas-Kanade flow of the previous raw landmarks between the two
+    # crops, and the landmark fit only pulls the result back by ``flow_pull`` per frame (a
+    # complementary filter: the flow's short-term precision, the landmarks' long-term truth).
+    flow: bool = True
+    flow_pull: float = 0.05  # chosen on the real-motion training clips (0.05, 0.1, 0.2)
+    flow_window: int = 15  # LK window side, crop pixels (15, 21, 31)
+    flow_levels: int = 2  # LK pyramid levels above the crop
 
 
 class FaceMotion:
-    """The filtered similarity of one face: its first raw landmarks -> now (source pixels)."""
+    """The filtered similarity of one face: its first raw landmarks -> now (source pixels).
+
+    ``update`` with the crop's pixels (``image``, ``crop``) follows the face by image flow from the
+    previous frame, pulled towards the landmark fit (``MotionConfig.flow``); without them (the
+    training twin, a stabilizer given heatmaps only) it One-Euro-filters the landmark fit."""
 
     def __init__(self, config: MotionConfig = MotionConfig()) -> None:
         self.config = config
@@ -156,19 +190,60 @@ class FaceMotion:
         self.anchors: np.ndarray | None = None
         self.unit = 1.0
         self.filter = OneEuro(self.config.min_cutoff, self.config.beta, self.config.d_cutoff)
+        self.current: np.ndarray | None = None  # the anchors' filtered images (flow path)
+        self.previous: tuple[np.ndarray, CropBox, np.ndarray] | None = None  # grey crop, its box, raw landmarks
 
-    def update(self, landmarks: np.ndarray, timestamp_ms: float, unit: float) -> np.ndarray:
-        """2x3 similarity mapping the first frame's landmarks onto this frame's (source px)."""
+    def update(self, landmarks: np.ndarray, timestamp_ms: float, unit: float, image: np.ndarray | None = None,
+               crop: CropBox | None = None, moved: np.ndarray | None = None) -> np.ndarray:
+        """2x3 similarity mapping the first frame's landmarks onto this frame's (source px).
+
+        ``image``/``crop``: this frame's crop pixels and box, for the image flow; ``moved``: the
+        frame-to-frame similarity measured some other way (the training twin passes the ground
+        truth's), used instead of the flow."""
         pts = np.asarray(landmarks, np.float64)
-        if self.ref is None:
+        first = self.ref is None
+        if first:
             self.ref, self.unit = pts.copy(), unit / 100.0
             c = pts.mean(axis=0)
             self.anchors = np.array([c, c + [unit / 2, 0.0]])
         if not self.config.enabled:
             return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
         seen = apply_affine(fit_similarity(self.ref, pts), self.anchors)
-        smooth = self.filter(seen / self.unit, timestamp_ms) * self.unit
+        if self.config.flow and (moved is not None or (image is not None and crop is not None)):
+            if image is not None and crop is not None:
+                grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+                if moved is None:
+                    moved = self._flow_step(grey, crop)
+                self.previous = (grey, crop, pts)
+            if first or moved is None or self.current is None:
+                self.current = seen.copy()
+            else:
+                a = self.config.flow_pull
+                self.current = (1.0 - a) * apply_affine(moved, self.current) + a * seen
+            smooth = self.current
+        else:
+            smooth = self.filter(seen / self.unit, timestamp_ms) * self.unit
         return fit_similarity(self.anchors, smooth)  # exact for two point pairs
+
+    def _flow_step(self, grey: np.ndarray, crop: CropBox) -> np.ndarray | None:
+        """The similarity (source px) that moved the previous raw landmarks onto this frame, by LK flow
+        between the previous crop and this one; None without a previous frame or when the flow fails."""
+        if self.previous is None:
+            return None
+        pgrey, pcrop, ppts = self.previous
+        if pgrey.shape != grey.shape:
+            return None
+        size = grey.shape[0]
+        p0 = to_crop(ppts, pcrop, size).astype(np.float32).reshape(-1, 1, 2)
+        w = self.config.flow_window
+        p1, status, _ = cv2.calcOpticalFlowPyrLK(pgrey, grey, p0, None, winSize=(w, w), maxLevel=self.config.flow_levels)
+        if p1 is None:
+            return None
+        ok = status.ravel() == 1
+        if ok.sum() < max(3, len(ok) // 2):
+            return None
+        moved = to_source(p1.reshape(-1, 2)[ok], crop, size)
+        return fit_similarity(ppts[ok], moved)
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -283,15 +358,18 @@ class ConvLSTMStabilizer:
         self.ref: CropBox | None = None  # the state frame's crop
         self.motion.reset()
 
-    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
+    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float,
+               image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         raw, scores = self._raw(heatmaps, crop)
-        motion, o = self._input(raw, heatmaps, crop, timestamp_ms)
+        motion, o = self._input(raw, heatmaps, crop, timestamp_ms, image)
         s = self._step(o)
         return self._output(s, motion, raw), scores
 
-    def _input(self, raw: np.ndarray, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]:
-        """The face's filtered motion and the input maps pulled into the state frame."""
-        motion = self.motion.update(raw, timestamp_ms, crop.side)
+    def _input(self, raw: np.ndarray, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float,
+               image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The face's filtered motion (by image flow when ``image``, the crop's pixels, is given) and
+        the input maps pulled into the state frame."""
+        motion = self.motion.update(raw, timestamp_ms, crop.side, image, crop)
         return motion, grid.warp(heatmaps, self.state_to_input(crop, motion))
 
     def _raw(self, heatmaps: np.ndarray, crop: CropBox) -> tuple[np.ndarray, np.ndarray]:
@@ -323,8 +401,8 @@ class ConvLSTMStabilizer:
 
 
 def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list[CropBox],
-                timestamp_ms: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[s.update(h, crop, timestamp_ms) ...]`` for the faces of one frame, with the same results,
+                timestamp_ms: float, images: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[s.update(h, crop, timestamp_ms, image) ...]`` (``images``: the crops' pixels, or None) for the faces of one frame, with the same results,
     batched: ConvLSTM stabilizers that share a step model take one step call for all their faces
     (and one PDC decode of all their maps); the others update one by one."""
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(stabilizers)
@@ -336,17 +414,18 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
         elif type(s) is NoStabilizer and isinstance(s.decoder, Decoder):  # (any callable decoder goes one by one)
             raw.setdefault(id(s.decoder), []).append(i)
         else:
-            out[i] = s.update(heatmaps[i], crops[i], timestamp_ms)
+            out[i] = s.update(heatmaps[i], crops[i], timestamp_ms, None if images is None else images[i])
     maps = np.asarray(heatmaps)
     for idx in raw.values():
         dec = stabilizers[idx[0]].decoder
         pts, scores = dec.decode(maps[idx] if len(idx) < len(maps) else maps)
         for j, i in enumerate(idx):
             out[i] = to_source(pts[j], crops[i], dec.crop_size).astype(np.float32), scores[j]
+            stabilizers[i].follow(out[i][0], crops[i], timestamp_ms, None if images is None else images[i])
     for idx in groups.values():
         if len(idx) == 1:
             i = idx[0]
-            out[i] = stabilizers[i].update(heatmaps[i], crops[i], timestamp_ms)
+            out[i] = stabilizers[i].update(heatmaps[i], crops[i], timestamp_ms, None if images is None else images[i])
             continue
         stabs = [stabilizers[i] for i in idx]
         dec = stabs[0].decoder
@@ -357,7 +436,7 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
             if s.ref is None:
                 s.ref = crops[i]
             raw = to_source(pts[j], crops[i], dec.crop_size).astype(np.float32)
-            m, o = s._input(raw, heatmaps[i], crops[i], timestamp_ms)
+            m, o = s._input(raw, heatmaps[i], crops[i], timestamp_ms, None if images is None else images[i])
             motions.append(m)
             os.append(o)
             raws.append(raw)

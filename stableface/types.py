@@ -46,7 +46,9 @@ class Face:
     """One tracked face in one frame.
 
     landmarks (K, 2) float in source pixel coordinates (origin at the top-left pixel's corner);
-    landmark_scores (K,) heatmap peaks of the raw backbone output.
+    landmark_scores (K,) heatmap peaks of the raw backbone output; frame, where the pipeline
+    follows the face by image flow for a lookahead: the 2x3 similarity from the track's face frame
+    to this frame (source pixels; ``stabilizer.FaceMotion``). It is not part of any output.
     """
 
     id: int
@@ -54,6 +56,7 @@ class Face:
     score: float
     landmarks: np.ndarray
     landmark_scores: np.ndarray
+    frame: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _finite_box(self.box)
@@ -93,11 +96,12 @@ class FrameResult:
 class Stabilizer(Protocol):
     """A per-track landmark stabilizer with explicit state (one instance per face).
 
-    ``update`` takes the backbone's heatmaps (K, H, W) of this frame's crop and the frame's
-    timestamp, and returns landmarks (K, 2) in source pixels and their raw scores (K,).
+    ``update`` takes the backbone's heatmaps (K, H, W) of this frame's crop, the frame's
+    timestamp and optionally the crop's pixels (what the backbone saw, for image flow), and returns landmarks (K, 2) in source pixels and their raw scores (K,).
     ``reset`` forgets the state: the next update starts a new track.
     """
 
-    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float) -> tuple[np.ndarray, np.ndarray]: ...
+    def update(self, heatmaps: np.ndarray, crop: CropBox, timestamp_ms: float,
+               image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
     def reset(self) -> None: ...

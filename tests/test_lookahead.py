@@ -469,3 +469,51 @@ def test_split_falls_back_to_the_plain_fit_beside_a_collapsed_frame():
     assert np.all(np.isfinite(split))
     assert np.allclose(split[2:11], plain[2:11], atol=1e-4)  # every window holding frame 6
     assert np.allclose(split[0], base, atol=1e-4)  # frames whose window misses it keep the split fit (exact here)
+
+
+def _shaking(t):
+    """A similarity that turns, scales and shifts fast (an 8-frame period): frame t's image of the face frame."""
+    a = 0.2 * np.sin(2 * np.pi * t / 8)
+    s = 1.0 + 0.1 * np.cos(2 * np.pi * t / 8)
+    return np.array([[s * np.cos(a), -s * np.sin(a), 300 + 40 * np.sin(2 * np.pi * t / 8)],
+                     [s * np.sin(a), s * np.cos(a), 200 + 25 * np.cos(2 * np.pi * t / 5)]])
+
+
+def test_a_followed_face_frame_keeps_fast_rigid_motion_exactly_and_smooths_the_shape(rng):
+    """Faces that carry their frame (the pipeline's image flow): the shape is smoothed in it, the motion is
+    the frame's own. A shape that holds still under fast shaking comes out where it is (the split fit,
+    without frames, rounds the shaking off), and the shape's noise is smoothed away as in a still face."""
+    from stableface.stabilizer import apply_affine
+
+    shape = rng.uniform(-50, 50, size=(K, 2))
+    frames = [_shaking(t) for t in range(60)]
+    truth = [apply_affine(f, shape) for f in frames]
+    exact = [FrameResult(t, 40.0 * t, (Face(0, (0, 0, 1, 1), 0.9, truth[t].astype(np.float32),
+                                            np.ones(K, np.float32), frames[t]),)) for t in range(60)]
+    out = track_of(run(Lookahead(8), exact))
+    assert np.abs(out - np.stack(truth)).max() < 1e-3
+    plain = track_of(run(Lookahead(8), [FrameResult(r.frame, r.timestamp_ms, (face(0, r.faces[0].landmarks),)) for r in exact]))
+    assert np.abs(plain - np.stack(truth)).max() > 0.5  # the split fit (no frames) cannot follow it exactly
+    noisy = [FrameResult(t, 40.0 * t, (Face(0, (0, 0, 1, 1), 0.9, (truth[t] + rng.normal(0, 1.0, (K, 2))).astype(np.float32),
+                                            np.ones(K, np.float32), frames[t]),)) for t in range(60)]
+    err = np.linalg.norm(track_of(run(Lookahead(8), noisy))[10:-10] - np.stack(truth)[10:-10], axis=-1).mean()
+    raw = np.linalg.norm(np.stack([r.faces[0].landmarks for r in noisy])[10:-10] - np.stack(truth)[10:-10], axis=-1).mean()
+    assert err < 0.45 * raw, (err, raw)
+
+
+def test_the_pipeline_follows_faces_for_the_lookahead_and_never_writes_the_frame(tmp_path):
+    """With a lookahead the raw faces carry their frame (image flow); with ``flow=False`` they do not;
+    the frame is in no output."""
+    video = shared_video()
+    if video is None:
+        pytest.skip("no shared clip")
+    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(lookahead=4))
+    cap = cv2.VideoCapture(str(video))
+    images = [cap.read()[1] for _ in range(6)]
+    cap.release()
+    res = [pipe.update(Frame(im, i, 40.0 * i)) for i, im in enumerate(images)]
+    frames = [f.frame for r in res for f in r.faces]
+    assert frames and all(f is not None and f.shape == (2, 3) for f in frames)
+    assert "frame" not in res[-1].faces[0].to_dict()
+    off = Pipeline.from_weights(device="cpu", config=PipelineConfig(lookahead=4, flow=False))
+    assert all(f.frame is None for i, im in enumerate(images) for f in off.update(Frame(im, i, 40.0 * i)).faces)

@@ -75,7 +75,7 @@ def test_faces_batched_in_one_call_give_the_per_face_landmarks(tmp_path, monkeyp
     batched = list(pipe.track(str(path)))
     assert all(len(r.faces) == 2 for r in batched)
     assert 2 in calls and all(n <= 2 for n in calls)
-    monkeypatch.setattr(P, "update_many", lambda stabs, hm, crops, ts: [s.update(h, c, ts) for s, h, c in zip(stabs, hm, crops)])
+    monkeypatch.setattr(P, "update_many", lambda stabs, hm, crops, ts, images: [s.update(h, c, ts, im) for s, h, c, im in zip(stabs, hm, crops, images)])
     one_by_one = list(pipe.track(str(path)))
     assert_same(landmarks(batched), landmarks(one_by_one))
 

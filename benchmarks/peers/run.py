@@ -265,8 +265,9 @@ def part_speed(args, res: dict) -> None:
         stab = pipe.new_stabilizer()
         t0 = time.perf_counter()
         for i, f in enumerate(frames):  # the crop given: backbone + stabilizer + decode
-            hm = pipe.backbone(warp(f, box, pipe.backbone.size)[None])[0]
-            stab.update(hm, box, i * 40.0)
+            crop = warp(f, box, pipe.backbone.size)
+            hm = pipe.backbone(crop[None])[0]
+            stab.update(hm, box, i * 40.0, crop)
         without = (time.perf_counter() - t0) * 1000 / len(frames)
         tracked = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer=s))
         t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from stableface import codec, ibug
 from stableface.metrics import sequence_metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import CropBox
-from stableface.stabilizer import FaceMotion, MotionConfig, state_to_input
+from stableface.stabilizer import FaceMotion, MotionConfig, fit_similarity, state_to_input
 from stableface.training import data as D
 from stableface.training.run import cosine_lr, load_resume, save_atomic, set_lr, start_run
 from stableface.training.convlstm import ConvLSTM, export
@@ -119,7 +119,7 @@ def with_plan(hms: np.ndarray, gts: np.ndarray, backbone: HeatmapBackbone, motio
               threshold: float, mode: str) -> tuple[np.ndarray, ...]:
     """(heatmaps, ground truth, pull, push): the runtime's motion plan from the raw landmarks."""
     raw = raw_points(hms, backbone.stride, threshold, mode, backbone.offset)
-    pull, push = motion_plan(raw, backbone.size, backbone.stride, motion)
+    pull, push = motion_plan(raw, backbone.size, backbone.stride, motion, truth=gts)
     return hms, gts, pull, push
 
 
@@ -133,14 +133,18 @@ def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> tor
 
 
 def motion_plan(raw: np.ndarray, crop_size: int, stride: float, motion: MotionConfig,
-                fps: float = 25.0) -> tuple[np.ndarray, np.ndarray]:
+                fps: float = 25.0, truth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The runtime's face motion for sequences seen through one fixed crop, precomputed in numpy.
 
     raw (B, T, K, 2): raw PDC landmarks in crop pixels. Returns ``pull`` (B, T, 2, 3), the state
     frame's grid index -> the input's grid index (what the runtime warps the input heatmaps with),
     and ``push`` (B, T, 2, 3), state-frame crop pixels -> crop pixels (what carries the decoded
-    landmarks back). The motion depends only on the raw landmarks, so training reproduces the
-    runtime exactly: both call ``stabilizer.state_to_input`` and ``FaceMotion``.
+    landmarks back). Both call ``stabilizer.state_to_input`` and ``FaceMotion``. With ``truth``
+    (B, T, K, 2) and ``motion.flow``, the runtime's image flow (the frame-to-frame similarity) is
+    stood in for by the ground truth's: the flow measures the face's true motion closely (on the
+    real-motion benchmark, the ConvLSTM with the flow reaches 0.367% of jitter error, with the exact
+    motion 0.353%), and the sequences here are heatmaps, not images. Otherwise the motion depends
+    only on the raw landmarks, as at run time without the crop's pixels.
     """
     box = CropBox(crop_size / 2, crop_size / 2, float(crop_size))  # crop pixels = source pixels
     b, t = raw.shape[:2]
@@ -148,7 +152,10 @@ def motion_plan(raw: np.ndarray, crop_size: int, stride: float, motion: MotionCo
     for i in range(b):
         fm = FaceMotion(motion)
         for j in range(t):
-            m = fm.update(raw[i, j], j * 1000.0 / fps, box.side)
+            moved = None
+            if truth is not None and motion.flow and j:
+                moved = fit_similarity(truth[i, j - 1], truth[i, j])
+            m = fm.update(raw[i, j], j * 1000.0 / fps, box.side, moved=moved)
             pull[i, j] = state_to_input(box, box, m, crop_size, stride)
             push[i, j] = m
     return pull.astype(np.float32), push.astype(np.float32)
