@@ -14,6 +14,7 @@ never resampled. The grid geometry is in ``stableface.grid``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,6 +175,15 @@ class MotionConfig:
     flow_levels: int = 2  # LK pyramid levels above the crop
 
 
+FLOW_OUTLIER = 3.0
+"""Crop pixels: a flowed point further than this from the similarity fitted to all of them is left out
+(speech moves the mouth and jaw by about a pixel against the head in a frame; a lost LK point, many)."""
+
+FLOW_LOST = 0.1
+"""Of the crop side: where the flow's motion puts the face this far from the landmarks' fit, the flow has
+lost it (a cut the shot test missed, an occlusion), and the face's frame starts again from the landmarks."""
+
+
 class FaceMotion:
     """The filtered similarity of one face: its first raw landmarks -> now (source pixels).
 
@@ -211,15 +221,23 @@ class FaceMotion:
         seen = apply_affine(fit_similarity(self.ref, pts), self.anchors)
         if self.config.flow and (moved is not None or (image is not None and crop is not None)):
             if image is not None and crop is not None:
-                grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+                if image.ndim not in (2, 3) or image.shape[0] != image.shape[1]:
+                    raise ValueError(f"image must be the face's square crop, got an array of shape {image.shape}")
+                grey = image.copy() if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
                 if moved is None:
                     moved = self._flow_step(grey, crop)
                 self.previous = (grey, crop, pts)
-            if first or moved is None or self.current is None:
+            a = self.config.flow_pull
+            if first or self.current is None:
                 self.current = seen.copy()
+            elif moved is None:  # the flow failed: hold the frame, and the landmarks pull it as usual
+                self.current = (1.0 - a) * self.current + a * seen
             else:
-                a = self.config.flow_pull
-                self.current = (1.0 - a) * apply_affine(moved, self.current) + a * seen
+                ahead = apply_affine(moved, self.current)
+                if np.abs(ahead - seen).max() > FLOW_LOST * unit:  # the flow has lost the face (an unseen cut, an
+                    self.current = seen.copy()                     # occlusion): start again from the landmarks
+                else:
+                    self.current = (1.0 - a) * ahead + a * seen
             smooth = self.current
         else:
             smooth = self.filter(seen / self.unit, timestamp_ms) * self.unit
@@ -242,8 +260,23 @@ class FaceMotion:
         ok = status.ravel() == 1
         if ok.sum() < max(3, len(ok) // 2):
             return None
-        moved = to_source(p1.reshape(-1, 2)[ok], crop, size)
-        return fit_similarity(ppts[ok], moved)
+        src, dst = ppts[ok], to_source(p1.reshape(-1, 2)[ok], crop, size)
+        m = fit_similarity(src, dst)
+        # points the similarity does not explain (LK lost them) are left out, and the fit is made again
+        residual = np.linalg.norm(apply_affine(m, src) - dst, axis=-1) * (size / crop.side)  # crop pixels
+        keep = residual < FLOW_OUTLIER
+        if keep.sum() < max(3, len(ok) // 2):
+            return None
+        return m if keep.all() else fit_similarity(src[keep], dst[keep])
+
+
+def motion_config(fields: object) -> MotionConfig:
+    """A ``MotionConfig`` from a model's metadata (a dict; anything else: the defaults). Fields it does not
+    know (a newer model's) are ignored; fields a model lacks (an older one's) take their defaults."""
+    if not isinstance(fields, dict):
+        return MotionConfig()
+    known = {f.name for f in dataclasses.fields(MotionConfig)}
+    return MotionConfig(**{k: v for k, v in fields.items() if k in known})
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -289,7 +322,7 @@ class ConvLSTMStep:
             raise WeightsError(f"{self.path}: missing num_landmarks/hidden/heatmap_size metadata")
         self.meta = meta
         motion = meta.get("motion")
-        self.motion = MotionConfig(**motion) if isinstance(motion, dict) else MotionConfig()
+        self.motion = motion_config(motion)
         # the stabilized points' mean offset from the raw ones (state-frame crop pixels), measured on
         # training sequences by `stableface calibrate stabilizer` and taken off every output
         self.output_offset = onnx_util.point_offsets(meta, "output_offset", self.k, self.path)
@@ -414,7 +447,8 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
         elif type(s) is NoStabilizer and isinstance(s.decoder, Decoder):  # (any callable decoder goes one by one)
             raw.setdefault(id(s.decoder), []).append(i)
         else:
-            out[i] = s.update(heatmaps[i], crops[i], timestamp_ms, None if images is None else images[i])
+            out[i] = s.update(heatmaps[i], crops[i], timestamp_ms) if images is None else \
+                s.update(heatmaps[i], crops[i], timestamp_ms, images[i])  # (a stabilizer may not take pixels)
     maps = np.asarray(heatmaps)
     for idx in raw.values():
         dec = stabilizers[idx[0]].decoder
