@@ -9,7 +9,7 @@ track and write one after the other in one thread), ``1thread`` / ``2thread`` / 
 onnxruntime intra-op threads for every model / with intra-op spinning on, onnxruntime's default), ``before`` (the
 previous loop: serial, spinning on, the backbone on every core; for one face it is the previous code path), ``no-cuts`` (threaded,
 shot-cut detection off: what the shot test costs), ``spin2`` (threaded, two intra-op threads per model,
-spinning on). Prints a markdown table: fps, the ratio
+spinning on), ``no-flow`` (threaded, the face followed by its landmarks only: what the image flow costs). Prints a markdown table: fps, the ratio
 to decode-only fps (machine-independent) and to the first variant, then the first variant's stages
 (``Pipeline.profile()``: they add up to its wall time; decode and write are overlapped).
 """
@@ -34,7 +34,7 @@ from stableface.video import open_source
 VARIANTS = {"threaded": {"overlap": True}, "serial": {"overlap": False}, "1thread": {"overlap": True, "ort_threads": 1},
             "spin": {"overlap": True, "spin": True}, "before": {"overlap": False, "spin": True, "ort_threads": os.cpu_count() or 1},
             "no-cuts": {"overlap": True, "shot_cuts": False}, "2thread": {"overlap": True, "ort_threads": 2},
-            "spin2": {"overlap": True, "spin": True, "ort_threads": 2}}
+            "spin2": {"overlap": True, "spin": True, "ort_threads": 2}, "no-flow": {"overlap": True, "flow": False}}
 
 
 def decode_only(path: Path) -> tuple[int, float]:
@@ -57,7 +57,7 @@ def build(cfg: PipelineConfig, variant: dict, threads: int) -> Pipeline:
     default = onnx_util.ALLOW_SPINNING
     onnx_util.ALLOW_SPINNING = variant.get("spin", default)
     try:
-        cfg = replace(cfg, shot_cuts=variant.get("shot_cuts", cfg.shot_cuts))
+        cfg = replace(cfg, shot_cuts=variant.get("shot_cuts", cfg.shot_cuts), flow=variant.get("flow", cfg.flow))
         return Pipeline.from_weights(device="cpu", config=cfg, threads=variant.get("ort_threads", threads))
     finally:
         onnx_util.ALLOW_SPINNING = default

@@ -47,8 +47,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "300w_train")
     ap.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "videos")
+    ap.add_argument("--weights", default=None, help="Another backbone .onnx or weight set (e.g. accurate).")
     args = ap.parse_args()
-    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"))
+    pipe = Pipeline.from_weights(args.weights, device="cpu", config=PipelineConfig(stabilizer="none"))
     scale = pipe.backbone.crop_scale
     rows = []  # yaw, gt-crop NME, detected, first-pass score, NME, score, yaw from the predicted landmarks
     for f in ibug.split(ibug.list_annotated(args.data))[1]:

@@ -21,7 +21,12 @@ By default (``mode="split"``) the fit is split in two:
   with sigma ``sigma`` (N / 4 frames, between 0.5 and 2);
 
 then put together again. Head motion is fast and is measured from all 68 points at once, so it
-takes little smoothing; the shape (where the per-point noise is) takes more. On the real-motion
+takes little smoothing; the shape (where the per-point noise is) takes more.
+
+Where every face of the window carries its frame (``Face.frame``: the pipeline follows each face by
+image flow, ``stabilizer.FaceMotion``), the motion is that frame's, measured in the image rather than
+fitted to the noisy landmarks, and only the shape is smoothed, in it, with sigma ``flow_sigma``
+(``default_flow_sigma``: 5N / 16 frames, at most 2.5). On the real-motion
 benchmark this beats one fit of the points at any width (``benchmarks/real_motion.py --sweep``);
 the widths were chosen on real-motion training clips, whose stills and motion the benchmark does
 not use. ``mode="plain"`` is the single fit of the points (sigma N / 4), the previous release's.
@@ -138,9 +143,10 @@ class Lookahead:
         self._flow_weights = np.exp(-0.5 * (offsets / self.flow_sigma) ** 2)
         # fit_coefficients per (kernel, window offsets, degree): a window is a run of offsets, so a
         # track's windows take at most (N + 1)^2 shapes (full, or cut short at its ends)
-        self._coefficients: dict[tuple[bool, bytes, int], np.ndarray] = {}
-        # each result, with its faces' landmarks by id as float64, or None where they are not all finite
-        self._buf: deque[tuple[FrameResult, dict[int, np.ndarray | None]]] = deque()
+        self._coefficients: dict[tuple[bool | str, bytes, int], np.ndarray] = {}
+        # each result, with its faces' landmarks by id as float64 (None where they are not all finite)
+        # and their frames by id (``Face.frame``, None where the face is not followed)
+        self._buf: deque[tuple[FrameResult, dict[int, np.ndarray | None], dict[int, np.ndarray | None]]] = deque()
         self._next = 0  # position in _buf of the oldest result not yet emitted
         self._last_frame: int | None = None
 
