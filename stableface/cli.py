@@ -100,7 +100,8 @@ def _progress_enabled(quiet: bool) -> bool:
 
 common_model_options = [
     click.option("--weights", default=None, metavar="NAME|PATH",
-                 help="Weights folder or backbone .onnx (default: the shipped weights)."),
+                 help="accurate (the larger shipped backbone and its stabilizer), a weights folder or a "
+                      "backbone .onnx (default: the shipped fast weights)."),
     click.option("--stabilizer", type=click.Choice(["convlstm", "none", "one-euro"]), default="convlstm",
                  show_default=True, help="Temporal stabilizer."),
     click.option("--stabilizer-weights", type=click.Path(path_type=Path), default=None,

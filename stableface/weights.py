@@ -1,8 +1,9 @@
 """Named weights -> files, checksums. Nothing is ever downloaded: everything loads from disk.
 
 The default weights ship inside the package (``stableface/weights``, the repository's
-``weights/`` folder). ``--weights`` takes either a folder holding the four files below or a
-path to a backbone ``.onnx`` (then the default detector and stabilizer are used with it).
+``weights/`` folder). ``--weights`` takes a named set (``accurate``: ``NAMED``), a folder holding the
+four files below (the detectors default to the shipped ones), or a path to a backbone ``.onnx``
+(then the default detector and stabilizer are used with it).
 """
 
 from __future__ import annotations
@@ -39,11 +40,20 @@ class WeightSet:
     detector_full: Path | None
 
 
+NAMED = {"accurate": "accurate"}
+"""Named weight sets that ship beside the default one: a folder of the shipped weights holding their own
+backbone and stabilizer (``--weights accurate``: the larger backbone; the detectors are the default's)."""
+
+
 def resolve(weights: str | Path | None = None, stabilizer: str | Path | None = None) -> WeightSet:
     base = default_dir()
     backbone = base / FILES["backbone"]
     if weights not in (None, "", "default"):
         p = Path(weights)
+        if str(weights) in NAMED and not p.exists():  # a shipped set (a path of that name wins)
+            p = base / NAMED[str(weights)]
+            if not (p / FILES["backbone"]).exists():
+                raise WeightsError(f"--weights {weights}: this installation has no such weights ({p})")
         if p.is_dir():
             base, backbone = p, p / FILES["backbone"]
         elif p.suffix.lower() == ".onnx" or p.exists():

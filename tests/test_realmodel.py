@@ -125,3 +125,26 @@ def test_missing_weights_file_names_it(tmp_path):
 
     r = CliRunner().invoke(main, ["track", "x.png", "--weights", str(tmp_path / "none.onnx")])
     assert r.exit_code == 2 and "none.onnx: weights file not found" in r.output
+
+
+def test_the_accurate_weights_are_a_shipped_set_with_their_own_stabilizer():
+    """``--weights accurate``: the larger backbone and its own stabilizer, from the shipped weights; on a
+    real clip its landmarks agree with the default weights' within a few pixels (same face, other model)."""
+    from stableface.weights import default_dir
+
+    ws = resolve("accurate")
+    assert ws.backbone == default_dir() / "accurate" / "backbone.onnx" and ws.backbone.exists()
+    assert ws.stabilizer == default_dir() / "accurate" / "stabilizer.onnx" and ws.stabilizer.exists()
+    acc, fast = Pipeline.from_weights("accurate", device="cpu"), Pipeline.from_weights(device="cpu")
+    assert acc.backbone.size > fast.backbone.size and acc.step.heatmap_size == acc.backbone.heatmap_size
+    frames = first_frames(6)
+    a = [acc.update(Frame(f, i, i * 40.0)) for i, f in enumerate(frames)][-1].faces[0].landmarks
+    b = [fast.update(Frame(f, i, i * 40.0)) for i, f in enumerate(frames)][-1].faces[0].landmarks
+    assert np.linalg.norm(a - b, axis=-1).mean() < 0.05 * ibug.interocular(b)
+
+
+def test_an_unknown_weights_name_is_one_clear_error():
+    from stableface.onnx_util import WeightsError
+
+    with pytest.raises(WeightsError, match="no such weights"):
+        resolve("acurate")
