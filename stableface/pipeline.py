@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stableface import codec, crop as C
+from stableface import codec, crop as C, onnx_util
 from stableface.backbone import HeatmapBackbone
 from stableface.detector import BlazeFace, FaceDetector, UnionDetector
 from stableface.lookahead import Lookahead
@@ -127,6 +127,7 @@ class Pipeline:
             raise ValueError("the convlstm stabilizer needs a ConvLSTM step model")
         if stabilizer_step is not None:
             stabilizer_step.check(backbone.k, backbone.heatmap_size, f"backbone {backbone.path}")
+        onnx_util.single_threaded_opencv()
         self.detector, self.backbone, self.config, self.step = detector, backbone, config, stabilizer_step
         self.timer = Timer()  # the tracking thread's stages
         self.background = _ThreadTimer()  # the reader's and writer's (they overlap the others)

@@ -283,6 +283,15 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares 2x3 similarity (no reflection) mapping points ``src`` (N, 2) onto ``dst`` (N, 2),
     or onto each of a stack ``dst`` (..., N, 2): then (..., 2, 3)."""
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if dst.ndim == 2:  # one pair of point sets (the per-frame hot path): the same sums, without the stacking
+        ms, md = src.mean(0), dst.mean(0)
+        a, b = src - ms, dst - md
+        den = float(np.einsum("ij,ij->", a, a))
+        if den <= 1e-12:
+            return np.array([[1.0, 0.0, md[0] - ms[0]], [0.0, 1.0, md[1] - ms[1]]])
+        sc = float(np.einsum("ij,ij->", a, b)) / den
+        ss = float(a[:, 0] @ b[:, 1] - a[:, 1] @ b[:, 0]) / den
+        return np.array([[sc, -ss, md[0] - sc * ms[0] + ss * ms[1]], [ss, sc, md[1] - ss * ms[0] - sc * ms[1]]])
     ms, md = src.mean(0), dst.mean(-2)
     a, b = src - ms, dst - md[..., None, :]
     den = (a ** 2).sum()
