@@ -172,13 +172,11 @@ def causal_bound(raw: list[np.ndarray], gts: list[np.ndarray], taps: int = 6) ->
     squared error to the ground truth over all clips (one filter for all points). Also the best
     exponential moving average of that residual, and the same moving average of the shape in the face's
     frame when the face's motion is exact (fitted to the ground truth). Mean NRMSE and jitter error (% IOD)."""
+    from stableface.crop import invert
     from stableface.evaluate import accuracy
     from stableface.stabilizer import apply_affine, fit_similarity
 
     scorer = Scorer.build()
-
-    def inv(m):
-        return np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
 
     local, truth, sims = [], [], []
     for tr, gt in zip(raw, gts):
@@ -186,8 +184,8 @@ def causal_bound(raw: list[np.ndarray], gts: list[np.ndarray], taps: int = 6) ->
         tr, gt = tr[ok], gt[ok]
         ss = [fit_similarity(tr[0], x) for x in tr]
         sims.append(ss)
-        local.append(np.stack([apply_affine(inv(m), x) for m, x in zip(ss, tr)]))
-        truth.append(np.stack([apply_affine(inv(m), g) for m, g in zip(ss, gt)]))
+        local.append(np.stack([apply_affine(invert(m), x) for m, x in zip(ss, tr)]))
+        truth.append(np.stack([apply_affine(invert(m), g) for m, g in zip(ss, gt)]))
 
     def lagged(x: np.ndarray) -> np.ndarray:  # (T, K*2, taps): x_t, x_{t-1}, ... (the first frame repeated)
         flat = x.reshape(len(x), -1)
@@ -224,7 +222,7 @@ def causal_bound(raw: list[np.ndarray], gts: list[np.ndarray], taps: int = 6) ->
             ss = fit_similarity(gt[0], gt)
             y, rows = None, []
             for m, xt in zip(ss, tr):
-                x = apply_affine(inv(m), xt)
+                x = apply_affine(invert(m), xt)
                 y = x if y is None else a * x + (1 - a) * y
                 rows.append(apply_affine(m, y))
             ema.append(np.stack(rows))

@@ -47,6 +47,8 @@ from collections import deque
 
 import numpy as np
 
+from stableface.crop import invert
+from stableface.grid import h3
 from stableface.stabilizer import apply_affine, fit_similarity
 from stableface.types import Face, FrameResult
 
@@ -78,8 +80,7 @@ def default_flow_sigma(n: int) -> float:
 
 def _relative(frames: np.ndarray) -> np.ndarray:
     """(M, 2, 3) similarities ``frames[j] @ frames[0]^-1``: the first frame's coordinates -> each frame's."""
-    f = np.concatenate([frames, np.broadcast_to([0.0, 0.0, 1.0], frames.shape[:1] + (1, 3))], axis=1)
-    return (f @ np.linalg.inv(f[0]))[:, :2]
+    return frames @ h3(invert(frames[0]))
 
 
 def similarities(ref: np.ndarray, pts: np.ndarray) -> np.ndarray | None:
@@ -251,13 +252,10 @@ class Lookahead:
         deg = min(self.degree, len(ks) - 1)
         x = np.stack(pts)
         followed = self.mode == "split" and all(f is not None for f in frames)
-        sims = None
-        if followed:  # the face's frame by image flow: this frame's coordinates -> each frame's
-            sims = _relative(np.stack(frames))
-        elif self.mode == "split":
-            sims = similarities(x[0], x)
-        if followed and sims is not None:  # the shape in the followed frame, alone: its motion is measured
-            local = invert_similarity(sims, x).reshape(len(ks), -1)
+        sims = similarities(x[0], x) if self.mode == "split" and not followed else None
+        if followed:
+            # followed by image flow: the shape alone is fitted, in the face's frame; its motion is measured
+            local = invert_similarity(_relative(np.stack(frames)), x).reshape(len(ks), -1)
             fit = (self._fit(k, at, deg, "flow") @ local).reshape(face.landmarks.shape)
         elif sims is None:
             fit = (self._fit(k, at, deg, False) @ x.reshape(len(ks), -1)).reshape(face.landmarks.shape)

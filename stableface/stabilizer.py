@@ -448,6 +448,7 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
     batched: ConvLSTM stabilizers that share a step model take one step call for all their faces
     (and one PDC decode of all their maps); the others update one by one."""
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(stabilizers)
+    pixels = [None] * len(stabilizers) if images is None else images
     groups: dict[tuple[int, int], list[int]] = {}
     raw: dict[int, list[int]] = {}  # NoStabilizer faces by decoder: one PDC call for all their maps
     for i, s in enumerate(stabilizers):
@@ -456,19 +457,19 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
         elif type(s) is NoStabilizer and isinstance(s.decoder, Decoder):  # (any callable decoder goes one by one)
             raw.setdefault(id(s.decoder), []).append(i)
         else:
-            out[i] = s.update(heatmaps[i], crops[i], timestamp_ms) if images is None else \
-                s.update(heatmaps[i], crops[i], timestamp_ms, images[i])  # (a stabilizer may not take pixels)
+            out[i] = s.update(heatmaps[i], crops[i], timestamp_ms) if pixels[i] is None else \
+                s.update(heatmaps[i], crops[i], timestamp_ms, pixels[i])  # (a stabilizer may not take pixels)
     maps = np.asarray(heatmaps)
     for idx in raw.values():
         dec = stabilizers[idx[0]].decoder
         pts, scores = dec.decode(maps[idx] if len(idx) < len(maps) else maps)
         for j, i in enumerate(idx):
             out[i] = to_source(pts[j], crops[i], dec.crop_size).astype(np.float32), scores[j]
-            stabilizers[i].follow(out[i][0], crops[i], timestamp_ms, None if images is None else images[i])
+            stabilizers[i].follow(out[i][0], crops[i], timestamp_ms, pixels[i])
     for idx in groups.values():
         if len(idx) == 1:
             i = idx[0]
-            out[i] = stabilizers[i].update(heatmaps[i], crops[i], timestamp_ms, None if images is None else images[i])
+            out[i] = stabilizers[i].update(heatmaps[i], crops[i], timestamp_ms, pixels[i])
             continue
         stabs = [stabilizers[i] for i in idx]
         dec = stabs[0].decoder
@@ -479,7 +480,7 @@ def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list
             if s.ref is None:
                 s.ref = crops[i]
             raw = to_source(pts[j], crops[i], dec.crop_size).astype(np.float32)
-            m, o = s._input(raw, heatmaps[i], crops[i], timestamp_ms, None if images is None else images[i])
+            m, o = s._input(raw, heatmaps[i], crops[i], timestamp_ms, pixels[i])
             motions.append(m)
             os.append(o)
             raws.append(raw)

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stableface.crop import CropBox, warp
+from stableface.crop import CropBox, invert, warp
 from stableface.stabilizer import FaceMotion, MotionConfig, apply_affine, fit_similarity
 
 
@@ -80,7 +80,7 @@ def test_flow_follows_a_moving_face_without_lag():
     pts = [p + rng.normal(0, 0.7, size=p.shape) for p in truth]
     boxes = [CropBox(*(np.mean(p, 0) + rng.normal(0, 1, 2)), 160.0) for p in pts]
     first = fit_similarity(pts[0], truth[0])  # the motion is relative to the first frame's raw landmarks
-    back = apply_affine(np.linalg.inv(np.vstack([first, [0, 0, 1]]))[:2], truth[0])
+    back = apply_affine(invert(first), truth[0])
 
     def error(got):
         return np.mean([np.linalg.norm(apply_affine(g, back) - tr, axis=-1).mean() for g, tr in zip(got[10:], truth[10:])])

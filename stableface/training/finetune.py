@@ -142,8 +142,8 @@ def motion_plan(raw: np.ndarray, crop_size: int, stride: float, motion: MotionCo
     landmarks back). Both call ``stabilizer.state_to_input`` and ``FaceMotion``. With ``truth``
     (B, T, K, 2) and ``motion.flow``, the runtime's image flow (the frame-to-frame similarity) is
     stood in for by the ground truth's: the flow measures the face's true motion closely (on the
-    real-motion benchmark, the ConvLSTM with the flow reaches 0.367% of jitter error, with the exact
-    motion 0.353%), and the sequences here are heatmaps, not images. Otherwise the motion depends
+    real-motion benchmark the previous network reached 0.367% of jitter error with the first flow
+    settings, 0.353% with the exact motion), and the sequences here are heatmaps, not images. Otherwise the motion depends
     only on the raw landmarks, as at run time without the crop's pixels.
     """
     box = CropBox(crop_size / 2, crop_size / 2, float(crop_size))  # crop pixels = source pixels
