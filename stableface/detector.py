@@ -165,29 +165,64 @@ class MultiRangeDetector:
 class UnionDetector:
     """Every detector runs on the frame; their detections are merged (``merge``).
 
-    ``redetect`` is for the periodic re-detections while faces are tracked: it runs one detector
-    per call, in turn, so a re-detection costs one model instead of all of them; a face that only
-    one of them finds is then found by the next-but-one re-detection at the latest. ``detect``
-    (no face tracked: searching) always runs them all."""
+    ``tiles`` (a ``TiledDetector``, usually the full-range model on tiles of the frame's shorter
+    side) shows small faces of a wide frame larger than the whole frame shrunk to the model's input:
+    ``detect`` runs it on every tile. The pipeline's calls spread the tiles over frames:
 
-    def __init__(self, detectors: list[FaceDetector]) -> None:
+    * ``search`` (no face tracked) runs every detector on the frame and one tile, in turn, so a
+      small face is found within as many frames as there are tiles (3 for 16:9);
+    * ``redetect`` (the periodic re-detections while faces are tracked) runs one model per call,
+      in turn: each detector on the frame, then one tile, and again (``short, full, tile 0, short,
+      full, tile 1, ...``), so a re-detection costs one model.
+
+    A frame that is one tile (square, or a tile of its whole) has no tiles to run."""
+
+    def __init__(self, detectors: list[FaceDetector], tiles: TiledDetector | None = None) -> None:
         self.detectors = detectors
+        self.tiles = tiles
         self._turn = 0
+        self._search = 0
         # ``detect``/``redetect`` may run in another thread beside this one (the pipeline's reader runs
-        # re-detections ahead): BlazeFace keeps no state between calls
-        self.thread_safe = all(isinstance(d, BlazeFace) for d in detectors)
+        # re-detections ahead): BlazeFace keeps no state between calls, nor do tiles of it
+        self.thread_safe = all(isinstance(d, BlazeFace) for d in detectors) and (
+            tiles is None or isinstance(tiles.detector, BlazeFace))
+
+    def _windows(self, image: np.ndarray) -> list[tuple[int, int, int]]:
+        return [] if self.tiles is None else self.tiles.tiles(image.shape[1], image.shape[0])
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        return merge([d for det in self.detectors for d in det.detect(image)])
+        """Every detector on the frame and on every tile."""
+        found = [d for det in self.detectors for d in det.detect(image)]
+        for w in self._windows(image):
+            found += self.tiles.detect_window(image, w)
+        return merge(found)
+
+    def search(self, image: np.ndarray, turn: int | None = None) -> list[Detection]:
+        """Every detector on the frame, and the ``turn``-th tile in turn (or the next one)."""
+        if turn is None:
+            turn, self._search = self._search, self._search + 1
+        found = [d for det in self.detectors for d in det.detect(image)]
+        wins = self._windows(image)
+        if wins:
+            found += self.tiles.detect_window(image, wins[turn % len(wins)])
+        return merge(found)
 
     def redetect(self, image: np.ndarray, turn: int | None = None) -> list[Detection]:
-        """One detector's detections: the ``turn``-th in turn (modulo their number), or the next one."""
+        """One model's detections: the ``turn``-th job of the cycle (modulo its length), or the next one."""
         if turn is None:
             turn, self._turn = self._turn, self._turn + 1
-        return merge(list(self.detectors[turn % len(self.detectors)].detect(image)))
+        n, wins = len(self.detectors), self._windows(image)
+        if not wins:
+            return merge(list(self.detectors[turn % n].detect(image)))
+        p = turn % ((n + 1) * len(wins))
+        q = p % (n + 1)
+        if q < n:
+            return merge(list(self.detectors[q].detect(image)))
+        return merge(self.tiles.detect_window(image, wins[p // (n + 1)]))
 
     def reset(self) -> None:
         self._turn = 0
+        self._search = 0
 
 
 class TiledDetector:
@@ -217,18 +252,29 @@ class TiledDetector:
 
         return [(x, y, side) for y in starts(height) for x in starts(width)]
 
+    def tiles(self, width: int, height: int) -> list[tuple[int, int, int]]:
+        """The windows that show the frame larger than the whole: none where one tile is the whole frame."""
+        wins = self.windows(width, height)
+        return [] if len(wins) == 1 and wins[0][2] >= max(width, height) else wins
+
+    def detect_window(self, image: np.ndarray, window: tuple[int, int, int]) -> list[Detection]:
+        """The detector on one tile, in frame coordinates; a detection cut by the tile's border (the
+        whole face is in a neighbouring tile or in the full frame) is dropped."""
+        h, w = image.shape[:2]
+        x, y, side = window
+        out = []
+        for d in self.detector.detect(image[y:y + side, x:x + side]):
+            x0, y0, x1, y1 = d.box
+            margin = 0.02 * side
+            cut = (x0 < margin and x > 0) or (y0 < margin and y > 0) \
+                or (x1 > side - margin and x + side < w) or (y1 > side - margin and y + side < h)
+            if not cut:
+                out.append(Detection((x0 + x, y0 + y, x1 + x, y1 + y), d.score, d.keypoints + [x, y]))
+        return out
+
     def detect(self, image: np.ndarray) -> list[Detection]:
         h, w = image.shape[:2]
         found = list(self.detector.detect(image)) if self.whole else []
-        wins = self.windows(w, h)
-        if len(wins) == 1 and wins[0][2] >= max(w, h) and self.whole:
-            return merge(found)
-        for x, y, side in wins:
-            for d in self.detector.detect(image[y:y + side, x:x + side]):
-                x0, y0, x1, y1 = d.box
-                margin = 0.02 * side
-                cut = (x0 < margin and x > 0) or (y0 < margin and y > 0) \
-                    or (x1 > side - margin and x + side < w) or (y1 > side - margin and y + side < h)
-                if not cut:
-                    found.append(Detection((x0 + x, y0 + y, x1 + x, y1 + y), d.score, d.keypoints + [x, y]))
+        for win in self.tiles(w, h) if self.whole else self.windows(w, h):
+            found += self.detect_window(image, win)
         return merge(found)

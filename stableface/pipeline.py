@@ -29,7 +29,7 @@ import numpy as np
 
 from stableface import codec, crop as C, onnx_util
 from stableface.backbone import HeatmapBackbone
-from stableface.detector import BlazeFace, FaceDetector, UnionDetector
+from stableface.detector import BlazeFace, FaceDetector, TiledDetector, UnionDetector
 from stableface.lookahead import Lookahead
 from stableface.shots import ShotDetector, frame_features, landmarks_changed
 from stableface.sinks import Sink, SinkError
@@ -114,6 +114,7 @@ class PipelineConfig:
     shot_cuts: bool = True  # detect shot cuts (stableface.shots): a cut ends every track
     flip_test: bool = False  # average each crop's heatmaps with its mirror's (HeatmapBackbone.flip_test)
     flow: bool = True  # follow each face by image flow: the ConvLSTM's face motion, the lookahead's face frame
+    detect_tiles: bool = True  # from_weights: the full-range detector also on square tiles of a wide frame (small faces)
 
 
 class Pipeline:
@@ -152,13 +153,16 @@ class Pipeline:
         ws = resolve(weights, stabilizer_weights)
         backbone = HeatmapBackbone(ws.backbone, device, threads, flip_test=config.flip_test)
         dets: list[FaceDetector] = [BlazeFace(ws.detector, device=device, threads=threads)]
+        tiles = None
         if ws.detector_full is not None:
             dets.append(BlazeFace(ws.detector_full, device=device, threads=threads))
+            if config.detect_tiles:  # small faces of wide frames: the full-range model on square tiles too
+                tiles = TiledDetector(dets[-1], whole=False)
         # the step is tiny: one thread beats two on small CPUs (benchmarks/model_speed.py)
         # under a lookahead the ConvLSTM is not run; weights the user named are still loaded and checked
         wanted = config.stabilizer == "convlstm" and (not config.lookahead or stabilizer_weights is not None)
         step = ConvLSTMStep(ws.stabilizer, device, threads or 1) if wanted else None
-        return cls(UnionDetector(dets), backbone, config, step)
+        return cls(UnionDetector(dets, tiles), backbone, config, step)
 
     @property
     def stabilizer_label(self) -> str:
@@ -302,10 +306,11 @@ class Pipeline:
         if due and tracker.settled():
             due, self.last_detect = False, block
         if not tracker.tracks or due:
-            with self.timer.stage("detect"):  # searching: every detector; re-detecting: one in turn, by block
+            with self.timer.stage("detect"):  # searching: every detector (and a tile in turn); re-detecting: one model in turn, by block
                 redetect = getattr(self.detector, "redetect", None) if tracker.tracks else None
                 if redetect is None:
-                    detections = self.detector.detect(image)
+                    search = getattr(self.detector, "search", self.detector.detect)
+                    detections = search(image)
                 elif ahead.get("block") == block:
                     detections = ahead["detections"]
                 else:

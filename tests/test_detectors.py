@@ -81,6 +81,66 @@ def test_one_tile_frame_runs_the_detector_once():
     assert det.calls == 1
 
 
+class Named:
+    """Records its name per call and finds one box, or the squares of ``Squares`` when given one."""
+
+    def __init__(self, name, calls, box=(0.0, 0.0, 10.0, 10.0), squares=None):
+        self.name, self.calls, self.box, self.squares = name, calls, box, squares
+
+    def detect(self, image):
+        self.calls.append((self.name, image.shape[1]))
+        return self.squares.detect(image) if self.squares else [Detection(self.box, 0.9)]
+
+
+def test_union_spreads_the_tiles_over_searches_and_redetections_and_detect_runs_them_all():
+    calls = []
+    tiles = TiledDetector(Named("tile", calls), whole=False)  # 640x360: three tiles of 360 px
+    u = UnionDetector([Named("short", calls), Named("full", calls, (50.0, 50.0, 60.0, 60.0))], tiles)
+    img = frame_with([])
+    assert [x for x, _, _ in tiles.tiles(640, 360)] == [0, 140, 280]
+    u.detect(img)
+    assert calls == [("short", 640), ("full", 640)] + [("tile", 360)] * 3
+    calls.clear()
+    for _ in range(9):
+        u.redetect(img)
+    assert [c[0] for c in calls] == ["short", "full", "tile"] * 3  # one model per re-detection
+    calls.clear()
+    for _ in range(4):
+        u.search(img)
+    assert [c[0] for c in calls] == ["short", "full", "tile"] * 4
+    calls.clear()
+    u.redetect(img, turn=5)  # the block's job, whatever came before: the second tile
+    assert calls == [("tile", 360)]
+    calls.clear()
+    square = frame_with([], 200, 200)  # one tile is the whole frame: nothing to tile
+    u.detect(square)
+    u.redetect(square, 2)
+    u.search(square)
+    assert [c[0] for c in calls] == ["short", "full", "short", "short", "full"]
+
+
+def test_a_small_face_only_a_tile_shows_is_found_by_the_third_search_and_placed():
+    small = (500, 250, 40)  # 40 px: under the planted reach of 64 px in a 640 frame, 40/360 > 0.1 in a tile
+    img = frame_with([small])
+    calls = []
+    u = UnionDetector([Named("short", calls, squares=Squares()), Named("full", calls, squares=Squares())],
+                      TiledDetector(Named("tile", calls, squares=Squares()), whole=False))
+    found = [u.search(img) for _ in range(3)]
+    assert found[0] == [] and found[1] == []  # tiles 0 and 1 do not hold the whole face
+    assert [d.box for d in found[2]] == [(500.0, 250.0, 540.0, 290.0)]
+    assert [d.box for d in u.detect(img)] == [(500.0, 250.0, 540.0, 290.0)]
+
+
+def test_the_shipped_pipeline_tiles_its_full_range_detector_unless_told_not_to():
+    from stableface.pipeline import Pipeline, PipelineConfig
+
+    pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"))
+    assert pipe.detector.tiles is not None and pipe.detector.tiles.detector is pipe.detector.detectors[1]
+    assert pipe.detector.thread_safe
+    off = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none", detect_tiles=False))
+    assert off.detector.tiles is None
+
+
 @pytest.mark.parametrize("yaw", [-65.0, -30.0, 0.0, 20.0, 45.0, 80.0])
 def test_yaw_of_a_planted_head_is_found(yaw):
     pts = np.zeros((68, 2))
