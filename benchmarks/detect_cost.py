@@ -4,7 +4,11 @@ re-detection, in turn (``UnionDetector.redetect``), without and with the full-ra
 of wide frames in the turn (``PipelineConfig.detect_tiles``, this release). Same run, interleaved
 rounds; ``Pipeline.timer``'s ``detect`` stage over every frame of the clips.
 
-    python benchmarks/detect_cost.py [--rounds 3] [--videos DIR]   # default: the shared clips
+    python benchmarks/detect_cost.py [--rounds 3] [--videos DIR] [--wide]   # default: the shared clips
+
+``--wide`` pads every frame to 16:9 with grey borders (the shared clips are square, where no tile
+runs). Last, a search table: 50 frames of a smooth random texture at 640x360 (no face), where every
+frame is searched, without and with the tiles.
 """
 
 from __future__ import annotations
@@ -30,27 +34,43 @@ class _AllAtOnce:
         return self.union.detect(image)
 
 
-def run(pipe: Pipeline, clips: list[Path]) -> tuple[float, float, int]:
+def frames(path: Path, wide: bool):
+    """The clip's frames; ``wide``: each padded left and right with grey to 16:9 (a 512x512 clip becomes
+    910x512), where the full-range model's tiles run."""
+    cap = cv2.VideoCapture(str(path))
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        h, w = f.shape[:2]
+        if wide and w * 9 < h * 16:
+            pad = (round(h * 16 / 9) - w) // 2
+            f = cv2.copyMakeBorder(f, 0, 0, pad, pad, cv2.BORDER_CONSTANT, value=(110, 110, 110))
+        yield f
+    cap.release()
+
+
+def run(pipe: Pipeline, clips: list[Path], wide: bool = False) -> tuple[float, float, int, int, int]:
+    """detect ms per frame, detections per frame, frames, track ids over all clips, frames without a face."""
     pipe.timer.clear()
-    n = 0
+    n = ids = empty = 0
     for c in clips:
         pipe.reset()
-        for _ in pipe.track(str(c), overlap=False):  # (with a reader thread, re-detections run there)
+        seen = set()
+        for i, f in enumerate(frames(c, wide)):  # (serially: the re-detections run in this thread, timed)
+            faces = pipe.update(f, 40.0 * i).faces
+            seen.update(fc.id for fc in faces)
+            empty += not faces
             n += 1
-    return 1000 * pipe.timer.total["detect"] / n, pipe.timer.count["detect"] / n, n
-
-
-def _size(path: Path) -> tuple[int, int]:
-    cap = cv2.VideoCapture(str(path))
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    cap.release()
-    return w, h
+        ids += len(seen)
+    return 1000 * pipe.timer.total["detect"] / n, pipe.timer.count["detect"] / n, n, ids, empty
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "videos")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--wide", action="store_true", help="Pad every frame to 16:9 (grey borders), where the tiles run.")
     a = ap.parse_args()
     clips = sorted(a.videos.glob("*.mp4"))
     cfg = PipelineConfig(stabilizer="none", detect_tiles=False)
@@ -60,16 +80,16 @@ def main() -> None:
     both.detector = _AllAtOnce(both.detector)
     res: dict[str, list] = {"every model at every re-detection": [], "one model per re-detection, in turn": [],
                             "one model per re-detection, in turn, tiles included (shipped)": []}
-    sizes = sorted({f"{w}x{h}" for w, h in (_size(c) for c in clips)})
+    sizes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in (next(frames(c, a.wide)) for c in clips)})
     for _ in range(a.rounds):
         for name, pipe in zip(res, (both, plain, tiles)):
-            res[name].append(run(pipe, clips))
+            res[name].append(run(pipe, clips, a.wide))
     print(f"{platform.machine()}, {os.cpu_count()} CPUs; {len(clips)} clips ({', '.join(sizes)}), {res[name][0][2]} frames, "
           f"redetect every {cfg.redetect_every}; medians of {a.rounds} interleaved rounds")
-    print("| re-detection | detect ms per frame | detections per frame |")
-    print("|---|---|---|")
+    print("| re-detection | detect ms per frame | detections per frame | track ids (one person per clip) | frames without a face |")
+    print("|---|---|---|---|---|")
     for name, rows in res.items():
-        print(f"| {name} | {statistics.median(r[0] for r in rows):.3f} | {rows[0][1]:.3f} |")
+        print(f"| {name} | {statistics.median(r[0] for r in rows):.3f} | {rows[0][1]:.3f} | {rows[0][3]} | {rows[0][4]} |")
     a_, b_, c_ = (statistics.median(r[0] for r in rows) for rows in res.values())
     print(f"in turn / every model: {b_ / a_:.2f}x; with tiles / without: {c_ / b_:.2f}x")
     # searching: frames with no face (a smooth random texture, 640x360), where every frame is searched

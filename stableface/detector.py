@@ -17,6 +17,11 @@ from stableface import onnx_util
 from stableface.types import Detection
 
 
+class PartialDetections(list):
+    """Detections of part of the frame (one tile): a tracked face they do not hold may lie outside it,
+    so the tracker counts no miss for it (``Tracker.associate(..., misses=False)``)."""
+
+
 class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Faces in a BGR frame (H, W, 3) uint8, best first; an empty list when none."""
@@ -173,7 +178,8 @@ class UnionDetector:
       small face is found within as many frames as there are tiles (3 for 16:9);
     * ``redetect`` (the periodic re-detections while faces are tracked) runs one model per call,
       in turn: each detector on the frame, then one tile, and again (``short, full, tile 0, short,
-      full, tile 1, ...``), so a re-detection costs one model.
+      full, tile 1, ...``), so a re-detection costs one model. A tile's detections come as
+      ``PartialDetections``: they start and confirm faces, and end none.
 
     A frame that is one tile (square, or a tile of its whole) has no tiles to run."""
 
@@ -218,7 +224,7 @@ class UnionDetector:
         q = p % (n + 1)
         if q < n:
             return merge(list(self.detectors[q].detect(image)))
-        return merge(self.tiles.detect_window(image, wins[p // (n + 1)]))
+        return PartialDetections(merge(self.tiles.detect_window(image, wins[p // (n + 1)])))
 
     def reset(self) -> None:
         self._turn = 0
@@ -235,10 +241,14 @@ class TiledDetector:
     neighbouring tile or in the full frame).
     """
 
-    def __init__(self, detector: FaceDetector, tile: float = 1.0, overlap: float = 0.25, whole: bool = True) -> None:
+    def __init__(self, detector: FaceDetector, tile: float = 1.0, overlap: float = 0.25, whole: bool = True,
+                 min_gain: float = 1.5) -> None:
         if not 0 < tile <= 1:
             raise ValueError("tile must be in (0, 1]")
-        self.detector, self.tile, self.overlap, self.whole = detector, tile, overlap, whole
+        self.detector, self.tile, self.overlap, self.whole, self.min_gain = detector, tile, overlap, whole, min_gain
+        # tiles show a face max(w, h) / side times larger than the whole frame does (both go to one
+        # square input): below ``min_gain`` (a 4:3 or 5:4 frame with tiles of its height: 1.33, 1.25)
+        # they cost a model run each for little, and ``tiles`` gives none
 
     def windows(self, width: int, height: int) -> list[tuple[int, int, int]]:
         """(x0, y0, side) of each tile."""
@@ -253,9 +263,12 @@ class TiledDetector:
         return [(x, y, side) for y in starts(height) for x in starts(width)]
 
     def tiles(self, width: int, height: int) -> list[tuple[int, int, int]]:
-        """The windows that show the frame larger than the whole: none where one tile is the whole frame."""
+        """The windows that show the frame at least ``min_gain`` times larger than the whole does: none
+        where one tile is the whole frame, or the frame is too nearly square (16:9: 1.78, three tiles)."""
         wins = self.windows(width, height)
-        return [] if len(wins) == 1 and wins[0][2] >= max(width, height) else wins
+        if len(wins) == 1 and wins[0][2] >= max(width, height):
+            return []
+        return wins if max(width, height) >= self.min_gain * wins[0][2] else []
 
     def detect_window(self, image: np.ndarray, window: tuple[int, int, int]) -> list[Detection]:
         """The detector on one tile, in frame coordinates; a detection cut by the tile's border (the

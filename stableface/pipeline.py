@@ -29,7 +29,7 @@ import numpy as np
 
 from stableface import codec, crop as C, onnx_util
 from stableface.backbone import HeatmapBackbone
-from stableface.detector import BlazeFace, FaceDetector, TiledDetector, UnionDetector
+from stableface.detector import BlazeFace, FaceDetector, PartialDetections, TiledDetector, UnionDetector
 from stableface.lookahead import Lookahead
 from stableface.shots import ShotDetector, frame_features, landmarks_changed
 from stableface.sinks import Sink, SinkError
@@ -316,7 +316,7 @@ class Pipeline:
                 else:
                     detections = redetect(image, block) if self._by_block() else redetect(image)
             self.last_detect = block
-            fresh = tracker.associate(detections)
+            fresh = tracker.associate(detections, misses=not isinstance(detections, PartialDetections))
             if fresh:
                 new = [tracker.start(d) for d in fresh]
                 # a first pass from the detector's box places the landmark crop

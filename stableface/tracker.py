@@ -125,12 +125,13 @@ class Tracker:
         a face (no room) nor end a track (none unsure), so re-detecting has nothing to do."""
         return len(self.tracks) >= self.max_faces and all(t.score >= self.sure_score for t in self.tracks)
 
-    def associate(self, detections: list[Detection]) -> list[Detection]:
+    def associate(self, detections: list[Detection], misses: bool = True) -> list[Detection]:
         """Match detections to live tracks; returns the detections that start new tracks.
 
         Tracks confirmed by a detection get ``misses = 0``; the others count a miss and end
         after ``max_misses`` in a row, unless their landmarks are at least ``sure_score`` sure (the
-        detector misses turned and small faces that the landmarks still hold).
+        detector misses turned and small faces that the landmarks still hold). ``misses=False``
+        (detections of part of the frame, a tile): the others count none.
         """
         unmatched = list(range(len(detections)))
         for t in sorted(self.tracks, key=lambda tr: -tr.age):
@@ -140,7 +141,8 @@ class Tracker:
                 if v > best_iou:
                     best, best_iou = j, v
             if best is None:
-                t.misses = 0 if t.landmarks is not None and t.score >= self.sure_score else t.misses + 1
+                if misses:
+                    t.misses = 0 if t.landmarks is not None and t.score >= self.sure_score else t.misses + 1
             else:
                 t.misses = 0
                 t.detection_score = detections[best].score

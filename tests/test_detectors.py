@@ -141,6 +141,46 @@ def test_the_shipped_pipeline_tiles_its_full_range_detector_unless_told_not_to()
     assert off.detector.tiles is None
 
 
+def test_tile_detections_come_back_in_frame_coordinates_keypoints_included():
+    class Corner:  # one face at tile pixels (10, 20)-(50, 60), keypoints at its corners
+        def detect(self, image):
+            return [Detection((10.0, 20.0, 50.0, 60.0), 0.9, np.array([[10.0, 20.0], [50.0, 60.0]], np.float32))]
+
+    tiles = TiledDetector(Corner(), whole=False)
+    d = tiles.detect_window(frame_with([]), (280, 0, 360))
+    assert [x.box for x in d] == [(290.0, 20.0, 330.0, 60.0)]
+    np.testing.assert_allclose(d[0].keypoints, [[290.0, 20.0], [330.0, 60.0]])
+
+
+def test_a_face_across_a_tile_border_is_dropped_there_and_found_in_the_next_tile():
+    img = frame_with([(480, 100, 40)])  # x 480-520 crosses x = 500, the right edge of tile 1 (140-500)
+    tiles = TiledDetector(Squares(reach=0.1), whole=False)
+    assert tiles.detect_window(img, (140, 0, 360)) == []
+    assert [d.box for d in tiles.detect_window(img, (280, 0, 360))] == [(480.0, 100.0, 520.0, 140.0)]
+
+
+def test_nearly_square_frames_get_no_tiles():
+    tiles = TiledDetector(Squares(), whole=False)
+    assert tiles.tiles(720, 576) == [] and tiles.tiles(640, 480) == [] and tiles.tiles(641, 640) == []
+    assert len(tiles.tiles(640, 360)) == 3 and len(tiles.tiles(360, 640)) == 3  # 16:9, either way up
+
+
+def test_a_tile_redetection_ends_no_track_it_cannot_see():
+    from stableface.detector import PartialDetections
+    from stableface.pipeline import Pipeline, PipelineConfig
+    from tests.test_shots import PlantedBackbone
+    from stableface.types import Frame
+
+    # a face only the full-range model and the last tile find; the short-range model finds nothing;
+    # every track is unsure (sure_score above any score), so each re-detection that misses it counts
+    img = np.full((360, 640, 3), 30, np.uint8)
+    img[150:210, 560:620] = (200, 180, 160)
+    big = Squares(reach=0.05)
+    u = UnionDetector([Fixed([]), big], TiledDetector(big, whole=False))
+    assert isinstance(u.redetect(img, 2), PartialDetections) and not isinstance(u.redetect(img, 1), PartialDetections)
+    pipe = Pipeline(u, PlantedBackbone(), PipelineConfig(stabilizer="none", redetect_every=2, max_faces=2, sure_score=2.0))
+    ids = [[f.id for f in pipe.update(Frame(img, i, 40.0 * i)).faces] for i in range(40)]
+    assert ids == [[0]] * 40  # short, full, tile 0, short, full, tile 1, ...: one whole-frame miss in a row at most
 @pytest.mark.parametrize("yaw", [-65.0, -30.0, 0.0, 20.0, 45.0, 80.0])
 def test_yaw_of_a_planted_head_is_found(yaw):
     pts = np.zeros((68, 2))

@@ -78,6 +78,17 @@ def test_unconfirmed_track_expires_and_its_state_is_reset():
     assert n.id == 1
 
 
+def test_detections_of_part_of_the_frame_count_no_miss():
+    tr = Tracker(Counting, max_faces=2, max_misses=2)
+    t = tr.start(det(100, 100, 80))
+    tr.observe(t, face_points(100, 100, 80), np.full(68, 0.8))
+    assert tr.associate([]) == [] and t.misses == 1
+    for _ in range(3):  # a tile that does not show the face: no miss, and a new face there still starts
+        assert tr.associate([], misses=False) == [] and t.misses == 1 and tr.tracks == [t]
+    assert len(tr.associate([det(400, 100, 60)], misses=False)) == 1
+    assert tr.associate([]) == [] and tr.tracks == []
+
+
 def test_low_confidence_ends_track():
     tr = Tracker(Counting, min_score=0.3)
     t = tr.start(det(10, 10, 50))
