@@ -17,6 +17,10 @@ from stableface import onnx_util
 from stableface.types import Detection
 
 
+MIN_SIDE = 64  # px: a frame whose shorter side is smaller gets no tiles (none would hold a face worth a model run)
+MAX_ASPECT = 6.0  # nor does a frame more than 6 times as wide as high (or high as wide): a strip, not footage
+
+
 class PartialDetections(list):
     """Detections of part of the frame (one tile): a tracked face they do not hold may lie outside it,
     so the tracker counts no miss for it (``Tracker.associate(..., misses=False)``)."""
@@ -268,6 +272,8 @@ class TiledDetector:
         wins = self.windows(width, height)
         if len(wins) == 1 and wins[0][2] >= max(width, height):
             return []
+        if min(width, height) < MIN_SIDE or max(width, height) > MAX_ASPECT * min(width, height):
+            return []  # a strip of a frame, not footage: no tiles worth their runs
         return wins if max(width, height) >= self.min_gain * wins[0][2] else []
 
     def detect_window(self, image: np.ndarray, window: tuple[int, int, int]) -> list[Detection]:

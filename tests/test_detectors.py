@@ -163,6 +163,7 @@ def test_nearly_square_frames_get_no_tiles():
     tiles = TiledDetector(Squares(), whole=False)
     assert tiles.tiles(720, 576) == [] and tiles.tiles(640, 480) == [] and tiles.tiles(641, 640) == []
     assert len(tiles.tiles(640, 360)) == 3 and len(tiles.tiles(360, 640)) == 3  # 16:9, either way up
+    assert tiles.tiles(4000, 10) == [] and tiles.tiles(120, 40) == [] and tiles.tiles(4000, 400) == []  # strips
 
 
 def test_a_tile_redetection_ends_no_track_it_cannot_see():
