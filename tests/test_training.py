@@ -139,3 +139,32 @@ def test_int8_twin_places_the_same_landmarks(tmp_path, monkeypatch):
     err = np.linalg.norm(a - b, axis=-1)
     assert np.median(err) < 0.5 * fl.stride and rep["max_abs_diff"] > 0  # quantized, and close
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_flow_stand_in_strays_as_planted_and_not_at_all_without_error():
+    import numpy as np
+
+    from stableface.stabilizer import MotionConfig, apply_affine, fit_similarity
+    from stableface.training import finetune as F
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(40, 90, (68, 2))
+    truth = np.stack([base + [0.5 * j, 0.0] for j in range(6)])[None]  # a face moving 0.5 px right per frame
+    m = fit_similarity(truth[0, 0], truth[0, 1])
+    # a planted error: 0.01 IOD right, no scale or roll, about the centroid: the centroid lands 0.01 IOD further right
+    iod = float(np.linalg.norm(truth[0, 1, 45] - truth[0, 1, 36]))
+    e = F._perturbed(m, truth[0, 1].mean(0), iod, np.array([0.01, 0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(apply_affine(e, truth[0, 0]), truth[0, 1] + [0.01 * iod, 0.0], atol=1e-9)
+    # 2% larger about the centroid, no shift: the centroid stays where the truth puts it
+    e = F._perturbed(m, truth[0, 1].mean(0), iod, np.array([0.0, 0.0, 0.02, 0.0]))
+    np.testing.assert_allclose(apply_affine(e, truth[0, 0]).mean(0), truth[0, 1].mean(0), atol=1e-9)
+    raw = truth + rng.normal(0, 0.3, truth.shape)
+    exact = F.motion_plan(raw, 128, 4.0, MotionConfig(), truth=truth)
+    same = F.motion_plan(raw, 128, 4.0, MotionConfig(), truth=truth, flow_error=0.0, seed=3)
+    noisy = F.motion_plan(raw, 128, 4.0, MotionConfig(), truth=truth, flow_error=1.0, seed=3)
+    np.testing.assert_array_equal(exact[1], same[1])
+    assert np.abs(noisy[1] - exact[1]).max() > 1e-4
+    errs = F.flow_errors(np.random.default_rng(1), 400, 50, 1.0)
+    np.testing.assert_allclose(errs.reshape(-1, 4).std(0), F.FLOW_ERROR_STD, rtol=0.1)
+    r = np.corrcoef(errs[:, :-1, 0].ravel(), errs[:, 1:, 0].ravel())[0, 1]
+    assert abs(r - F.FLOW_ERROR_CORRELATION) < 0.05

@@ -62,6 +62,7 @@ class FinetuneConfig:
     pixel_weight: float = 0.1
     sigma: float = codec.DEFAULT_SIGMA
     seed: int = 0
+    flow_error: float = 0.0  # the image flow's stand-in strays from the truth by this x the runtime's measured error
     limit: int = 0
     val_sequences: int = 1  # still + moving sequences per validation image
     val_length: int = 30
@@ -116,11 +117,41 @@ def offset_tensor(backbone: HeatmapBackbone, device: str) -> torch.Tensor | None
 
 
 def with_plan(hms: np.ndarray, gts: np.ndarray, backbone: HeatmapBackbone, motion: MotionConfig,
-              threshold: float, mode: str) -> tuple[np.ndarray, ...]:
+              threshold: float, mode: str, flow_error: float = 0.0, seed: int = 0) -> tuple[np.ndarray, ...]:
     """(heatmaps, ground truth, pull, push): the runtime's motion plan from the raw landmarks."""
     raw = raw_points(hms, backbone.stride, threshold, mode, backbone.offset)
-    pull, push = motion_plan(raw, backbone.size, backbone.stride, motion, truth=gts)
+    pull, push = motion_plan(raw, backbone.size, backbone.stride, motion, truth=gts, flow_error=flow_error, seed=seed)
     return hms, gts, pull, push
+
+
+# How far the runtime's image flow (LK, 11 px window, 2 levels) strays from the ground truth's
+# frame-to-frame similarity, measured on the 16 real-motion training clips (2378 frames, the
+# shipped stabilizer's runtime): the standard deviation of the error at the face's centroid, x and
+# y in inter-ocular distances, of the relative scale and of the roll (rad), and its frame-to-frame
+# correlation (the error is slow: LK follows the skin's texture, the similarity of the 68 points
+# includes the jaw contour, which slides over the face as the head turns).
+FLOW_ERROR_STD = (0.0019, 0.0007, 0.0013, 0.0012)
+FLOW_ERROR_CORRELATION = 0.77
+
+
+def flow_errors(rng: np.random.Generator, b: int, t: int, scale: float) -> np.ndarray:
+    """(B, T, 4) AR(1) errors (x, y, scale, roll) of the measured size x ``scale``, one series per sequence."""
+    r = FLOW_ERROR_CORRELATION
+    n = rng.standard_normal((b, t, 4)) * np.asarray(FLOW_ERROR_STD) * scale
+    e = np.empty_like(n)
+    e[:, 0] = n[:, 0]
+    for j in range(1, t):
+        e[:, j] = r * e[:, j - 1] + np.sqrt(1 - r * r) * n[:, j]
+    return e
+
+
+def _perturbed(m: np.ndarray, at: np.ndarray, iod: float, err: np.ndarray) -> np.ndarray:
+    """Similarity ``m`` followed by the error ``err`` (x, y in IOD, scale, roll) about the point ``at``."""
+    dx, dy, ds, dr = err
+    c, s_ = (1 + ds) * np.cos(dr), (1 + ds) * np.sin(dr)
+    rot = np.array([[c, -s_], [s_, c]])
+    e = np.concatenate([rot, (at - rot @ at + np.array([dx, dy]) * iod)[:, None]], axis=1)
+    return e[:, :2] @ m[:, :] + np.concatenate([np.zeros((2, 2)), e[:, 2:]], axis=1)
 
 
 def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> torch.Tensor:
@@ -133,7 +164,8 @@ def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> tor
 
 
 def motion_plan(raw: np.ndarray, crop_size: int, stride: float, motion: MotionConfig,
-                fps: float = 25.0, truth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                fps: float = 25.0, truth: np.ndarray | None = None, flow_error: float = 0.0,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The runtime's face motion for sequences seen through one fixed crop, precomputed in numpy.
 
     raw (B, T, K, 2): raw PDC landmarks in crop pixels. Returns ``pull`` (B, T, 2, 3), the state
@@ -144,17 +176,24 @@ def motion_plan(raw: np.ndarray, crop_size: int, stride: float, motion: MotionCo
     stood in for by the ground truth's: the flow measures the face's true motion closely (on the
     real-motion benchmark the previous network reached 0.367% of jitter error with the first flow
     settings, 0.353% with the exact motion), and the sequences here are heatmaps, not images. Otherwise the motion depends
-    only on the raw landmarks, as at run time without the crop's pixels.
+    only on the raw landmarks, as at run time without the crop's pixels. ``flow_error``: the stand-in
+    strays from the truth as the runtime's flow does (``FLOW_ERROR_STD`` x ``flow_error``, slow AR(1)
+    errors; 0: the exact truth).
     """
     box = CropBox(crop_size / 2, crop_size / 2, float(crop_size))  # crop pixels = source pixels
     b, t = raw.shape[:2]
     pull, push = np.zeros((b, t, 2, 3)), np.zeros((b, t, 2, 3))
+    errors = flow_errors(np.random.default_rng(seed), b, t, flow_error) if flow_error and truth is not None else None
     for i in range(b):
         fm = FaceMotion(motion)
         for j in range(t):
             moved = None
             if truth is not None and motion.flow and j:
                 moved = fit_similarity(truth[i, j - 1], truth[i, j])
+                if errors is not None:
+                    g = truth[i, j]
+                    iod = float(np.linalg.norm(g[45] - g[36])) if len(g) == 68 else float(np.ptp(g, axis=0).max()) / 2
+                    moved = _perturbed(moved, g.mean(0), iod, errors[i, j])
             m = fm.update(raw[i, j], j * 1000.0 / fps, box.side, moved=moved)
             pull[i, j] = state_to_input(box, box, m, crop_size, stride)
             push[i, j] = m
@@ -282,8 +321,9 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
     elif stored.exists() and str(np.load(stored)["key"]) == key:  # a rerun or --resume: no second rendering
         z = np.load(stored)
         hms_, gts_ = z["hms"], z["gts"]
-        train_seq = with_plan(hms_, gts_, backbone, motion, cfg.pdc_threshold, cfg.pdc_mode)
-        val = {k: with_plan(z[f"{k}_hms"], z[f"{k}_gts"], backbone, motion, cfg.pdc_threshold, cfg.pdc_mode) for k in ("still", "drift")}
+        train_seq = with_plan(hms_, gts_, backbone, motion, cfg.pdc_threshold, cfg.pdc_mode, cfg.flow_error, cfg.seed)
+        val = {k: with_plan(z[f"{k}_hms"], z[f"{k}_gts"], backbone, motion, cfg.pdc_threshold, cfg.pdc_mode, cfg.flow_error,
+                            cfg.seed + 1) for k in ("still", "drift")}
         log(f"loaded the cached sequences from {stored}")
     else:
         train_seq, val = _build_all(cfg, backbone, train_set, val_set, spec, motion, on_step, t0)
@@ -304,8 +344,9 @@ def train(cfg: FinetuneConfig, resume: bool = False, log: Callable[[str], None] 
             log("motion filter " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         log(f"chosen: min_cutoff {motion.min_cutoff}, beta {motion.beta}")
         cfg.motion = asdict(motion)
-        _, _, pulls, pushes = with_plan(hms, gts, backbone, motion, cfg.pdc_threshold, cfg.pdc_mode)
-        val = {k: with_plan(v[0], v[1], backbone, motion, cfg.pdc_threshold, cfg.pdc_mode) for k, v in val.items()}
+        _, _, pulls, pushes = with_plan(hms, gts, backbone, motion, cfg.pdc_threshold, cfg.pdc_mode, cfg.flow_error, cfg.seed)
+        val = {k: with_plan(v[0], v[1], backbone, motion, cfg.pdc_threshold, cfg.pdc_mode, cfg.flow_error, cfg.seed + 1)
+               for k, v in val.items()}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     offset = offset_tensor(backbone, cfg.device)  # the backbone's calibration, for the loss
     steps_per_epoch = math.ceil(len(hms) / cfg.batch)
@@ -419,13 +460,13 @@ def _build_all(cfg: FinetuneConfig, backbone: HeatmapBackbone, train_set: list, 
                                        cfg.sequences_per_image, cfg.seed + 7, tick))
     hms = np.concatenate([p[0] for p in parts])
     gts = np.concatenate([p[1] for p in parts])
-    train_seq = with_plan(hms, gts, backbone, motion, cfg.pdc_threshold, cfg.pdc_mode)
+    train_seq = with_plan(hms, gts, backbone, motion, cfg.pdc_threshold, cfg.pdc_mode, cfg.flow_error, cfg.seed)
     val = {}
     for kind, noise in (("still", (10.0, 10.0)), ("drift", (5.0, 5.0))):
         vspec = SequenceSpec(length=cfg.val_length, size=backbone.size, crop_scale=backbone.crop_scale, noise=noise, blur=0.0,
                              motion=kind, max_speed=1.0)
         val[kind] = with_plan(*build_cache(val_set, backbone, vspec, cfg.val_sequences, cfg.seed + 999), backbone, motion,
-                              cfg.pdc_threshold, cfg.pdc_mode)
+                              cfg.pdc_threshold, cfg.pdc_mode, cfg.flow_error, cfg.seed + 1)
     return train_seq, val
 
 
