@@ -126,7 +126,7 @@ def with_plan(hms: np.ndarray, gts: np.ndarray, backbone: HeatmapBackbone, motio
 
 # How far the runtime's image flow (LK, 11 px window, 2 levels) strays from the ground truth's
 # frame-to-frame similarity, measured on the 16 real-motion training clips (2378 frames, the
-# shipped stabilizer's runtime): the standard deviation of the error at the face's centroid, x and
+# shipped stabilizer's runtime; `python benchmarks/flow_error.py`): the standard deviation of the error at the face's centroid, x and
 # y in inter-ocular distances, of the relative scale and of the roll (rad), and its frame-to-frame
 # correlation (the error is slow: LK follows the skin's texture, the similarity of the 68 points
 # includes the jaw contour, which slides over the face as the head turns).
