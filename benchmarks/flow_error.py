@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_motion as RM  # noqa: E402
 
-from stableface import stabilizer as S  # noqa: E402
+from stableface import ibug, stabilizer as S  # noqa: E402
 from stableface.pipeline import PipelineConfig  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main() -> None:
                 failed += 1
                 continue
             g0, g1 = gt[j - 1], gt[j]
-            iod = float(np.linalg.norm(g1[45] - g1[36]))
+            iod = float(ibug.interocular(g1))
             exact = S.fit_similarity(g0, g1)
             c0 = g0.mean(0)[None]
             dx, dy = (S.apply_affine(m, c0) - S.apply_affine(exact, c0))[0] / iod

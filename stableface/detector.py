@@ -200,9 +200,12 @@ class UnionDetector:
     def _windows(self, image: np.ndarray) -> list[tuple[int, int, int]]:
         return [] if self.tiles is None else self.tiles.tiles(image.shape[1], image.shape[0])
 
+    def _whole(self, image: np.ndarray) -> list[Detection]:
+        return [d for det in self.detectors for d in det.detect(image)]
+
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Every detector on the frame and on every tile."""
-        found = [d for det in self.detectors for d in det.detect(image)]
+        found = self._whole(image)
         for w in self._windows(image):
             found += self.tiles.detect_window(image, w)
         return merge(found)
@@ -211,7 +214,7 @@ class UnionDetector:
         """Every detector on the frame, and the ``turn``-th tile in turn (or the next one)."""
         if turn is None:
             turn, self._search = self._search, self._search + 1
-        found = [d for det in self.detectors for d in det.detect(image)]
+        found = self._whole(image)
         wins = self._windows(image)
         if wins:
             found += self.tiles.detect_window(image, wins[turn % len(wins)])

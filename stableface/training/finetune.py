@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from stableface import codec, ibug
+from stableface.grid import compose
 from stableface.metrics import sequence_metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import CropBox
@@ -151,7 +152,7 @@ def _perturbed(m: np.ndarray, at: np.ndarray, iod: float, err: np.ndarray) -> np
     c, s_ = (1 + ds) * np.cos(dr), (1 + ds) * np.sin(dr)
     rot = np.array([[c, -s_], [s_, c]])
     e = np.concatenate([rot, (at - rot @ at + np.array([dx, dy]) * iod)[:, None]], axis=1)
-    return e[:, :2] @ m[:, :] + np.concatenate([np.zeros((2, 2)), e[:, 2:]], axis=1)
+    return compose(e, m)
 
 
 def targets(points: torch.Tensor, size: int, stride: float, sigma: float) -> torch.Tensor:
@@ -192,7 +193,7 @@ def motion_plan(raw: np.ndarray, crop_size: int, stride: float, motion: MotionCo
                 moved = fit_similarity(truth[i, j - 1], truth[i, j])
                 if errors is not None:
                     g = truth[i, j]
-                    iod = float(np.linalg.norm(g[45] - g[36])) if len(g) == 68 else float(np.ptp(g, axis=0).max()) / 2
+                    iod = float(ibug.interocular(g)) if len(g) == 68 else float(np.ptp(g, axis=0).max()) / 2
                     moved = _perturbed(moved, g.mean(0), iod, errors[i, j])
             m = fm.update(raw[i, j], j * 1000.0 / fps, box.side, moved=moved)
             pull[i, j] = state_to_input(box, box, m, crop_size, stride)
