@@ -1,7 +1,10 @@
 """Two backbones (each with its stabilizer) in the same run: ms per crop of the backbone alone, and
 end-to-end ``Pipeline.track`` fps on the shared clips, in interleaved rounds (medians).
 
-    python benchmarks/backbone_speed.py A.onnx B.onnx [--stabilizers SA.onnx SB.onnx] [--rounds 3]
+    python benchmarks/backbone_speed.py A.onnx B.onnx [--stabilizers SA.onnx SB.onnx] [--rounds 3] [--lookahead 8]
+
+End to end runs ``PipelineConfig``'s defaults (``--lookahead 0``, ``--max-faces 4``) unless ``--lookahead``
+says otherwise (the files' default: ``--lookahead 8``).
 
 The ratio is B's fps over A's (above 1: B is faster). This machine's speed drifts between runs, so
 only the ratio inside one run is meant to be compared.
@@ -41,13 +44,16 @@ def main() -> None:
     ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "videos")
     ap.add_argument("--frames", type=int, default=100, help="frames per clip")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--lookahead", type=int, default=0)
+    ap.add_argument("--max-faces", type=int, default=4)
     a = ap.parse_args()
     clips = sorted(p for p in a.videos.glob("*.mp4") if p.name != "obama.mp4")
     stabs = a.stabilizers or [None, None]
-    print(f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs; {len(clips)} clips x {a.frames} frames")
+    print(f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs; {len(clips)} clips x {a.frames} frames; "
+          f"lookahead {a.lookahead}, max faces {a.max_faces}")
     rng = np.random.default_rng(0)
     bbs = [HeatmapBackbone(m, device="cpu") for m in a.models]
-    pipes = [Pipeline.from_weights(m, s, device="cpu", config=PipelineConfig()) for m, s in zip(a.models, stabs)]
+    pipes = [Pipeline.from_weights(m, s, device="cpu", config=PipelineConfig(lookahead=a.lookahead, max_faces=a.max_faces)) for m, s in zip(a.models, stabs)]
     ms = {i: [] for i in range(2)}
     fps = {i: [] for i in range(2)}
     for _ in range(a.rounds):

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from stableface import evaluate as E
+from stableface import onnx_util
 from stableface import ibug
 from stableface.backbone import HeatmapBackbone
 from stableface.training.quantize import calibration_crops, quantize_backbone
 
 
 def cpu_flags() -> str:
-    try:
-        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
-    except (OSError, StopIteration):
+    flags = onnx_util.cpu_flags()
+    if flags is None:
         return "unknown"
     have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     return " ".join(have) or "none of avx2/avx512/vnni"

@@ -76,6 +76,9 @@ class HeatmapBackbone:
             key = "landmark_offset"
         self.offset = onnx_util.point_offsets(meta, key, self.k, self.path)
         self.meta = meta
+        if "quantized_from" in meta and device != "cuda" and onnx_util.int8_pays() is False:
+            onnx_util.warn_once(f"{self.path.name} is an int8 model and this CPU has no VNNI: it runs slower here "
+                                "than the float default (--weights fast)")
 
     def prepare(self, crops: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 BGR -> (N, 3, S, S) float32 ``(x - mean) / std`` in the model's channel

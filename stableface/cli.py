@@ -100,8 +100,8 @@ def _progress_enabled(quiet: bool) -> bool:
 
 common_model_options = [
     click.option("--weights", default=None, metavar="NAME|PATH",
-                 help="accurate (the larger shipped backbone and its stabilizer), a weights folder or a "
-                      "backbone .onnx (default: the shipped fast weights)."),
+                 help="fast (the default), accurate (the larger shipped backbone and its stabilizer), int8 "
+                      "(the default's int8 twin: faster on CPUs with VNNI), a weights folder or a backbone .onnx."),
     click.option("--stabilizer", type=click.Choice(["convlstm", "none", "one-euro"]), default="convlstm",
                  show_default=True, help="Temporal stabilizer."),
     click.option("--stabilizer-weights", type=click.Path(path_type=Path), default=None,

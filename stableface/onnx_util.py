@@ -58,6 +58,23 @@ def single_threaded_opencv() -> None:
         cv2.setNumThreads(1)
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags (Linux's ``/proc/cpuinfo``), or None where they cannot be read."""
+    try:
+        with open(path) as fh:
+            return next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), None)
+    except OSError:
+        return None
+
+
+def int8_pays(flags: set[str] | None = None) -> bool | None:
+    """Whether this CPU has the integer dot-product instructions (AVX-512 VNNI or AVX-VNNI) that make an
+    int8 backbone faster than the float one; None where the flags are unknown. Without them the int8 twin
+    ran 1.11x slower than float on an AMD EPYC, with them 0.63x the time on an Intel Xeon (model card)."""
+    flags = cpu_flags() if flags is None else flags
+    return None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni"})
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask where the platform has one)."""
     try:
@@ -85,7 +102,7 @@ def session(path: str | Path, device: str = "auto", threads: int = 0):
             ort.set_default_logger_severity(4)  # a failed CUDA start is reported once, below, in one line
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
         if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
-            _warn_once("CUDA was asked for but onnxruntime cannot use it here: running on the CPU")
+            warn_once("CUDA was asked for but onnxruntime cannot use it here: running on the CPU")
         return sess
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -95,7 +112,8 @@ def session(path: str | Path, device: str = "auto", threads: int = 0):
 _warned: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
+def warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time only."""
     if message not in _warned:
         _warned.add(message)
         log.warning(message)

@@ -1,9 +1,10 @@
 """Named weights -> files, checksums. Nothing is ever downloaded: everything loads from disk.
 
-The default weights ship inside the package (``stableface/weights``, the repository's
-``weights/`` folder). ``--weights`` takes a named set (``accurate``: ``NAMED``), a folder holding the
-four files below (the detectors default to the shipped ones), or a path to a backbone ``.onnx``
-(then the default detector and stabilizer are used with it).
+The default weights (named ``fast``, or ``default``) ship inside the package (``stableface/weights``,
+the repository's ``weights/`` folder). ``--weights`` takes a named set (``accurate``, ``int8``:
+``NAMED``), a folder holding the four files below (the detectors and the stabilizer default to the
+shipped ones), or a path to a backbone ``.onnx`` (then the default detector and stabilizer are used
+with it).
 """
 
 from __future__ import annotations
@@ -40,15 +41,20 @@ class WeightSet:
     detector_full: Path | None
 
 
-NAMED = {"accurate": "accurate"}
-"""Named weight sets that ship beside the default one: a folder of the shipped weights holding their own
-backbone and stabilizer (``--weights accurate``: the larger backbone; the detectors are the default's)."""
+DEFAULT_NAMES = (None, "", "default", "fast")
+"""What ``--weights`` calls the default set (``fast``, the name the command line documents)."""
+
+NAMED = {"accurate": "accurate", "int8": "int8"}
+"""Named weight sets that ship beside the default one: a folder of the shipped weights holding a backbone
+and, where it has its own, a stabilizer (``--weights accurate``: the larger backbone and its stabilizer;
+``--weights int8``: the default backbone's int8 twin, with the default stabilizer). The detectors are the
+default's."""
 
 
 def resolve(weights: str | Path | None = None, stabilizer: str | Path | None = None) -> WeightSet:
     base = default_dir()
     backbone = base / FILES["backbone"]
-    if weights not in (None, "", "default"):
+    if weights not in DEFAULT_NAMES:
         p = Path(weights)
         if str(weights) in NAMED and not p.exists():  # a shipped set (a path of that name wins)
             p = base / NAMED[str(weights)]
@@ -61,6 +67,8 @@ def resolve(weights: str | Path | None = None, stabilizer: str | Path | None = N
         else:
             raise WeightsError(f"{weights}: no such weights file or folder")
     stab = Path(stabilizer) if stabilizer else base / FILES["stabilizer"]
+    if not stabilizer and not stab.exists() and (default_dir() / FILES["stabilizer"]).exists():
+        stab = default_dir() / FILES["stabilizer"]  # a set (or folder) without its own: the default's
     det = base / FILES["detector"] if (base / FILES["detector"]).exists() else default_dir() / FILES["detector"]
     full = base / FILES["detector_full"]
     full = full if full.exists() else default_dir() / FILES["detector_full"]

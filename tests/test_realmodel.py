@@ -148,3 +148,86 @@ def test_an_unknown_weights_name_is_one_clear_error():
 
     with pytest.raises(WeightsError, match="no such weights"):
         resolve("acurate")
+
+
+def test_fast_is_the_default_set_by_name(tmp_path):
+    """``--weights fast`` (the command line's name for the default) is the default set, on the command line too."""
+    from click.testing import CliRunner
+
+    from stableface.cli import main
+
+    assert resolve("fast") == resolve(None) == resolve("default")
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), first_frames(1)[0])
+    out = tmp_path / "out.json"
+    r = CliRunner().invoke(main, ["track", str(img), "--weights", "fast", "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert out.exists() and '"landmarks"' in out.read_text()
+
+
+def test_the_int8_weights_are_the_default_backbones_twin_with_its_stabilizer():
+    """``--weights int8``: the shipped int8 twin of the default backbone (its metadata says so), run with the
+    default stabilizer; on a real clip its landmarks agree with the float model's within 2% of the IOD."""
+    import onnx
+
+    from stableface.weights import default_dir
+
+    ws = resolve("int8")
+    assert ws.backbone == default_dir() / "int8" / "backbone.onnx" and ws.stabilizer == resolve().stabilizer
+    q, f = Pipeline.from_weights("int8", device="cpu"), Pipeline.from_weights(device="cpu")
+    assert q.backbone.meta["quantized_from"] == "backbone.onnx"
+    assert q.backbone.size == f.backbone.size and np.allclose(q.backbone.offset, f.backbone.offset)
+    ops = {n.op_type for n in onnx.load(str(ws.backbone)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    frames = first_frames(6)
+    a = [q.update(Frame(fr, i, i * 40.0)) for i, fr in enumerate(frames)][-1].faces[0].landmarks
+    b = [f.update(Frame(fr, i, i * 40.0)) for i, fr in enumerate(frames)][-1].faces[0].landmarks
+    assert np.linalg.norm(a - b, axis=-1).mean() < 0.02 * ibug.interocular(b)
+
+
+def test_cpu_flags_decide_whether_int8_pays(tmp_path):
+    from stableface import onnx_util
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert onnx_util.cpu_flags(str(info)) >= {"avx2", "avx512_vnni"} and onnx_util.int8_pays(onnx_util.cpu_flags(str(info)))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
+    assert onnx_util.int8_pays(onnx_util.cpu_flags(str(info))) is False
+    assert onnx_util.int8_pays({"avx_vnni"}) is True
+    assert onnx_util.cpu_flags(str(tmp_path / "missing")) is None and onnx_util.int8_pays(set()) is False
+
+
+def test_an_int8_backbone_warns_once_on_a_cpu_without_vnni(monkeypatch, caplog):
+    from stableface import onnx_util
+    from stableface.backbone import HeatmapBackbone
+
+    path = resolve("int8").backbone
+    monkeypatch.setattr(onnx_util, "_warned", set())
+    monkeypatch.setattr(onnx_util, "int8_pays", lambda flags=None: True)
+    with caplog.at_level("WARNING", logger="stableface"):
+        HeatmapBackbone(path, device="cpu")
+        HeatmapBackbone(resolve().backbone, device="cpu")
+    assert "no VNNI" not in caplog.text
+    monkeypatch.setattr(onnx_util, "int8_pays", lambda flags=None: False)
+    with caplog.at_level("WARNING", logger="stableface"):
+        HeatmapBackbone(resolve().backbone, device="cpu")  # a float model: no warning
+        assert "no VNNI" not in caplog.text
+        HeatmapBackbone(path, device="cpu")
+        HeatmapBackbone(path, device="cpu")
+    assert caplog.text.count("is an int8 model and this CPU has no VNNI") == 1
+
+
+def test_the_model_card_lists_every_shipped_weights_file_with_its_sha256():
+    """Every .onnx under weights/ is in the model card's first table, with the sha256 it has now."""
+    import re
+    from pathlib import Path
+
+    from stableface.weights import sha256
+
+    root = Path(__file__).resolve().parent.parent / "weights"
+    card = (root / "README.md").read_text()
+    listed = dict(re.findall(r"^\| `([\w/.-]+\.onnx)` \|.*\| `([0-9a-f]{64})` \|$", card, flags=re.M))
+    shipped = {p.relative_to(root).as_posix() for p in root.rglob("*.onnx")}
+    assert shipped and shipped == set(listed)
+    for name in shipped:
+        assert sha256(root / name) == listed[name], name
