@@ -44,8 +44,8 @@ def main() -> None:
     ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "videos")
     ap.add_argument("--frames", type=int, default=100, help="frames per clip")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--lookahead", type=int, default=0)
-    ap.add_argument("--max-faces", type=int, default=4)
+    ap.add_argument("--lookahead", type=int, default=PipelineConfig().lookahead)
+    ap.add_argument("--max-faces", type=int, default=PipelineConfig().max_faces)
     a = ap.parse_args()
     clips = sorted(p for p in a.videos.glob("*.mp4") if p.name != "obama.mp4")
     stabs = a.stabilizers or [None, None]

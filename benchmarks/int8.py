@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from stableface import evaluate as E
-from stableface import onnx_util
-from stableface import ibug
+from stableface import ibug, onnx_util
 from stableface.backbone import HeatmapBackbone
 from stableface.training.quantize import calibration_crops, quantize_backbone
 
 
-def cpu_flags() -> str:
+def flag_summary() -> str:
     flags = onnx_util.cpu_flags()
     if flags is None:
         return "unknown"
@@ -60,7 +59,7 @@ def main() -> None:
                 for _ in range(50):
                     m(x)
                 ts[n].append((time.perf_counter() - t) / 50 * 1000)
-        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, flags: {cpu_flags()}; onnxruntime threads {a.threads}")
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, flags: {flag_summary()}; onnxruntime threads {a.threads}")
         print(f"int8 heatmaps vs float on the calibration crops: max abs diff {rep['max_abs_diff']:.3g}, "
               f"mean {rep['mean_abs_diff']:.2g}")
         print("| model | ms per crop | vs float32 | NME % | median % | failures @8% |")

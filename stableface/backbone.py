@@ -76,7 +76,8 @@ class HeatmapBackbone:
             key = "landmark_offset"
         self.offset = onnx_util.point_offsets(meta, key, self.k, self.path)
         self.meta = meta
-        if "quantized_from" in meta and device != "cuda" and onnx_util.int8_pays() is False:
+        on_cpu = "CUDAExecutionProvider" not in self.session.get_providers()
+        if "quantized_from" in meta and on_cpu and onnx_util.int8_pays() is False:
             onnx_util.warn_once(f"{self.path.name} is an int8 model and this CPU has no VNNI: it runs slower here "
                                 "than the float default (--weights fast)")
 

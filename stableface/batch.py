@@ -91,9 +91,11 @@ def _file_key(path: str) -> tuple:
 
 def _name_parts(spec: str) -> tuple[str, list[str]]:
     """(stem, parent folder names from the root down) of a source, for ``--out-dir`` names."""
-    if "://" in spec:
+    if "://" in spec:  # a URL: the stem of its path's last part (``http://h/clip.mp4`` -> ``clip``), as a file's
         rest = spec.split("://", 1)[1].split("?", 1)[0]
-        return "stream", [re.sub(r"[^\w.-]+", "_", c) for c in rest.split("/") if c]
+        comps = [re.sub(r"[^\w.-]+", "_", c) for c in rest.split("/") if c]
+        stem = Path(comps[-1]).stem if len(comps) > 1 else ""
+        return (stem, comps[:-1]) if stem else ("stream", comps)
     p = Path(os.path.abspath(spec))
     return p.stem or "source", [re.sub(r"[^\w.-]+", "_", c) for c in p.parent.parts[1:]]
 
@@ -299,7 +301,7 @@ def _run_source(pipe, spec: str, outs: list[str], sequence: bool, show_progress:
             progress = stack.enter_context(Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[fps]:>6.1f} fps"), TimeRemainingColumn(), transient=False,
-                console=Console(stderr=True)))
+                console=Console(stderr=True), redirect_stdout=False))
             task = progress.add_task(Path(spec).name if "://" not in spec else spec, total=src.info.frame_count, fps=0.0)
         t0 = time.perf_counter()
         window = None

@@ -42,7 +42,7 @@ Examples:
 log = logging.getLogger("stableface")
 
 # --lookahead for `track` (files): one place to change it; `webcam` always defaults to 0 (it adds latency)
-DEFAULT_LOOKAHEAD_FILES = 8  # benchmarks/real_motion.py --sweep: the lowest jitter error of 0-15 (-34% vs raw, backbone v2), NRMSE no worse
+DEFAULT_LOOKAHEAD_FILES = 8  # benchmarks/real_motion.py: 8 and 15 alike, 4 worse (-43%, -43%, -32% vs raw; backbone v3), NRMSE no worse
 LOOKAHEAD_RANGE = click.IntRange(0, 120)
 
 
@@ -381,11 +381,11 @@ class _BatchBar:
             self.progress_bar = Progress(TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn(),
                                          TextColumn("{task.fields[fps]:>6.1f} fps"),
                                          TextColumn("sources {task.fields[done]}/{task.fields[n]}{task.fields[failed]}"),
-                                         TimeRemainingColumn(), console=Console(stderr=True))
+                                         TimeRemainingColumn(), console=Console(stderr=True), redirect_stdout=False)
             self.task = self.progress_bar.add_task("frames", total=None, fps=0.0, done=0, n=self.n, failed="")
         else:
             self.progress_bar = Progress(TextColumn("[bold]sources"), BarColumn(), MofNCompleteColumn(),
-                                         TimeRemainingColumn(), console=Console(stderr=True))
+                                         TimeRemainingColumn(), console=Console(stderr=True), redirect_stdout=False)
             self.task = self.progress_bar.add_task("sources", total=self.n)
         self.progress_bar.__enter__()
         return self
@@ -485,7 +485,7 @@ def demo(out_dir, frames, noise, device, overwrite, quiet):
 
 
 @main.command()
-@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["all", "val"]), default="all", show_default=True,
               help="Annotated images: all, or the fixed validation split (every 10th file by name).")
 @click.option("--crop", type=click.Choice(["gt", "detector"]), default="gt", show_default=True,
@@ -523,9 +523,12 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
     from stableface.onnx_util import WeightsError
     from stableface.pipeline import Pipeline, PipelineConfig
     from stableface.points import Scorer
+    from stableface.video import SourceError
     from stableface.weights import resolve
 
     setup_logging(0, quiet)
+    if not dataset.exists():
+        _fail(f"{dataset}: no such file or folder", 1)
     try:
         scorer = Scorer.build(point_map, points, norm)
         marks = [int(v) for v in landmarks.split(",") if v.strip()]
@@ -585,7 +588,7 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
         _fail(str(exc), 1)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    reports, written = [], []
+    reports, written, failed = [], [], []
     for v in videos:
         ann = annotations if annotations is not None else E.find_annotations(v)
         try:
@@ -594,6 +597,14 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
             _fail(str(exc), 1)
         except ValueError as exc:
             _fail(f"{v}: {exc}", 1)
+        except SourceError as exc:  # one unreadable video: say so, score the others
+            if len(videos) == 1:
+                _fail(str(exc), 1)
+            click.echo(f"stableface: error: {exc}", err=True)
+            failed.append(f"{v.name} (not readable)")
+            continue
+        if rep.undecoded:
+            failed.append(f"{v.name} ({rep.undecoded} frames not decoded)")
         reports.append(rep)
         if not quiet:
             gaps = next(iter(rep.metrics.values())).get("annotation_missing", 0)
@@ -614,6 +625,8 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
                     errs[k] = metrics.nme(p, g, scorer.normaliser(rep.gt[:n]))
                 written.append(_plot(lambda: plots.error_cdf(errs, stem.with_name(stem.name + "_error_cdf.png"),
                                                              f"{v.name}: per-frame error")))
+    if not reports:
+        _fail(f"no video could be evaluated: {', '.join(failed)}", 1)
     video_keys = ["nme", "nrmse", "jitter_error", "second_diff_error", "nmj", "time_delay", "fhr_second_diff", "lag_frames",
                   "missed"]
     keys = ["allan_dev_pct_iod", "cvar"] + (video_keys if any(r.gt is not None for r in reports) else [])
@@ -627,6 +640,7 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
     if fmt == "json":
         click.echo(_json({"videos": {r.name: r.metrics for r in reports}, "mean": summary, "map": scorer.full.name,
                           "norm": norm, "plots": [str(w) for w in written]}))
+        _exit_if_failed(failed, len(videos))
         return
     annotated = "nme" in keys
     gaps = sum(next(iter(r.metrics.values())).get("annotation_missing", 0) for r in reports)
@@ -649,6 +663,13 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
             click.echo(f"| {k} | {m['allan_dev_pct_iod']:.3f} | {m['cvar']:.5f} |")
     for w in written:
         click.echo(f"wrote {w}", err=True)
+    _exit_if_failed(failed, len(videos))
+
+
+def _exit_if_failed(failed: list[str], total: int) -> None:
+    """Exit 1 with one summary line when a video failed or was incomplete (the others were scored)."""
+    if failed:
+        _fail(f"{len(failed)} of {total} video(s) failed or were incomplete: {', '.join(failed)}", 1)
 
 
 def _finite_or_null(obj: object) -> object:
@@ -849,7 +870,7 @@ def _count_progress(quiet: bool, name: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True)) as progress:
+                  console=Console(stderr=True), redirect_stdout=False) as progress:
         task = progress.add_task(name, total=None)
 
         def tick(done: int, total: int) -> None:
@@ -868,7 +889,7 @@ def _training_progress(quiet: bool, name: str):
 
     with Progress(TextColumn(f"[bold]{name}"), BarColumn(), TaskProgressColumn(),
                   TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]:.4f} {task.fields[rate]:.0f}/s"),
-                  TimeRemainingColumn(), console=Console(stderr=True)) as progress:
+                  TimeRemainingColumn(), console=Console(stderr=True), redirect_stdout=False) as progress:
         task = progress.add_task(name, total=None, epoch=0, loss=0.0, rate=0.0)
 
         def on_step(step: int, total: int, info: dict) -> None:

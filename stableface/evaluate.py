@@ -167,7 +167,13 @@ def run_tracks(path: str, pipelines: dict[str, object], gt: np.ndarray | None = 
     """(T, 68, 2) landmarks per pipeline, NaN where no face was tracked. Row ``i`` is the source's
     frame ``i``: a frame that could not be decoded is a NaN row, so the annotations stay aligned.
     With annotations the face nearest to the annotated one is taken, else the first."""
-    out = {}
+    return track_source(path, pipelines, gt, scorer)[0]
+
+
+def track_source(path: str, pipelines: dict[str, object], gt: np.ndarray | None = None,
+                 scorer: Scorer | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """``run_tracks``'s tracks, and how many of the source's frames could not be decoded."""
+    out, undecoded = {}, 0
     for name, pipe in pipelines.items():
         rows: dict[int, np.ndarray] = {}
         last = -1
@@ -183,13 +189,14 @@ def run_tracks(path: str, pipelines: dict[str, object], gt: np.ndarray | None = 
                     rows[i] = faces[0]
             n = max([last, *src.unreadable]) + 1
             if src.incomplete:
+                undecoded = len(src.unreadable)
                 logging.getLogger("stableface").warning("%s: %d frames could not be decoded; they are not scored",
-                                                        path, len(src.unreadable))
+                                                        path, undecoded)
         track = np.full((n, ibug.K, 2), np.nan)
         for i, p in rows.items():
             track[i] = p
         out[name] = track
-    return out
+    return out, undecoded
 
 
 def _valid(track: np.ndarray) -> np.ndarray:
@@ -247,13 +254,14 @@ class VideoReport:
     metrics: dict[str, dict[str, float]]  # stabilizer -> numbers
     tracks: dict[str, np.ndarray] = field(repr=False)
     gt: np.ndarray | None = field(default=None, repr=False)
+    undecoded: int = 0  # frames of the source that could not be decoded (not scored)
 
 
 def evaluate_video(path: Path, pipelines: dict[str, object], annotations: Path | None = None,
                    scorer: Scorer | None = None) -> VideoReport:
     scorer = scorer or Scorer.build()
     gt = load_annotation_track(annotations, scorer) if annotations is not None else None
-    tracks = run_tracks(str(path), pipelines, gt, scorer)
+    tracks, undecoded = track_source(str(path), pipelines, gt, scorer)
     out = {}
     for name, tr in tracks.items():
         out[name] = stability(tr)
@@ -263,7 +271,7 @@ def evaluate_video(path: Path, pipelines: dict[str, object], annotations: Path |
             out[name]["annotation_missing"] = len(tr) - out[name]["annotated"]
             if len(gt) != len(tr):
                 out[name]["annotation_frames"] = len(gt)
-    return VideoReport(path.name, out, tracks, gt)
+    return VideoReport(path.name, out, tracks, gt, undecoded)
 
 
 def method_config(name: str, lookahead_default: int = 8):

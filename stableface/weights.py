@@ -1,10 +1,10 @@
 """Named weights -> files, checksums. Nothing is ever downloaded: everything loads from disk.
 
-The default weights (named ``fast``, or ``default``) ship inside the package (``stableface/weights``,
-the repository's ``weights/`` folder). ``--weights`` takes a named set (``accurate``, ``int8``:
-``NAMED``), a folder holding the four files below (the detectors and the stabilizer default to the
-shipped ones), or a path to a backbone ``.onnx`` (then the default detector and stabilizer are used
-with it).
+The default weights (named ``fast``, or ``default``: these names always mean the shipped default, even
+where a folder of that name exists) ship inside the package (``stableface/weights``, the repository's
+``weights/`` folder). ``--weights`` takes a named set (``accurate``, ``int8``: ``NAMED``; a path of that
+name wins), a folder holding the four files below (the detectors default to the shipped ones), or a
+path to a backbone ``.onnx`` (then the default detector and stabilizer are used with it).
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def resolve(weights: str | Path | None = None, stabilizer: str | Path | None = N
         else:
             raise WeightsError(f"{weights}: no such weights file or folder")
     stab = Path(stabilizer) if stabilizer else base / FILES["stabilizer"]
-    if not stabilizer and not stab.exists() and (default_dir() / FILES["stabilizer"]).exists():
-        stab = default_dir() / FILES["stabilizer"]  # a set (or folder) without its own: the default's
+    if not stabilizer and not stab.exists() and base.parent == default_dir() and base.name in NAMED.values():
+        stab = default_dir() / FILES["stabilizer"]  # a shipped set without its own (int8): the default's
     det = base / FILES["detector"] if (base / FILES["detector"]).exists() else default_dir() / FILES["detector"]
     full = base / FILES["detector_full"]
     full = full if full.exists() else default_dir() / FILES["detector_full"]

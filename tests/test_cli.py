@@ -1,6 +1,7 @@
 """The CLI through CliRunner and through a real subprocess: exit codes, outputs, light import."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -92,6 +93,25 @@ def test_light_import_does_not_load_torch():
 
 
 @pytest.mark.slow
+def test_jsonl_on_stdout_while_a_progress_bar_shows(tmp_path):
+    """``-o -`` from a terminal: the progress bar (shown when stderr is a terminal, forced on here) must not
+    take stdout over; every frame's JSON line reaches stdout and none reaches stderr."""
+    img = tmp_path / "face.png"
+    cap = cv2.VideoCapture(str(shared_video()))
+    ok, f = cap.read()
+    assert ok and cv2.imwrite(str(img), f)
+    code = ("import sys, stableface.cli as c; c._progress_enabled = lambda quiet: not quiet; "
+            "sys.argv = ['stableface'] + sys.argv[1:]; c.main()")
+    env = dict(os.environ, FORCE_COLOR="1")  # rich then treats stderr as a terminal (and would redirect stdout)
+    for sources in ([img], [img, img]):  # one source: the frames bar; several: the sources bar
+        r = subprocess.run([sys.executable, "-c", code, "track", *map(str, sources), "-o", "-"], capture_output=True,
+                           text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        frames = [json.loads(x) for x in r.stdout.splitlines()]
+        assert len(frames) == len(sources) and all(len(fr["faces"]) == 1 for fr in frames)
+        assert '"landmarks"' not in r.stderr
+
+
 def test_track_subprocess_jsonl_stdout_and_files(tmp_path):
     clip = shared_video()
     # first 12 frames of a real clip
@@ -274,6 +294,10 @@ def test_out_dir_names_never_collide():
     assert out_dir_names(["/v/x/001/vid.avi", "/v/x/002/vid.avi", "/v/y.mp4"]) == ["001_vid", "002_vid", "y"]
     assert out_dir_names(["/a/same/clip.mp4", "/b/same/clip.mp4"]) == ["a_same_clip", "b_same_clip"]
     assert out_dir_names(["/v/A.mp4", "/w/a.mp4"]) == ["v_A", "w_a"]  # case-insensitive file systems
+    # URLs are named after their path's file stem, as files are; a URL with no path is "stream"
+    assert out_dir_names(["http://127.0.0.1:8765/clip.mp4", "http://127.0.0.1:8765/clip2.mp4?x=1"]) == ["clip", "clip2"]
+    assert out_dir_names(["rtsp://cam1/live", "rtsp://cam2/live", "/v/clip.mp4"]) == ["cam1_live", "cam2_live", "clip"]
+    assert out_dir_names(["http://h:80/", "/v/stream.mp4"]) == ["h_80_stream", "v_stream"]
     for clash in (["/v/a.mp4", "/v/a.avi"], ["/v/a.mp4", "/v/a.mp4"]):
         with pytest.raises(PlanError, match="would write the same file"):
             out_dir_names(clash)

@@ -348,3 +348,30 @@ def test_tracks_stay_aligned_with_the_annotations_when_frames_cannot_be_decoded(
     seen = np.isfinite(track[:, 0, 0])
     assert 0 < (~seen).sum() < 100
     assert (track[seen, 0, 0] == np.flatnonzero(seen)).all()
+
+
+def test_evaluate_scores_the_readable_videos_and_exits_1_for_the_others(tmp_path):
+    """A folder with an unreadable video beside a good one: one line names it, the good one is scored, exit 1;
+    an incomplete video (frames that cannot be decoded) also exits 1; a missing path is one line, exit 1;
+    and no traceback in any of them."""
+    pytest.importorskip("av")
+    from .media import corrupt_middle, write_clip
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_clip(folder / "good.mp4", n=20)
+    (folder / "junk.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    r = CliRunner().invoke(main, ["evaluate", str(folder), "--stabilizers", "none", "--format", "json"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "junk.mp4: not a readable video" in r.stderr
+    assert "1 of 2 video(s) failed or were incomplete: junk.mp4 (not readable)" in r.stderr
+    assert list(json.loads(r.stdout)["videos"]) == ["good.mp4"]
+    r = CliRunner().invoke(main, ["evaluate", str(folder / "junk.mp4")])
+    assert r.exit_code == 1 and r.stderr.strip() == f"stableface: error: {folder / 'junk.mp4'}: not a readable video"
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "nosuch.mp4")])
+    assert r.exit_code == 1 and r.stderr.strip() == f"stableface: error: {tmp_path / 'nosuch.mp4'}: no such file or folder"
+    clip = write_clip(tmp_path / "clip.mp4", n=120)
+    bad = corrupt_middle(clip, tmp_path / "bad.mp4", clip.stat().st_size // 4)
+    r = CliRunner().invoke(main, ["evaluate", str(bad), "--stabilizers", "none"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert re.search(r"1 of 1 video\(s\) failed or were incomplete: bad.mp4 \(\d+ frames not decoded\)", r.stderr)

@@ -150,6 +150,7 @@ def test_an_unknown_weights_name_is_one_clear_error():
         resolve("acurate")
 
 
+@pytest.mark.slow
 def test_fast_is_the_default_set_by_name(tmp_path):
     """``--weights fast`` (the command line's name for the default) is the default set, on the command line too."""
     from click.testing import CliRunner
@@ -165,11 +166,11 @@ def test_fast_is_the_default_set_by_name(tmp_path):
     assert out.exists() and '"landmarks"' in out.read_text()
 
 
+@pytest.mark.slow
 def test_the_int8_weights_are_the_default_backbones_twin_with_its_stabilizer():
     """``--weights int8``: the shipped int8 twin of the default backbone (its metadata says so), run with the
     default stabilizer; on a real clip its landmarks agree with the float model's within 2% of the IOD."""
-    import onnx
-
+    onnx = pytest.importorskip("onnx")
     from stableface.weights import default_dir
 
     ws = resolve("int8")

@@ -36,6 +36,25 @@ def test_json_exact(tmp_path):
         "unreadable_frames": [], "dropped_frames": 0}
 
 
+def test_docs_formats_documents_every_json_field(tmp_path):
+    """Every key a JSON file holds (header, footer, frame, face) has a row in docs/formats.md's JSON table."""
+    import re
+    from pathlib import Path
+
+    p = tmp_path / "out.json"
+    with JsonSink(p, INFO, "test2", "none") as s:
+        for r in results():
+            s.write(r)
+    doc = json.loads(p.read_text())
+    keys = set(doc) | {f"frames[].{k}" for k in doc["frames"][0]} | {f"faces[].{k}" for k in doc["frames"][0]["faces"][0]}
+    page = (Path(__file__).resolve().parent.parent / "docs" / "formats.md").read_text()
+    table = page[page.index("## JSON (`.json`)"):page.index("## JSONL")]
+    documented = set()
+    for cell in re.findall(r"^\| ([^|]+) \|", table, flags=re.M):
+        documented |= set(re.findall(r"`([\w\[\].]+)`", cell))
+    assert keys <= documented, keys - documented
+
+
 def test_json_footer_lists_the_frames_the_source_could_not_give(tmp_path):
     p = tmp_path / "out.json"
     with JsonSink(p, INFO, "test2", "none") as s:

@@ -2,7 +2,8 @@
 
 The recipe (see ``weights/README.md``)::
 
-    stableface train-backbone ../shared/data/300w_train --out runs/backbone-v2 --export weights/backbone.onnx
+    stableface train-backbone ../shared/data/300w_train --out runs/backbone-v3 --epochs 120 --threads 1
+    (then ``stableface export backbone`` and ``stableface calibrate backbone``)
 
 Loss: weighted MSE on Gaussian heatmaps, plus L1 on the (continuous) PDC-decoded coordinates,
 plus a temporal-consistency term. For consistency each batch holds pairs of views of the same
