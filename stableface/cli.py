@@ -511,8 +511,9 @@ def demo(out_dir, frames, noise, device, overwrite, quiet):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--flip-test", is_flag=True, help="Average each face's heatmaps with its mirror image's (as track --flip-test).")
 @click.option("-q", "--quiet", is_flag=True)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, norm, plot_dir, landmarks, fmt, weights,
-             device, flip_test, quiet):
+             device, flip_test, quiet, verbose):
     """Accuracy on annotated images or videos; stability (Allan deviation, MCV) on any video."""
     from dataclasses import replace
 
@@ -526,7 +527,7 @@ def evaluate(dataset, split, crop, stabilizers, annotations, point_map, points, 
     from stableface.video import SourceError
     from stableface.weights import resolve
 
-    setup_logging(0, quiet)
+    setup_logging(verbose, quiet)
     if not dataset.exists():
         _fail(f"{dataset}: no such file or folder", 1)
     try:
