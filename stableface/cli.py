@@ -130,16 +130,23 @@ def lookahead_option(default: int, extra: str = ""):
                         help="Fixed-lag smoothing per track: zero-phase local quadratic fits (Gaussian weights) of the "
                              "face's motion and of its shape, from the raw landmarks over the N frames before and after "
                              "each frame; it takes the place of the "
-                             "causal --stabilizer, which applies with --lookahead 0. " + (extra or "Output lags N frames."))
+                             "causal --stabilizer, which applies with --lookahead 0 (a --stabilizer given without --lookahead sets it). " + (extra or "Output lags N frames."))
 
 
-def _note_lookahead(lookahead: int) -> None:
-    """One line when a causal --stabilizer was asked for but a lookahead smooths the raw landmarks instead."""
+def _effective_lookahead(lookahead: int) -> int:
+    """The lookahead a run uses. A ``--stabilizer`` given on the command line without ``--lookahead`` asks for
+    that causal stabilizer: lookahead 0 (``track``'s default of 8 would otherwise take its place). Both given,
+    with a lookahead above 0: the lookahead smooths the raw landmarks, and one line says so."""
     ctx = click.get_current_context(silent=True)
-    if lookahead and ctx is not None and ctx.params.get("stabilizer") != "none" \
-            and ctx.get_parameter_source("stabilizer") == click.core.ParameterSource.COMMANDLINE:
+    given = click.core.ParameterSource.COMMANDLINE
+    if not lookahead or ctx is None or ctx.get_parameter_source("stabilizer") != given:
+        return lookahead
+    if ctx.get_parameter_source("lookahead") != given:
+        return 0
+    if ctx.params.get("stabilizer") != "none":
         log.warning("--lookahead %d smooths the raw landmarks over +-%d frames; --stabilizer applies with --lookahead 0",
                     lookahead, lookahead)
+    return lookahead
 
 
 def _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead=0, flip_test=False):
@@ -279,7 +286,7 @@ def track(sources, from_file, jobs, engine, ray_address, ray_cpus, skip_existing
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             _fail(f"{out_dir}: cannot create output folder ({exc.strerror})", 1)
-    _note_lookahead(lookahead)
+    lookahead = _effective_lookahead(lookahead)
     build_args = (weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead, flip_test)
     show_progress = _progress_enabled(quiet)
     pipe = _build_pipeline(*build_args)  # bad weights: one clear error before any worker starts
@@ -440,7 +447,7 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
     if show and (why := _no_window_reason()):
         log.warning("%s: running without --show", why)
         show = False
-    _note_lookahead(lookahead)
+    lookahead = _effective_lookahead(lookahead)
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead, flip_test)
     try:
         with term_signals():

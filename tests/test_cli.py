@@ -334,3 +334,25 @@ def test_demo_refuses_to_overwrite_its_outputs_unless_told(tmp_path, monkeypatch
     assert (tmp_path / "demo.json").read_text() == "precious"
     r = run_cli("demo", "--out-dir", str(tmp_path), "-q", "--overwrite")
     assert r.exit_code == 0 and ran == [1]
+
+
+def test_a_stabilizer_asked_for_on_a_file_is_the_one_that_runs(tmp_path):
+    """``track --stabilizer one-euro`` on a file runs One Euro (lookahead 0), not the files' default lookahead;
+    with an explicit ``--lookahead`` too, the lookahead wins and one line says so; with neither, lookahead 8."""
+    img = tmp_path / "face.png"
+    cap = cv2.VideoCapture(str(shared_video()))
+    ok, f = cap.read()
+    assert ok and cv2.imwrite(str(img), f)
+
+    def header(*args):
+        out = tmp_path / f"o{len(list(tmp_path.glob('o*.json')))}.json"
+        r = run_cli("track", str(img), "-o", str(out), *args)
+        assert r.exit_code == 0, r.output
+        doc = json.loads(out.read_text())
+        return doc["stabilizer"], doc["lookahead"], r.output
+
+    assert header("--stabilizer", "one-euro")[:2] == ("one-euro", 0)
+    assert header("--stabilizer", "none")[:2] == ("none", 0)
+    stab, la, said = header("--stabilizer", "one-euro", "--lookahead", "4")
+    assert (stab, la) == ("none", 4) and "--stabilizer applies with --lookahead 0" in said
+    assert header()[:2] == ("none", 8)
