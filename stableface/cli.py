@@ -762,22 +762,24 @@ def train_backbone(dataset, out, epochs, batch, lr, size, width, context, consis
               help="The int8 .onnx to write.")
 @click.option("--images", type=click.IntRange(1), default=200, show_default=True,
               help="Calibration faces, spread over DATASET's training split.")
+@click.option("--percentile", type=click.FloatRange(90, 100), default=None, metavar="P",
+              help="Each activation's range: this percentile of its calibration values; 100: min-max.  [default: 99.999]")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def quantize(model, dataset, output, images, overwrite):
+def quantize(model, dataset, output, images, percentile, overwrite):
     """Write an int8 twin of a heatmap backbone (onnxruntime static quantization, calibrated on DATASET).
 
     It pays on CPUs with AVX-512 VNNI or AVX-VNNI; measure it first with benchmarks/int8.py."""
     from stableface import ibug
     from stableface.backbone import HeatmapBackbone
     from stableface.onnx_util import WeightsError
-    from stableface.training.quantize import calibration_crops, quantize_backbone
+    from stableface.training.quantize import PERCENTILE, calibration_crops, quantize_backbone
 
     if output.exists() and not overwrite:
         _fail(f"{output} exists: add --overwrite to replace it", 2)
     try:
         files = ibug.split(ibug.list_annotated(dataset), 10)[0]
         crops = calibration_crops(files, HeatmapBackbone(model, device="cpu"), images)
-        rep = quantize_backbone(model, output, crops)
+        rep = quantize_backbone(model, output, crops, PERCENTILE if percentile is None else percentile)
     except ImportError as exc:
         _fail(f"quantizing needs onnx: pip install 'stableface[train]' ({exc})", 2)
     except (ValueError, WeightsError) as exc:

@@ -139,6 +139,26 @@ def test_int8_twin_places_the_same_landmarks(tmp_path, monkeypatch):
     err = np.linalg.norm(a - b, axis=-1)
     assert np.median(err) < 0.5 * fl.stride and rep["max_abs_diff"] > 0  # quantized, and close
     assert not list(tmp_path.glob("*.tmp"))
+    # activation ranges from a percentile of the calibration values (the default) are no wider than
+    # min-max's, and narrower for some: the scales of the QDQ nodes say so, and the metadata records it
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from stableface.training.quantize import PERCENTILE
+
+    quantize_backbone(fl.path, tmp_path / "mm.onnx", crops, percentile=100)
+
+    def scales(path):
+        m = onnx.load(str(path))
+        init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        return {n.input[0]: float(init[n.input[1]]) for n in m.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[1] in init and init[n.input[1]].size == 1}
+
+    pct, mm = scales(tmp_path / "q.onnx"), scales(tmp_path / "mm.onnx")
+    shared = set(pct) & set(mm)
+    assert len(shared) > 10 and all(pct[k] <= mm[k] * (1 + 1e-6) for k in shared)
+    assert sum(pct[k] < 0.99 * mm[k] for k in shared) > 0
+    assert q.meta["quantization"] == {"activation_range_percentile": PERCENTILE, "calibration_crops": len(crops)}
 
 
 def test_the_flow_stand_in_strays_as_planted_and_not_at_all_without_error():
