@@ -444,8 +444,9 @@ def webcam(camera, show, outputs, reconnect, overwrite, lookahead, weights, stab
     setup_logging(verbose, quiet)
     _output_plan([camera], outputs, None, "json", overwrite)
     _need_stdout(outputs)
-    if show and (why := _no_window_reason()):
-        log.warning("%s: running without --show", why)
+    if show and (why := _no_window_reason()):  # asked for: a warning; the default: a note under -v
+        asked = click.get_current_context().get_parameter_source("show") == click.core.ParameterSource.COMMANDLINE
+        (log.warning if asked else log.info)("%s: running without --show", why)
         show = False
     lookahead = _effective_lookahead(lookahead)
     pipe = _build_pipeline(weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead, flip_test)

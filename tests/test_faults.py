@@ -271,6 +271,11 @@ def test_webcam_show_without_a_display_runs_headless(tmp_path):
     frames = json.loads((tmp_path / "rec.json").read_text())["frames"]
     assert 1 <= len(frames) <= 20
     assert int(cv2.VideoCapture(str(tmp_path / "rec.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) == len(frames)
+    # --show by default (not asked for): headless without a word about it
+    with MJPEGServer(fps=30, max_frames=5) as server:
+        r = stableface("webcam", "--camera", server.url, "-q", "--stabilizer", "none", "-o", tmp_path / "rec2.json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "running without --show" not in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_webcam_failures_leave_no_files(tmp_path):
