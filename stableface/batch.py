@@ -48,17 +48,41 @@ class PlanError(Exception):
         self.usage = usage
 
 
-@contextmanager
-def term_signals() -> Iterator[None]:
-    """SIGTERM becomes an exception like Ctrl-C, so every ``finally`` closes its outputs."""
-    def on_term(signum, frame):  # noqa: ARG001
-        raise Interrupted(143)
+_stopping: list[int] = []  # the exit code of the interrupt this process is stopping for, and a count of later ones
 
-    old = signal.signal(signal.SIGTERM, on_term)
+
+def _on_stop_signal(signum, frame) -> None:  # noqa: ARG001
+    """The first SIGINT or SIGTERM raises (``KeyboardInterrupt``, ``Interrupted(143)``), so every ``finally``
+    closes its outputs. Later ones do not raise: an exception thrown into the closing (a video encoder
+    being flushed while the writer thread still encodes) hung or crashed it and lost the outputs. The
+    third gives up on closing and ends the process at once."""
+    code = 130 if signum == signal.SIGINT else 143
+    if not _stopping:
+        _stopping.append(code)
+        if code == 130:
+            raise KeyboardInterrupt
+        raise Interrupted(143)
+    _stopping.append(code)
+    if len(_stopping) == 2:
+        print("stableface: stopping: closing the outputs (a third interrupt quits without them)", file=sys.stderr,
+              flush=True)
+    else:
+        os._exit(_stopping[0])
+
+
+@contextmanager
+def term_signals(sigint: bool = True) -> Iterator[None]:
+    """SIGTERM becomes an exception like Ctrl-C, so every ``finally`` closes its outputs; an interrupt
+    while they close is noted, not raised (``_on_stop_signal``). Once one has arrived the handlers stay
+    until the process ends: the callers' own cleanup after this block is protected too. ``sigint=False``
+    (a ``--jobs`` worker, whose parent decides on Ctrl-C): SIGTERM only."""
+    old = {s: signal.signal(s, _on_stop_signal) for s in ((signal.SIGINT, signal.SIGTERM) if sigint else (signal.SIGTERM,))}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        if not _stopping:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 def _quiet_opencv() -> None:
@@ -565,7 +589,7 @@ def _worker_init(build_args: tuple, sequence: bool, stabilizer: str, verbose: in
 
 def _worker_run(job: tuple[str, list[str]]) -> SourceReport:
     spec, outs = job
-    with term_signals():
+    with term_signals(sigint=False):
         return track_guarded(_WORKER["pipe"], spec, outs, _WORKER["sequence"], False, _WORKER["stabilizer"])
 
 

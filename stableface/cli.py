@@ -167,7 +167,19 @@ def _output_plan(*args, **kwargs) -> list[list[str]]:
         raise (click.UsageError if exc.usage else OneLineUsageError)(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """The command group; a Ctrl-C that reaches it (before a run has outputs to close: while the models
+    load) exits 130 with one line, where click would print "Aborted!" and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("stableface: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="stableface")
 def main() -> None:
     """Stable facial landmarks for videos and webcams.
@@ -195,7 +207,7 @@ def _read_source_list(path: str) -> list[str]:
     try:
         if b"\0" in data:
             raise UnicodeError
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # (a byte-order mark, as some editors write, is not part of the first name)
     except UnicodeError:
         raise ValueError("not a text list of sources (binary data; expected one path or URL a line, UTF-8)") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
@@ -204,7 +216,7 @@ def _read_source_list(path: str) -> list[str]:
 @main.command(epilog=EXAMPLES_TRACK)
 @click.argument("sources", nargs=-1)
 @click.option("--from-file", "from_file", default=None, metavar="PATH|-",
-              help="Read more sources from a file, one per line ('-': standard input; '#' starts a comment).")
+              help="Read more sources from a file, one per line ('-': standard input; a line starting with '#' is a comment).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Sources processed in parallel processes (--engine ray: workers; default there: as many as the "
                    "cluster's CPUs hold).")

@@ -466,14 +466,16 @@ class Pipeline:
             raise
         finally:
             try:
-                if reader is not None:
-                    reader.stop()
-                if not failed:
+                try:
+                    if reader is not None:
+                        reader.stop()
+                    if not failed:
+                        with self.timer.stage("write"):
+                            for frame, result in self.drain():
+                                writer.put(frame, result)
+                finally:  # the writer thread is joined whatever happened above: the sinks close after it
                     with self.timer.stage("write"):
-                        for frame, result in self.drain():
-                            writer.put(frame, result)
-                with self.timer.stage("write"):
-                    writer.close()
+                        writer.close()
                 if not failed and writer.error is None:
                     for s in sinks:
                         if hasattr(s, "footer"):  # (any object with write() is a sink here)
