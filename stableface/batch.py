@@ -197,7 +197,8 @@ def output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | No
             written[key] = o
     if not overwrite:
         existing = sorted({o for outs in plans if not (skip_existing and outputs_complete(outs))
-                           for o in outs if o != "-" and Path(o).exists()})
+                           for o in outs if o != "-" and Path(o).exists()
+                           and not (skip_existing and Path(o + CUT_SHORT).exists())})  # (redone: replaced)
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise PlanError(f"{existing[0]}{more} already exists: use --overwrite to replace it")
@@ -206,11 +207,34 @@ def output_plan(sources: list[str], outputs: tuple[str, ...], out_dir: Path | No
 
 
 
+CUT_SHORT = ".cut-short"
+"""Beside an output an interrupt cut short (``NAME.cut-short``): the file is valid up to its last frame but
+the source is not finished, and ``--skip-existing`` runs it again (which removes the mark)."""
+
+
 def outputs_complete(outs: list[str]) -> bool:
-    """A source is done when it has output files and every one stands under its final name: the sinks
-    only ever rename a finished file in (a resumable run removes the ones an interrupt cut short)."""
+    """A source is done when it has output files, every one stands under its final name (the sinks only
+    ever rename a closed file in), and none is marked cut short by an interrupt (``CUT_SHORT``; a
+    resumable run removes such files instead)."""
     files = [o for o in outs if o != "-"]
-    return bool(files) and all(Path(o).is_file() for o in files)
+    return bool(files) and all(Path(o).is_file() and not Path(o + CUT_SHORT).exists() for o in files)
+
+
+def mark_cut_short(outs: Iterable[str]) -> None:
+    """Mark the outputs of a source an interrupt cut short (``CUT_SHORT``), so that a resumed batch redoes it."""
+    for o in outs:
+        if o != "-" and Path(o).is_file():
+            try:
+                Path(o + CUT_SHORT).write_text("cut short by an interrupt: valid up to its last frame; "
+                                               "stableface track --skip-existing runs this source again\n")
+            except OSError:
+                pass
+
+
+def clear_cut_short(outs: Iterable[str]) -> None:
+    for o in outs:
+        if o != "-":
+            Path(o + CUT_SHORT).unlink(missing_ok=True)
 
 
 @dataclass
@@ -431,6 +455,7 @@ def track_guarded(pipe, spec: str, outs: list[str], sequence: bool, show_progres
     from stableface.sinks import SinkError
     from stableface.video import SourceError
 
+    clear_cut_short(outs)  # (an earlier run's mark: this run writes them again, and marks them if it is cut short)
     try:
         return _run_source(pipe, spec, outs, sequence, show_progress, stabilizer, reconnect=reconnect)
     except (SourceError, SinkError) as exc:
@@ -564,8 +589,8 @@ class InlineEngine:
 
     def cancel(self) -> None:
         self.queue.clear()
-        if self.resumable and self.current is not None:
-            remove_outputs(self.current.outs)
+        if self.current is not None:
+            (remove_outputs if self.resumable else mark_cut_short)(self.current.outs)
 
 
 # --jobs: each worker process builds its pipeline once
@@ -720,8 +745,9 @@ class LocalPool:
                             self.queue.appendleft(job)
                         else:
                             done += 1
+                            remove_outputs(job.outs)  # a failed source leaves no output (a worker SIGTERMed
                             yield Finished(job, SourceReport(job.spec, error=f"{job.spec}: its worker process died "
-                                                                            f"({why}), twice"))
+                                                                            f"({why}), twice"))  # closes them)
                     if start_deaths >= 3:  # workers that cannot even start: the rest cannot be tracked
                         while self.queue:
                             job = self.queue.popleft()
@@ -751,5 +777,5 @@ class LocalPool:
                 w.proc.join()
                 if w.job is not None:
                     drop_partials(w.job.outs, w.proc.pid)
-            if self.resumable and w.job is not None:
-                remove_outputs(w.job.outs)
+            if w.job is not None:
+                (remove_outputs if self.resumable else mark_cut_short)(w.job.outs)

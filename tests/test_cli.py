@@ -396,3 +396,33 @@ def test_ctrl_c_before_a_run_has_outputs_exits_130_with_one_line(tmp_path, monke
     cv2.imwrite(str(img), np.zeros((8, 8, 3), np.uint8))
     r = run_cli("track", str(img), "-o", str(tmp_path / "o.json"))
     assert r.exit_code == 130 and r.output.strip() == "stableface: interrupted", r.output
+
+
+@pytest.mark.slow
+def test_skip_existing_redoes_a_source_an_interrupt_cut_short(tmp_path):
+    """An interrupted run (without --skip-existing) closes its outputs valid up to the last frame and marks
+    them cut short (NAME.cut-short); a later --skip-existing run redoes that source, replaces its output
+    and removes the mark, while a finished source's outputs count as done."""
+    import signal
+    import time
+
+    from stableface.batch import CUT_SHORT, outputs_complete
+
+    clip = shared_video()
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "stableface", "track", str(clip), "--out-dir", str(out), "-q"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(f.stat().st_size for f in out.glob("*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    done = out / f"{clip.stem}.json"
+    n = len(json.loads(done.read_text())["frames"])
+    assert 0 < n < 200 and (out / (done.name + CUT_SHORT)).exists() and not outputs_complete([str(done)])
+    r = subprocess.run([sys.executable, "-m", "stableface", "track", str(clip), "--out-dir", str(out), "-q",
+                        "--skip-existing"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(done.read_text())["frames"]) == 200 and sorted(f.name for f in out.iterdir()) == [done.name]
+    assert outputs_complete([str(done)])
