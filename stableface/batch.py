@@ -589,7 +589,8 @@ class InlineEngine:
 
     def cancel(self) -> None:
         self.queue.clear()
-        if self.current is not None:
+        if self.current is not None:  # (its sinks have closed: what partial files are left, an interrupt left)
+            drop_partials(self.current.outs, os.getpid())
             (remove_outputs if self.resumable else mark_cut_short)(self.current.outs)
 
 
@@ -655,7 +656,9 @@ def _death(code: int | None) -> str:
 
 
 def drop_partials(outs: Iterable[str], pid: int) -> None:
-    """The partial and lock files a dead worker left (a run that is killed cannot remove its own)."""
+    """The partial and lock files that process ``pid`` left: a dead worker (a run that is killed cannot
+    remove its own), or this process once an interrupt has ended its source (one that came while a
+    sink was opening, before the run held it, leaves its files behind)."""
     from stableface.sinks import holder_of, lock_path, partial_path
 
     for o in outs:
@@ -663,7 +666,7 @@ def drop_partials(outs: Iterable[str], pid: int) -> None:
             for keep in (False, True):
                 p = partial_path(Path(o), keep_suffix=keep)
                 p.with_name(p.name.replace(f".{os.getpid()}.", f".{pid}.")).unlink(missing_ok=True)
-            if holder_of(o) is None:  # its lock died with it
+            if holder_of(o) in (None, str(pid)):  # its lock died with it, or it is ours (and its source is over)
                 lock_path(Path(o)).unlink(missing_ok=True)
 
 
@@ -775,7 +778,6 @@ class LocalPool:
             if w.proc.is_alive():
                 w.proc.kill()
                 w.proc.join()
-                if w.job is not None:
-                    drop_partials(w.job.outs, w.proc.pid)
-            if w.job is not None:
+            if w.job is not None:  # (a worker stopped while a sink was opening leaves its partial file too)
+                drop_partials(w.job.outs, w.proc.pid)
                 (remove_outputs if self.resumable else mark_cut_short)(w.job.outs)

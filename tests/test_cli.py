@@ -426,3 +426,25 @@ def test_skip_existing_redoes_a_source_an_interrupt_cut_short(tmp_path):
     assert r.returncode == 0, r.stderr
     assert len(json.loads(done.read_text())["frames"]) == 200 and sorted(f.name for f in out.iterdir()) == [done.name]
     assert outputs_complete([str(done)])
+
+
+@pytest.mark.parametrize("skip_existing", [False, True])
+def test_ctrl_c_while_an_output_opens_leaves_no_partial_or_lock_file(tmp_path, monkeypatch, skip_existing):
+    """Ctrl-C just after a sink has opened its partial file, before the run holds it (the sink's
+    constructor has not returned): the interrupted run removes that partial file and its lock."""
+    from stableface import sinks
+
+    opened = sinks._AtomicText.__init__
+
+    def interrupted(self, path):
+        opened(self, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sinks._AtomicText, "__init__", interrupted)
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_cli("track", str(img), "-o", str(out / "o.json"), *(["--skip-existing"] if skip_existing else []))
+    assert r.exit_code == 130, r.output
+    assert sorted(p.name for p in out.iterdir()) == [], r.output
