@@ -244,8 +244,9 @@ def main() -> None:
                          "--out runs/real_motion_train).")
     ap.add_argument("--methods", default="none,one-euro,one-euro-tuned,convlstm,lookahead",
                     help="Rows to run: none, none-hard, none-flip, one-euro, one-euro-tuned, convlstm, convlstm-hard, "
-                         "convlstm-flip, convlstm-noflow, lookahead, lookahead-noflow (-flip: --flip-test; -noflow: the "
-                         "face followed by its landmarks only, without image flow).")
+                         "convlstm-flip, convlstm-noflow, convlstm-unguarded, lookahead, lookahead-noflow (-flip: --flip-test; "
+                         "-noflow: the face followed by its landmarks only, without image flow; -unguarded: without the "
+                         "deviation guard).")
     ap.add_argument("--lookahead", type=int, default=8)
     ap.add_argument("--stabilizer", type=Path, default=None, help="A stabilizer .onnx other than the shipped one.")
     ap.add_argument("--weights", type=Path, default=None, help="A backbone .onnx (or weights folder) other than the shipped one.")
@@ -269,7 +270,8 @@ def main() -> None:
              "convlstm": PipelineConfig(stabilizer="convlstm"), "convlstm-hard": PipelineConfig(stabilizer="convlstm", pdc_mode="hard"),
              "none-flip": PipelineConfig(stabilizer="none", flip_test=True),
              "convlstm-flip": PipelineConfig(stabilizer="convlstm", flip_test=True),
-             "convlstm-noflow": PipelineConfig(stabilizer="convlstm", flow=False)}
+             "convlstm-noflow": PipelineConfig(stabilizer="convlstm", flow=False),
+             "convlstm-unguarded": PipelineConfig(stabilizer="convlstm", deviation=None)}
     if tuned:
         table["one-euro-tuned"] = PipelineConfig(stabilizer="one-euro", one_euro_min_cutoff=tuned[0], one_euro_beta=tuned[1])
     if {"lookahead", "lookahead-noflow"} & set(wanted):  # the fixed-lag smoother of the raw landmarks (it replaces the causal stabilizer)

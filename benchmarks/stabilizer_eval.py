@@ -25,7 +25,7 @@ from stableface import ibug
 from stableface.metrics import sequence_metrics
 from stableface.backbone import HeatmapBackbone
 from stableface.crop import CropBox
-from stableface.stabilizer import ConvLSTMStabilizer, ConvLSTMStep, Decoder, MotionConfig, OneEuro
+from stableface.stabilizer import DEVIATION, ConvLSTMStabilizer, ConvLSTMStep, Decoder, MotionConfig, OneEuro
 from stableface.training import data as D
 from stableface.training.sequences import SequenceSpec, make_sequence
 from stableface.weights import resolve
@@ -47,12 +47,13 @@ def sequences(samples, backbone, kind, noise, n_frames, seed):
 
 
 def run_convlstm(step: ConvLSTMStep, hms: np.ndarray, size: int, stride: float, compensate: bool = True,
-                 offset: np.ndarray | None = None, crops: np.ndarray | None = None) -> np.ndarray:
+                 offset: np.ndarray | None = None, crops: np.ndarray | None = None, deviation=DEVIATION) -> np.ndarray:
     """The runtime stabilizer class on a fixed crop whose coordinates are the crop's own (``offset``: the
     backbone's calibration, as the pipeline's decoder adds it; ``crops``: the frames' pixels, given to
-    the stabilizer as the pipeline gives them, for the face motion's image flow)."""
+    the stabilizer as the pipeline gives them, for the face motion's image flow; ``deviation``: the guard)."""
     box = CropBox(size / 2, size / 2, float(size))
-    stab = ConvLSTMStabilizer(step, Decoder(size, stride, offset=offset), None if compensate else MotionConfig(enabled=False))
+    stab = ConvLSTMStabilizer(step, Decoder(size, stride, offset=offset), None if compensate else MotionConfig(enabled=False),
+                              deviation=deviation)
     out = []
     for i, seq in enumerate(hms):
         stab.reset()
@@ -91,6 +92,8 @@ def main() -> None:
     decoder = Decoder(bb.size, bb.stride, offset=bb.offset)  # the pipeline's: PDC with the backbone's calibration
     raw = {k: decoder.decode(h)[0] for k, (h, _, _) in sets.items()}
     lstm = {k: run_convlstm(step, h, bb.size, bb.stride, offset=bb.offset, crops=c) for k, (h, _, c) in sets.items()}
+    unguarded = {k: run_convlstm(step, h, bb.size, bb.stride, offset=bb.offset, crops=c, deviation=None)
+                 for k, (h, _, c) in sets.items()}
     plain = {k: run_convlstm(step, h, bb.size, bb.stride, compensate=False, offset=bb.offset) for k, (h, _, _) in sets.items()}
     landmark_motion = {k: run_convlstm(step, h, bb.size, bb.stride, offset=bb.offset) for k, (h, _, _) in sets.items()}
     # tune One Euro honestly on the same sequences
@@ -108,6 +111,7 @@ def main() -> None:
         table[k] = {"raw": sequence_metrics(raw[k], gt), "one-euro": sequence_metrics(euro[k], gt),
                     "convlstm (no motion compensation)": sequence_metrics(plain[k], gt),
                     "convlstm (motion from the landmarks only)": sequence_metrics(landmark_motion[k], gt),
+                    "convlstm (no deviation guard)": sequence_metrics(unguarded[k], gt),
                     "convlstm": sequence_metrics(lstm[k], gt)}
     print(f"{len(samples)} validation images x {args.frames} frames per set; One Euro tuned: min_cutoff={best[0]}, beta={best[1]}")
     print("| set | method | NME % | jitter % | jitter error % |")

@@ -80,7 +80,7 @@ def stabilizer_offset(step: ConvLSTMStep, backbone: HeatmapBackbone, sequences, 
     deltas, n = [], 0
     for crops, _ in sequences:
         hms = np.concatenate([backbone(crops[i:i + 32]) for i in range(0, len(crops), 32)])
-        stab = ConvLSTMStabilizer(step, decoder, deviation_limit=None)  # the network's own offset, unbounded
+        stab = ConvLSTMStabilizer(step, decoder, deviation=None)  # the network's own offset, unguarded
         for t, hm in enumerate(hms):
             raw, _ = stab._raw(hm, box)
             motion, o = stab._input(raw, hm, box, t * 40.0, crops[t])  # with the crop's pixels, as at run time

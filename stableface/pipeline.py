@@ -33,7 +33,7 @@ from stableface.detector import BlazeFace, FaceDetector, PartialDetections, Tile
 from stableface.lookahead import Lookahead
 from stableface.shots import ShotDetector, frame_features, landmarks_changed
 from stableface.sinks import Sink, SinkError
-from stableface.stabilizer import (ConvLSTMStabilizer, ConvLSTMStep, Decoder, MotionConfig, NoStabilizer,
+from stableface.stabilizer import (DEVIATION, ConvLSTMStabilizer, ConvLSTMStep, Decoder, DeviationConfig, MotionConfig, NoStabilizer,
                                    OneEuroStabilizer, Stabilizer, update_many)
 from stableface.tracker import Track, Tracker
 from stableface.types import Face, Frame, FrameResult
@@ -115,6 +115,7 @@ class PipelineConfig:
     flip_test: bool = False  # average each crop's heatmaps with its mirror's (HeatmapBackbone.flip_test)
     flow: bool = True  # follow each face by image flow: the ConvLSTM's face motion, the lookahead's face frame
     detect_tiles: bool = True  # from_weights: the full-range detector also on square tiles of a wide frame (small faces)
+    deviation: DeviationConfig | None = DEVIATION  # the ConvLSTM's deviation guard (None: the network's output as it is)
 
 
 class Pipeline:
@@ -184,7 +185,7 @@ class Pipeline:
             return NoStabilizer(self.decoder, MotionConfig() if self.config.flow else None)
         if self.config.stabilizer == "convlstm":
             assert self.step is not None
-            return ConvLSTMStabilizer(self.step, self.decoder)
+            return ConvLSTMStabilizer(self.step, self.decoder, deviation=self.config.deviation)
         if self.config.stabilizer == "one-euro":
             return OneEuroStabilizer(self.decoder, self.config.one_euro_min_cutoff, self.config.one_euro_beta)
         return NoStabilizer(self.decoder)

@@ -123,7 +123,7 @@ def test_stabilizer_output_offset_takes_the_measured_shift_off(tmp_path):
         dec = Decoder(bb.size, bb.stride, offset=bb.offset)
         box = CropBox(bb.size / 2, bb.size / 2, float(bb.size))  # crop px = source px
         for crops, _ in _still_sequences(bb, img, own, seed=0):
-            stab = ConvLSTMStabilizer(s, dec, deviation_limit=None)  # the offset alone, without the runtime guard
+            stab = ConvLSTMStabilizer(s, dec, deviation=None)  # the offset alone, without the runtime guard
             for t, hm in enumerate(bb(crops)):
                 p, _ = stab.update(hm, box, t * 40.0)
                 if t >= 4:

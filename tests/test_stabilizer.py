@@ -159,7 +159,7 @@ def test_motion_compensation_removes_lag_on_a_moving_face(tmp_path):
     base = np.array([[40.0, 50.0], [60.0, 70.0], [80.0, 50.0]])
     errors = {}
     for comp in (False, True):
-        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), MotionConfig(enabled=comp), deviation_limit=None)
+        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), MotionConfig(enabled=comp), deviation=None)
         for t in range(25):  # the face moves 1.5 px per frame to the right
             truth = base + [1.5 * t, 0.0]
             pts, _ = stab.update(codec.encode(truth, (32, 32), 4), box, t * 40.0)
@@ -222,25 +222,52 @@ def test_limit_deviation_bounds_the_stray_and_keeps_the_small():
 
 def test_a_landmark_that_moves_in_the_face_frame_is_not_left_behind(tmp_path):
     """One point jumps 10 px while the rest hold still (a jaw point under a head turn): the slow
-    state trails it by pixels; the deviation limit keeps every output within its bound of raw."""
+    state trails it by pixels; the deviation guard keeps every output within its per-frame bound of raw."""
     from stableface import codec
-    from stableface.stabilizer import DEVIATION_LIMIT, ConvLSTMStabilizer, Decoder
+    from stableface.stabilizer import DEVIATION, ConvLSTMStabilizer, Decoder
 
     step = _ema_step(tmp_path)
     box = CropBox(64.0, 64.0, 128.0)
     base = np.array([[34.0, 54.0], [64.0, 90.0], [94.0, 54.0]])
-    worst = {}
-    for limit in (None, DEVIATION_LIMIT):
-        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), deviation_limit=limit)
-        errs = []
-        for t in range(20):
+    errs = {}
+    for guard in (None, DEVIATION):
+        stab = ConvLSTMStabilizer(step, Decoder(128, 4.0), deviation=guard)
+        errs[guard] = []
+        for t in range(24):
             truth = base + ([[0.0, 0.0], [0.0, 10.0], [0.0, 0.0]] if t >= 8 else 0.0)
             pts, _ = stab.update(codec.encode(truth, (32, 32), 4), box, t * 40.0)
             raw, _ = stab.decoder(codec.encode(truth, (32, 32), 4), box)
-            errs.append(float(np.linalg.norm(pts - raw, axis=1).max()))
-        worst[limit] = max(errs[8:])
-    assert worst[None] > 2.0
-    assert worst[DEVIATION_LIMIT] <= DEVIATION_LIMIT * 60.0 + 1e-4  # face width 60 px
+            errs[guard].append(float(np.linalg.norm(pts - raw, axis=1).max()))
+    width = 60.0  # the face's width, px
+    assert max(errs[None][8:]) > 2.0
+    assert max(errs[DEVIATION][8:]) <= DEVIATION.limit * width + 1e-4  # (the drift bound: the test below)
+
+
+def test_deviation_guard_keeps_the_smoothing_and_takes_off_a_lasting_deviation():
+    """Planted: the stabilized point flickers +-0.5 px about raw (the noise the network removed) and
+    one point sits 5 px off, frame after frame (left behind). The flicker passes unchanged on
+    average, the lasting deviation comes down to the drift bound; a bound on each frame's deviation
+    alone (the previous guard) shrank the flicker too."""
+    from stableface.stabilizer import DeviationConfig, DeviationGuard, limit_deviation
+
+    cfg = DeviationConfig(drift=0.003, rate=0.35, limit=0.015)
+    raw = np.array([[0.0, 0.0], [100.0, 0.0], [50.0, 80.0]])  # face width 100 px: drift bound 0.3 px, limit 1.5 px
+    guard = DeviationGuard(cfg)
+    flicker, lasting, old = [], [], []
+    for t in range(40):
+        pts = raw + [[0.5 * (-1) ** t, 0.0], [0.0, 5.0], [0.0, 0.0]]
+        out = guard(pts, raw)
+        flicker.append(abs((out - raw)[0, 0]))
+        lasting.append(float(np.linalg.norm((out - raw)[1])))
+        old.append(abs((limit_deviation(pts, raw, 0.006) - raw)[0, 0]))
+    assert np.mean(flicker[10:]) == pytest.approx(0.5, abs=0.03)
+    assert np.mean(old[10:]) < 0.45  # the previous guard took a fifth of the flicker back towards raw
+    assert lasting[0] <= cfg.limit * 100 + 1e-9 and max(lasting[10:]) <= cfg.drift * 100 + 1e-6
+    guard.reset()
+    assert guard.mean is None
+    nan = raw.copy()
+    nan[0] = np.nan
+    assert guard(raw + 1.0, nan) is not None and guard.mean is None  # no face size: passed through, restarted
 
 
 def test_fit_similarity_recovers_a_known_transform():
@@ -293,7 +320,7 @@ def test_training_twin_matches_the_runtime(tmp_path):
     hms = np.stack([codec.encode(p, (32, 32), 4) for p in truth]).astype(np.float32)
     dec = Decoder(128, 4.0)
     box = CropBox(64.0, 64.0, 128.0)
-    stab = ConvLSTMStabilizer(step, dec, deviation_limit=None)  # the twin is the network; the limit is a runtime guard
+    stab = ConvLSTMStabilizer(step, dec, deviation=None)  # the twin is the network; the limit is a runtime guard
     runtime = np.stack([stab.update(h, box, t * 40.0)[0] for t, h in enumerate(hms)])
     raw = codec.decode_pdc(hms, 4.0)[0]
     pull, push = motion_plan(raw[None], 128, 4.0, step.motion)
@@ -316,3 +343,15 @@ def test_shipped_stabilizer_holds_a_still_noise_free_face_still():
     pts = np.stack([pipe.update(photo, 40.0 * t).faces[0].landmarks for t in range(12)])
     drift = np.linalg.norm(pts - pts[-1], axis=-1).mean(-1).max() / ibug.interocular(pts[-1])
     assert drift < 0.002, drift  # fraction of IOD; 4 priming steps left a start-up drift of 0.004
+
+
+def test_pipeline_config_sets_the_deviation_guard():
+    """``PipelineConfig.deviation`` reaches every new ConvLSTM stabilizer: the shipped guard by default,
+    another config as given, none with None."""
+    from stableface.pipeline import Pipeline, PipelineConfig
+    from stableface.stabilizer import DEVIATION, DeviationConfig
+
+    other = DeviationConfig(drift=0.01, rate=0.5, limit=0.05)
+    guards = [Pipeline.from_weights(device="cpu", config=PipelineConfig(deviation=d)).new_stabilizer().guard
+              for d in (DEVIATION, other, None)]
+    assert guards[0].config == DEVIATION and guards[1].config == other and guards[2] is None
