@@ -362,13 +362,13 @@ class DeviationConfig:
     noise the network removed out and brings a lagging point back within a few frames; each frame's
     deviation is then bounded softly by ``limit``.
 
-    Chosen on the 16 real-motion *training* clips (``python benchmarks/real_motion.py --split train
-    --seed 1 --clips 16 --out runs/real_motion_train``; offline on the unguarded network's tracks,
-    ``drift`` 0.002-0.004 x ``rate`` 0.35-0.7 x ``limit`` 0.01-0.03, then through the pipeline):
-    jitter error 0.387-0.390% over the plateau ``rate`` <= 0.5, ``limit`` <= 0.02, against 0.429% with
-    the previous guard (a bound of 0.006 on each frame's deviation alone) and NRMSE within 0.5% of raw's;
-    of the plateau, the setting that held synthetic still faces best. Without any guard a head turn
-    leaves jaw points behind for 40 frames (NRMSE 6.7% against raw's 4.1% on those clips).
+    Chosen on the 16 real-motion *training* clips (``python benchmarks/deviation_guard.py``: offline on
+    the unguarded network's tracks, ``drift`` 0.002-0.004 x ``rate`` 0.35-0.7 x ``limit`` 0.01-0.03):
+    jitter error 0.387-0.390% over the plateau ``rate`` <= 0.5, ``limit`` <= 0.02, NRMSE within 0.5% of
+    raw's, against 0.421% for the previous guard (a bound of 0.006 on each frame's deviation alone); of
+    the plateau, the setting that held synthetic still faces best. Through the pipeline 0.405% against
+    0.429%. Without any guard a head turn leaves jaw points behind for 40 frames (NRMSE 6.7% against
+    raw's 4.1% on those clips).
     """
 
     drift: float = 0.003
