@@ -6,7 +6,9 @@ Renders (or reuses) the training split of the real-motion benchmark (training st
 never the benchmark's), runs the whole pipeline once with the guard off (raw and unguarded ConvLSTM
 tracks), then applies each guard setting offline to those tracks and prints mean NRMSE, jitter
 error and lag (% of IOD, frames). Offline is close, not exact: in the pipeline the crop follows
-the guarded points. The last line runs the shipped guard through the pipeline. "Each frame's deviation
+the guarded points, and the offline rows give the guard no face motion (it counts the face as moving:
+the looser bounds of a still face, ``still_gain``, do not act; the training clips' faces always move).
+The last line runs the shipped guard through the pipeline. "Each frame's deviation
 alone" rows are the previous release's guard (``limit_deviation`` with a bound of 0.006).
 """
 

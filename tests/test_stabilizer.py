@@ -355,3 +355,24 @@ def test_pipeline_config_sets_the_deviation_guard():
     guards = [Pipeline.from_weights(device="cpu", config=PipelineConfig(deviation=d)).new_stabilizer().guard
               for d in (DEVIATION, other, None)]
     assert guards[0].config == DEVIATION and guards[1].config == other and guards[2] is None
+
+
+def test_deviation_guard_is_looser_on_a_still_face():
+    """A lasting 0.8 px deviation on a face 100 px wide: while the face moves 2% of its width a frame
+    it comes down to the drift bound (0.3 px); while it holds still (the flow's noise, 0.05%) the
+    bounds are 1 + still_gain times looser and it stays; with still_gain 0 it comes down either way."""
+    from stableface.stabilizer import DeviationConfig, DeviationGuard
+
+    raw = np.array([[0.0, 0.0], [100.0, 0.0], [50.0, 80.0]])
+    pts = raw + [[0.0, 0.8], [0.0, 0.0], [0.0, 0.0]]
+
+    def lasting(cfg: DeviationConfig, moved: float | None) -> float:
+        guard = DeviationGuard(cfg)
+        for _ in range(30):
+            out = guard(pts, raw, moved)
+        return float(np.linalg.norm((out - raw)[0]))
+
+    cfg = DeviationConfig(drift=0.003, rate=0.35, limit=0.015, still_speed=0.0015, still_gain=3.0)
+    assert lasting(cfg, 2.0) <= 0.3 + 1e-6 and lasting(cfg, None) <= 0.3 + 1e-6
+    assert lasting(cfg, 0.05) > 2 * 0.3  # (the soft bound of 1.2 px still shortens it a little: 0.68 px)
+    assert lasting(DeviationConfig(still_gain=0.0), 0.05) <= 0.3 + 1e-6
