@@ -214,6 +214,25 @@ def causal_bound(raw: list[np.ndarray], gts: list[np.ndarray], taps: int = 6) ->
         out[f"moving average of the residual (rate {a})"] = score(ema)
     # the same with the face's exact motion (a similarity fitted to the ground truth): what a causal
     # filter of the shape reaches when the head's motion is known exactly, as image flow nearly knows it
+    exact_sims, exact_local, exact_truth = [], [], []
+    for tr, gt in zip(raw, gts):
+        ok = np.isfinite(tr).all(axis=(1, 2))
+        tr, gt = tr[ok], gt[ok].astype(np.float64)
+        ss = fit_similarity(gt[0], gt)
+        exact_sims.append(ss)
+        exact_local.append(np.stack([apply_affine(invert(m), x) for m, x in zip(ss, tr)]))
+        exact_truth.append(np.stack([apply_affine(invert(m), g) for m, g in zip(ss, gt)]))
+    ys = np.concatenate([g.reshape(-1) for g in exact_truth])
+    for n in (taps, 2 * taps):  # one filter for every point, fitted to the truth over all clips (a bound, not a method)
+        def lagged_n(x: np.ndarray) -> np.ndarray:
+            flat = x.reshape(len(x), -1)
+            return np.stack([flat[np.maximum(np.arange(len(x)) - j, 0)] for j in range(n)], axis=-1)
+
+        xs = np.concatenate([lagged_n(x).reshape(-1, n) for x in exact_local])
+        we = np.linalg.lstsq(np.hstack([xs, np.ones((len(xs), 1))]), ys, rcond=None)[0]
+        out[f"exact motion + least-squares causal filter of the shape ({n} taps)"] = score(
+            [np.stack([apply_affine(m, (lx @ we[:-1] + we[-1]).reshape(-1, 2)) for m, lx in zip(ss, lagged_n(x))])
+             for x, ss in zip(exact_local, exact_sims)])
     for a in (0.3, 0.4, 0.5, 0.7):
         ema = []
         for tr, gt in zip(raw, gts):
