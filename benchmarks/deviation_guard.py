@@ -66,7 +66,8 @@ def main() -> None:
     print("|---|---|---|---|")
     rows = {"raw": tracks["none"], "none (the network's output)": tracks["convlstm"]}
     for name, tr in rows.items():
-        print(f"| {name} | {score(tr)[0]:.3f} | {score(tr)[1]:.4f} | {score(tr)[2]:.2f} |")
+        m = score(tr)
+        print(f"| {name} | {m[0]:.3f} | {m[1]:.4f} | {m[2]:.2f} |")
     for limit in (0.004, 0.006, 0.01):
         m = score([guarded(u, r, limit) for u, r in zip(tracks["convlstm"], tracks["none"])])
         print(f"| each frame's deviation alone, bound {limit} | {m[0]:.3f} | {m[1]:.4f} | {m[2]:.2f} |")

@@ -187,9 +187,9 @@ def causal_bound(raw: list[np.ndarray], gts: list[np.ndarray], taps: int = 6) ->
         local.append(np.stack([apply_affine(invert(m), x) for m, x in zip(ss, tr)]))
         truth.append(np.stack([apply_affine(invert(m), g) for m, g in zip(ss, gt)]))
 
-    def lagged(x: np.ndarray) -> np.ndarray:  # (T, K*2, taps): x_t, x_{t-1}, ... (the first frame repeated)
+    def lagged(x: np.ndarray, n: int = taps) -> np.ndarray:  # (T, K*2, n): x_t, x_{t-1}, ... (the first frame repeated)
         flat = x.reshape(len(x), -1)
-        return np.stack([flat[np.maximum(np.arange(len(x)) - j, 0)] for j in range(taps)], axis=-1)
+        return np.stack([flat[np.maximum(np.arange(len(x)) - j, 0)] for j in range(n)], axis=-1)
 
     xs = np.concatenate([lagged(x).reshape(-1, taps) for x in local])
     ys = np.concatenate([g.reshape(-1) for g in truth])
@@ -224,24 +224,16 @@ def causal_bound(raw: list[np.ndarray], gts: list[np.ndarray], taps: int = 6) ->
         exact_truth.append(np.stack([apply_affine(invert(m), g) for m, g in zip(ss, gt)]))
     ys = np.concatenate([g.reshape(-1) for g in exact_truth])
     for n in (taps, 2 * taps):  # one filter for every point, fitted to the truth over all clips (a bound, not a method)
-        def lagged_n(x: np.ndarray) -> np.ndarray:
-            flat = x.reshape(len(x), -1)
-            return np.stack([flat[np.maximum(np.arange(len(x)) - j, 0)] for j in range(n)], axis=-1)
-
-        xs = np.concatenate([lagged_n(x).reshape(-1, n) for x in exact_local])
+        xs = np.concatenate([lagged(x, n).reshape(-1, n) for x in exact_local])
         we = np.linalg.lstsq(np.hstack([xs, np.ones((len(xs), 1))]), ys, rcond=None)[0]
         out[f"exact motion + least-squares causal filter of the shape ({n} taps)"] = score(
-            [np.stack([apply_affine(m, (lx @ we[:-1] + we[-1]).reshape(-1, 2)) for m, lx in zip(ss, lagged_n(x))])
+            [np.stack([apply_affine(m, (lx @ we[:-1] + we[-1]).reshape(-1, 2)) for m, lx in zip(ss, lagged(x, n))])
              for x, ss in zip(exact_local, exact_sims)])
     for a in (0.3, 0.4, 0.5, 0.7):
         ema = []
-        for tr, gt in zip(raw, gts):
-            ok = np.isfinite(tr).all(axis=(1, 2))
-            tr, gt = tr[ok], gt[ok].astype(np.float64)
-            ss = fit_similarity(gt[0], gt)
+        for loc, ss in zip(exact_local, exact_sims):
             y, rows = None, []
-            for m, xt in zip(ss, tr):
-                x = apply_affine(invert(m), xt)
+            for m, x in zip(ss, loc):
                 y = x if y is None else a * x + (1 - a) * y
                 rows.append(apply_affine(m, y))
             ema.append(np.stack(rows))

@@ -748,9 +748,9 @@ class LocalPool:
                             self.queue.appendleft(job)
                         else:
                             done += 1
-                            remove_outputs(job.outs)  # a failed source leaves no output (a worker SIGTERMed
+                            remove_outputs(job.outs)  # a failed source leaves no output (a SIGTERMed worker closes them)
                             yield Finished(job, SourceReport(job.spec, error=f"{job.spec}: its worker process died "
-                                                                            f"({why}), twice"))  # closes them)
+                                                                            f"({why}), twice"))
                     if start_deaths >= 3:  # workers that cannot even start: the rest cannot be tracked
                         while self.queue:
                             job = self.queue.popleft()

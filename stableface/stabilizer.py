@@ -437,7 +437,7 @@ class DeviationGuard:
             if cfg.still_gain and cfg.still_speed > 0:
                 loose += cfg.still_gain * float(np.exp(-(self.speed / cfg.still_speed) ** 2))
         excess = self.mean - soft_bound(self.mean, cfg.drift * width * loose)
-        return limit_deviation((p - excess).astype(np.asarray(points).dtype), r, cfg.limit * loose)
+        return (r + soft_bound(p - excess - r, cfg.limit * width * loose)).astype(np.asarray(points).dtype)
 
 
 class ConvLSTMStabilizer:
@@ -507,12 +507,14 @@ class ConvLSTMStabilizer:
         if self.step.output_offset is not None:
             q = q - self.step.output_offset
         out = apply_affine(motion, to_source(q, self.ref, self.decoder.crop_size)).astype(np.float32)
-        moved = None
+        if self.guard is None:
+            return out
+        moved = None  # how far the face's frame carried the face since the previous frame (is it still?)
         if self.last_motion is not None and self.motion.ref is not None:
             face = self.motion.ref
             moved = float(np.linalg.norm(apply_affine(motion, face) - apply_affine(self.last_motion, face), axis=-1).mean())
         self.last_motion = motion
-        return out if self.guard is None else self.guard(out, raw, moved)
+        return self.guard(out, raw, moved)
 
 
 def update_many(stabilizers: list[Stabilizer], heatmaps: np.ndarray, crops: list[CropBox],
