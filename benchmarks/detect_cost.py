@@ -1,7 +1,8 @@
 """The detection stage's time per frame while tracking, at ``--redetect-every 10`` (the default): the
 shipped detectors merged at every re-detection (two releases ago) against one of them per
 re-detection, in turn (``UnionDetector.redetect``), without and with the full-range model's tiles
-of wide frames in the turn (``PipelineConfig.detect_tiles``, this release). Same run, interleaved
+of the frame in the turn (``PipelineConfig.detect_tiles``): tiles of the frame's shorter side (wide frames),
+then also tiles of half that side with the sweep after a search (this release). Same run, interleaved
 rounds; ``Pipeline.timer``'s ``detect`` stage over every frame of the clips.
 
     python benchmarks/detect_cost.py [--rounds 3] [--videos DIR] [--wide]   # default: the shared clips
@@ -76,13 +77,16 @@ def main() -> None:
     cfg = PipelineConfig(stabilizer="none", detect_tiles=False)
     plain = Pipeline.from_weights(device="cpu", config=cfg)
     tiles = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"))
+    one = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"))
+    one.detector.levels = one.detector.levels[:1]  # the previous release: tiles of the frame's shorter side only
     both = Pipeline.from_weights(device="cpu", config=cfg)
     both.detector = _AllAtOnce(both.detector)
     res: dict[str, list] = {"every model at every re-detection": [], "one model per re-detection, in turn": [],
-                            "one model per re-detection, in turn, tiles included (shipped)": []}
+                            "one model per re-detection, in turn, tiles of the shorter side": [],
+                            "the same with half-height tiles and the sweep (shipped)": []}
     sizes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in (next(frames(c, a.wide)) for c in clips)})
     for _ in range(a.rounds):
-        for name, pipe in zip(res, (both, plain, tiles)):
+        for name, pipe in zip(res, (both, plain, one, tiles)):
             res[name].append(run(pipe, clips, a.wide))
     print(f"{platform.machine()}, {os.cpu_count()} CPUs; {len(clips)} clips ({', '.join(sizes)}), {res[name][0][2]} frames, "
           f"redetect every {cfg.redetect_every}; medians of {a.rounds} interleaved rounds")
@@ -90,14 +94,16 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, rows in res.items():
         print(f"| {name} | {statistics.median(r[0] for r in rows):.3f} | {rows[0][1]:.3f} | {rows[0][3]} | {rows[0][4]} |")
-    a_, b_, c_ = (statistics.median(r[0] for r in rows) for rows in res.values())
-    print(f"in turn / every model: {b_ / a_:.2f}x; with tiles / without: {c_ / b_:.2f}x")
+    a_, b_, c_, d_ = (statistics.median(r[0] for r in rows) for rows in res.values())
+    print(f"in turn / every model: {b_ / a_:.2f}x; with tiles / without: {c_ / b_:.2f}x; shipped / without tiles: "
+          f"{d_ / b_:.2f}x; shipped / tiles of the shorter side: {d_ / c_:.2f}x")
     # searching: frames with no face (a smooth random texture, 640x360), where every frame is searched
     import numpy as np
 
     rng = np.random.default_rng(0)
     empty = [cv2.GaussianBlur(rng.integers(0, 255, (360, 640, 3), dtype=np.uint8), (0, 0), 6) for _ in range(50)]
-    found, search = {"without tiles": [], "with tiles (shipped)": []}, {"without tiles": plain, "with tiles (shipped)": tiles}
+    search = {"without tiles": plain, "tiles of the shorter side": one, "both levels (shipped)": tiles}
+    found: dict[str, list] = {name: [] for name in search}
     for _ in range(a.rounds):
         for name, pipe in search.items():
             pipe.reset()

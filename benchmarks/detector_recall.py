@@ -14,8 +14,9 @@
   is S pixels, for each S of ``--scales``. Detections that match no planted face are counted too
   (the crops can show parts of other people's faces, so these are an upper bound on false positives).
 * **Landmarks on the multi-face frames**: the shipped pipeline (``--max-faces 4``) on each frame, shown
-  as a still clip of 12 frames with a re-detection on every frame, so that every job of the detector
-  (the pipeline spreads the full-range model's tiles over searches and re-detections) has run once:
+  as a still clip with a re-detection on every frame, long enough (2 frames more than there are tiles) for
+  every job of the detector (the pipeline spreads the full-range model's tiles over a search and the sweep
+  after it) to have run once:
   NME of every reported face against the planted face it lies on, reports off the face (NME over
   10%), faces not reported, reports on no planted face, and whether a stricter start check (the
   mean landmark score a new track needs) would drop the off-face reports.
@@ -30,12 +31,14 @@
   stage's time per frame.
 
 Detector names: ``shipped`` (what ``Pipeline.from_weights`` builds: short and full merged, and the
-full-range model on tiles; ``detect`` runs every tile), ``shipped-notiles`` (the previous release's: without the tiles), ``short``,
+full-range model on tiles of two levels; ``detect`` runs every tile), ``shipped-onelevel`` (the previous release's:
+tiles of the frame's shorter side only), ``shipped-notiles`` (without any tiles), ``short``,
 ``full``, ``multi`` (the previous release's: short, then full at 0.6 when short finds nothing); ``@T`` after ``short`` or ``full`` sets its
 score threshold (``full@0.4``); ``A+B`` runs both and merges their detections (``UnionDetector``);
 ``tiled-NAME`` runs NAME on the frame and on overlapping square tiles of its shorter side
 (``TiledDetector``): ``tiled-full@0.4``, ``short+tiled-full``; ``halftiled-NAME`` runs NAME on tiles of half
-that side only (``shipped+halftiled-full``: what half-height tiles would add).
+that side only, at the model's own score threshold (``shipped-onelevel+halftiled-full``: the half-height tiles
+without the shipped level's score threshold of 0.6).
 """
 
 from __future__ import annotations
@@ -60,10 +63,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def build(name: str, device: str = "cpu") -> FaceDetector:
-    if name in ("shipped", "shipped-notiles"):
+    if name in ("shipped", "shipped-notiles", "shipped-onelevel"):
         from stableface.pipeline import Pipeline
 
-        return Pipeline.from_weights(device=device, config=_config(detect_tiles=name == "shipped")).detector
+        u = Pipeline.from_weights(device=device, config=_config(detect_tiles=name != "shipped-notiles")).detector
+        if name == "shipped-onelevel":  # the previous release's: tiles of the frame's shorter side only
+            u.levels = u.levels[:1]
+        return u
     if "+" in name:
         return UnionDetector([build(part, device) for part in name.split("+")])
     if name.startswith("tiled-"):
@@ -249,18 +255,17 @@ def main() -> None:
 
         scales = [int(s) for s in args.scales.split(",") if s]
         print("\n## Landmarks on the multi-face frames (the shipped pipeline, --max-faces 4, --stabilizer none)\n")
-        print("Each frame on its own (a fresh pipeline state) as a still clip of 12 frames, re-detecting on every frame "
-              "(--redetect-every 1), so that every detector job (both models, each tile of the full-range one) has run; the "
+        print("Each frame on its own (a fresh pipeline state) as a still clip of 2 frames more than the detector has tiles "
+              "(20 at 640x360), re-detecting on every frame (--redetect-every 1), so that every detector job (both models, "
+              "each tile of the full-range one: a search, then the sweep of the tiles) has run; the "
               "faces of the last frame count. A reported face is matched to the planted face whose "
               "landmark centroid is nearest (within half its box side); NME is inter-ocular. Off the face: NME > 10%.\n")
         print("| S | planted | reported | NME of reported (median) | off the face | not reported | reported, no planted face "
               "| landmark score of good / off-face reports (mean) |")
         print("|---|---|---|---|---|---|---|---|")
-        # the detector's jobs are spread over frames (a search: both models and one tile; a re-detection
-        # while faces are tracked: one model or one tile), so each frame is shown as a still clip long
-        # enough for all of them to run: 3 searching frames, then a re-detection on every frame (9 jobs)
+        # the detector's jobs are spread over frames (a search: both models and one tile; then the sweep:
+        # one tile a frame), so each frame is shown as a still clip long enough for all of them to run
         pipe = Pipeline.from_weights(device="cpu", config=_config(max_faces=4, redetect_every=1))
-        repeats = 12
         gate = []  # (scale, score, nme) of every matched report
         for s in scales:
             frames = compose(faces, s, np.random.default_rng(args.seed + s))
@@ -268,7 +273,7 @@ def main() -> None:
             errs, good_s, bad_s = [], [], []
             for img, pts_list, _ in frames:
                 pipe.reset()
-                for i in range(repeats):
+                for i in range(len(pipe.detector.windows(img)) + 2):
                     res = pipe.update(img, 40.0 * i)
                 planted += len(pts_list)
                 reported += len(res.faces)
@@ -292,6 +297,9 @@ def main() -> None:
         for t in (0.55, 0.6, 0.65, 0.7, 0.75):
             k = g[:, 1] >= t
             print(f"- {t}: {k.sum()} of {len(g)} kept, {(k & (g[:, 2] > 0.10)).sum()} of {(g[:, 2] > 0.10).sum()} off-face kept")
+        bad = g[g[:, 2] > 0.10]
+        print("\nThe off-face reports (S px, NME % of the inter-ocular distance, landmark score): "
+              + ", ".join(f"{s:.0f} px {100 * e:.1f}% {sc:.2f}" for s, sc, e in bad[np.argsort(-bad[:, 2])]))
 
     if "clips" not in skip:
         videos = sorted(args.videos.glob("*.mp4"))

@@ -149,7 +149,9 @@ class BlazeFace:
 
 def merge(found: list[Detection], iou: float = 0.3) -> list[Detection]:
     """Detections of several runs over one frame, best first; one that overlaps a better one by more
-    than ``iou`` is the same face and is dropped."""
+    than ``iou`` is the same face and is dropped. (One inside a better, larger one is kept: on frames
+    composed of small faces, a large box on the background holds some of them and outscores them,
+    ``benchmarks/detector_recall.py``; a part of a tracked face starts no track, ``Tracker.associate``.)"""
     out: list[Detection] = []
     for d in sorted(found, key=lambda d: -d.score):
         if not out or _iou(np.array(d.box), np.array([o.box for o in out])).max() <= iou:
@@ -174,31 +176,40 @@ class MultiRangeDetector:
 class UnionDetector:
     """Every detector runs on the frame; their detections are merged (``merge``).
 
-    ``tiles`` (a ``TiledDetector``, usually the full-range model on tiles of the frame's shorter
-    side) shows small faces of a wide frame larger than the whole frame shrunk to the model's input:
-    ``detect`` runs it on every tile. The pipeline's calls spread the tiles over frames:
+    ``tiles`` (``TiledDetector`` levels, usually the full-range model on tiles of the frame's shorter
+    side, then on tiles of half that side) show small faces larger than the whole frame shrunk to the
+    model's input: ``detect`` runs every tile of every level. The pipeline's calls spread the tiles
+    over frames; the windows are every level's tiles, coarsest level first:
 
-    * ``search`` (no face tracked) runs every detector on the frame and one tile, in turn, so a
-      small face is found within as many frames as there are tiles (3 for 16:9);
-    * ``redetect`` (the periodic re-detections while faces are tracked) runs one model per call,
-      in turn: each detector on the frame, then one tile, and again (``short, full, tile 0, short,
-      full, tile 1, ...``), so a re-detection costs one model. A tile's detections come as
-      ``PartialDetections``: they start and confirm faces, and end none.
+    * ``search`` (no face tracked) runs every detector on the frame and one window, in turn;
+    * ``sweep`` runs the next window of the search's turn alone, so that the pipeline can go on
+      through the windows once faces are found (a shot's faces are then all found within as many
+      frames as there are windows: 3 + 15 for 16:9 at 640x360);
+    * ``redetect`` (the periodic re-detections while faces are tracked) runs one model per call, in
+      turn: each detector on the frame, then one window of each level (``short, full, tile 0, half
+      tile 0, short, full, tile 1, half tile 1, ...``), so a re-detection costs one model.
 
-    A frame that is one tile (square, or a tile of its whole) has no tiles to run."""
+    A window's detections come as ``PartialDetections``: they start and confirm faces, and end none.
+    A frame that is one tile (square, or a tile of its whole) has no tiles of that level to run."""
 
-    def __init__(self, detectors: list[FaceDetector], tiles: TiledDetector | None = None) -> None:
+    def __init__(self, detectors: list[FaceDetector], tiles: TiledDetector | list[TiledDetector] | None = None) -> None:
         self.detectors = detectors
-        self.tiles = tiles
+        self.levels: list[TiledDetector] = [] if tiles is None else [tiles] if isinstance(tiles, TiledDetector) \
+            else list(tiles)
         self._turn = 0
         self._search = 0
         # ``detect``/``redetect`` may run in another thread beside this one (the pipeline's reader runs
         # re-detections ahead): BlazeFace keeps no state between calls, nor do tiles of it
-        self.thread_safe = all(isinstance(d, BlazeFace) for d in detectors) and (
-            tiles is None or isinstance(tiles.detector, BlazeFace))
+        self.thread_safe = all(isinstance(d, BlazeFace) for d in detectors) and all(
+            isinstance(t.detector, BlazeFace) for t in self.levels)
 
-    def _windows(self, image: np.ndarray) -> list[tuple[int, int, int]]:
-        return [] if self.tiles is None else self.tiles.tiles(image.shape[1], image.shape[0])
+    def _level_windows(self, image: np.ndarray) -> list[list[tuple[int, int, int]]]:
+        h, w = image.shape[:2]
+        return [t.tiles(w, h) for t in self.levels]
+
+    def windows(self, image: np.ndarray) -> list[tuple[TiledDetector, tuple[int, int, int]]]:
+        """Every level's tiles of this frame, coarsest level first: (level, window)."""
+        return [(t, win) for t, wins in zip(self.levels, self._level_windows(image)) for win in wins]
 
     def _whole(self, image: np.ndarray) -> list[Detection]:
         return [d for det in self.detectors for d in det.detect(image)]
@@ -206,32 +217,45 @@ class UnionDetector:
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Every detector on the frame and on every tile."""
         found = self._whole(image)
-        for w in self._windows(image):
-            found += self.tiles.detect_window(image, w)
+        for t, w in self.windows(image):
+            found += t.detect_window(image, w)
         return merge(found)
 
-    def search(self, image: np.ndarray, turn: int | None = None) -> list[Detection]:
-        """Every detector on the frame, and the ``turn``-th tile in turn (or the next one)."""
+    def _next_search(self, turn: int | None) -> int:
         if turn is None:
             turn, self._search = self._search, self._search + 1
+        return turn
+
+    def search(self, image: np.ndarray, turn: int | None = None) -> list[Detection]:
+        """Every detector on the frame, and the ``turn``-th window in turn (or the next one)."""
+        turn = self._next_search(turn)
         found = self._whole(image)
-        wins = self._windows(image)
+        wins = self.windows(image)
         if wins:
-            found += self.tiles.detect_window(image, wins[turn % len(wins)])
+            t, w = wins[turn % len(wins)]
+            found += t.detect_window(image, w)
         return merge(found)
+
+    def sweep(self, image: np.ndarray, turn: int | None = None) -> list[Detection]:
+        """The next window of the search's turn (or the ``turn``-th), alone: partial detections."""
+        turn = self._next_search(turn)
+        wins = self.windows(image)
+        if not wins:
+            return PartialDetections()
+        t, w = wins[turn % len(wins)]
+        return PartialDetections(merge(t.detect_window(image, w)))
 
     def redetect(self, image: np.ndarray, turn: int | None = None) -> list[Detection]:
         """One model's detections: the ``turn``-th job of the cycle (modulo its length), or the next one."""
         if turn is None:
             turn, self._turn = self._turn, self._turn + 1
-        n, wins = len(self.detectors), self._windows(image)
-        if not wins:
-            return merge(list(self.detectors[turn % n].detect(image)))
-        p = turn % ((n + 1) * len(wins))
-        q = p % (n + 1)
+        levels = [(t, wins) for t, wins in zip(self.levels, self._level_windows(image)) if wins]
+        n = len(self.detectors)
+        rnd, q = divmod(turn, n + len(levels))
         if q < n:
             return merge(list(self.detectors[q].detect(image)))
-        return PartialDetections(merge(self.tiles.detect_window(image, wins[p // (n + 1)])))
+        t, wins = levels[q - n]
+        return PartialDetections(merge(t.detect_window(image, wins[rnd % len(wins)])))
 
     def reset(self) -> None:
         self._turn = 0
@@ -249,10 +273,14 @@ class TiledDetector:
     """
 
     def __init__(self, detector: FaceDetector, tile: float = 1.0, overlap: float = 0.25, whole: bool = True,
-                 min_gain: float = 1.5) -> None:
+                 min_gain: float = 1.5, min_score: float = 0.0, min_tile: int = 0) -> None:
         if not 0 < tile <= 1:
             raise ValueError("tile must be in (0, 1]")
         self.detector, self.tile, self.overlap, self.whole, self.min_gain = detector, tile, overlap, whole, min_gain
+        # a tile's detections scoring under ``min_score`` are dropped (the half-height tiles of
+        # ``HALF_TILES``: textures score up to 0.55 there, benchmarks/detector_recall.py); frames
+        # whose tiles would be under ``min_tile`` px get none
+        self.min_score, self.min_tile = min_score, min_tile
         # tiles show a face max(w, h) / side times larger than the whole frame does (both go to one
         # square input): below ``min_gain`` (a 4:3 or 5:4 frame with tiles of its height: 1.33, 1.25)
         # they cost a model run each for little, and ``tiles`` gives none
@@ -273,7 +301,7 @@ class TiledDetector:
         """The windows that show the frame at least ``min_gain`` times larger than the whole does: none
         where one tile is the whole frame, or the frame is too nearly square (16:9: 1.78, three tiles)."""
         wins = self.windows(width, height)
-        if len(wins) == 1 and wins[0][2] >= max(width, height):
+        if len(wins) == 1 and wins[0][2] >= max(width, height) or wins[0][2] < self.min_tile:
             return []
         if min(width, height) < MIN_SIDE or max(width, height) > MAX_ASPECT * min(width, height):
             return []  # a strip of a frame, not footage: no tiles worth their runs
@@ -286,6 +314,8 @@ class TiledDetector:
         x, y, side = window
         out = []
         for d in self.detector.detect(image[y:y + side, x:x + side]):
+            if d.score < self.min_score:
+                continue
             x0, y0, x1, y1 = d.box
             margin = 0.02 * side
             cut = (x0 < margin and x > 0) or (y0 < margin and y > 0) \
@@ -300,3 +330,15 @@ class TiledDetector:
         for win in self.tiles(w, h) if self.whole else self.windows(w, h):
             found += self.detect_window(image, win)
         return merge(found)
+
+
+HALF_TILE_SCORE = 0.6  # half-height tiles: a detection needs this score (textures reach 0.55 there; faces of 24-32 px mostly score over 0.6)
+
+
+def small_face_tiles(full: FaceDetector) -> list[TiledDetector]:
+    """The tile levels the shipped detector runs the full-range model on: square tiles of the frame's
+    shorter side (frames wider than 3:2), then tiles of half that side (frames whose shorter side is at
+    least 256 px), where a face of 24 px in a 640x360 frame is 26 px at the model's input instead of 13."""
+    return [TiledDetector(full, whole=False),
+            TiledDetector(full, tile=0.5, whole=False, min_score=HALF_TILE_SCORE, min_tile=128)]
+

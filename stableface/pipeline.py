@@ -29,7 +29,7 @@ import numpy as np
 
 from stableface import codec, crop as C, onnx_util
 from stableface.backbone import HeatmapBackbone
-from stableface.detector import BlazeFace, FaceDetector, PartialDetections, TiledDetector, UnionDetector
+from stableface.detector import BlazeFace, FaceDetector, PartialDetections, UnionDetector, small_face_tiles
 from stableface.lookahead import Lookahead
 from stableface.shots import ShotDetector, frame_features, landmarks_changed
 from stableface.sinks import Sink, SinkError
@@ -157,8 +157,8 @@ class Pipeline:
         tiles = None
         if ws.detector_full is not None:
             dets.append(BlazeFace(ws.detector_full, device=device, threads=threads))
-            if config.detect_tiles:  # small faces of wide frames: the full-range model on square tiles too
-                tiles = TiledDetector(dets[-1], whole=False)
+            if config.detect_tiles:  # small faces: the full-range model on tiles of the frame too
+                tiles = small_face_tiles(dets[-1])
         # the step is tiny: one thread beats two on small CPUs (benchmarks/model_speed.py)
         # under a lookahead the ConvLSTM is not run; weights the user named are still loaded and checked
         wanted = config.stabilizer == "convlstm" and (not config.lookahead or stabilizer_weights is not None)
@@ -209,6 +209,7 @@ class Pipeline:
         # thread each frame, read by the reader's _ahead; a stale value only wastes one detection or
         # leaves it to the tracking thread)
         self._redetect_wanted = False
+        self._sweep = 0  # windows of the detector's tiles still to visit since the last search (``sweep``)
 
     def _finite(self, heatmaps: np.ndarray, frame: Frame) -> bool:
         """False for heatmaps holding NaN or Inf (a broken backbone): that face is dropped from this frame."""
@@ -306,12 +307,21 @@ class Pipeline:
         # a re-detection can only start a face where there is room, or end an unsure track: else it is skipped
         if due and tracker.settled():
             due, self.last_detect = False, block
-        if not tracker.tracks or due:
+        # after a search has found faces, the search's tiles go on, one a frame, until each has run once:
+        # the faces of a new shot that only a tile shows are found within as many frames as there are tiles
+        sweep = getattr(self.detector, "sweep", None) if tracker.tracks and self._sweep > 0 else None
+        if sweep is not None and tracker.settled():
+            sweep, self._sweep = None, 0
+        if not tracker.tracks or due or sweep is not None:
             with self.timer.stage("detect"):  # searching: every detector (and a tile in turn); re-detecting: one model in turn, by block
                 redetect = getattr(self.detector, "redetect", None) if tracker.tracks else None
-                if redetect is None:
+                if sweep is not None:
+                    detections = sweep(image)
+                    self._sweep -= 1
+                elif redetect is None:
                     search = getattr(self.detector, "search", self.detector.detect)
                     detections = search(image)
+                    self._sweep = len(self.detector.windows(image)) - 1 if hasattr(self.detector, "sweep") else 0
                 elif ahead.get("block") == block:
                     detections = ahead["detections"]
                 else:
@@ -359,6 +369,7 @@ class Pipeline:
         faces = sorted((Face(t.id, t.box, t.score, pts, scores, getattr(t.stabilizer, "frame", None))
                         for t, pts, scores in seen if id(t) in live),
                        key=lambda f: f.id)
+        # (a block's re-detection read ahead while the sweep still runs there is not used: at most two a shot)
         self._redetect_wanted = bool(tracker.tracks) and not tracker.settled()
         return FrameResult(frame.index, frame.timestamp_ms, tuple(faces), self.shot)
 

@@ -3,7 +3,8 @@
 A track is started from a detection, then followed from its own landmarks: its crop is
 re-derived from the landmarks, inside a dead band, so that the crop holds still while the face
 does (crop boxes never jitter more than the landmarks). Periodic re-detections keep ids honest:
-a detection that overlaps a live track is that track; one that overlaps none starts a new
+a detection that overlaps a live track is that track; one that is part of a live track's face
+(``inside``: an eye that a small tile showed) is nothing; one that overlaps none starts a new
 track (up to ``max_faces``); a track whose landmark confidence drops below ``min_score``, or that
 no re-detection confirms ``max_misses`` times in a row while its landmarks are less sure than
 ``sure_score``, ends and its stabilizer is reset. A track is never handed to another face: a
@@ -34,6 +35,14 @@ def crop_from_detection(det: Detection) -> CropBox:
     x0, y0, x1, y1 = det.box
     s = max(x1 - x0, y1 - y0)
     return CropBox((x0 + x1) / 2, (y0 + y1) / 2 + DET_CENTER_DY * s, max(DET_SIDE_SCALE * s, 1.0), 0.0)
+
+
+def inside(box: tuple[float, ...], outer: tuple[float, ...], ratio: float = 0.5) -> bool:
+    """Whether ``box`` is part of ``outer``: its centre lies inside it and it is at most ``ratio`` of its side
+    (a detection of an eye or a mouth in a small tile of a close-up face)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side, outer_side = max(box[2] - box[0], box[3] - box[1]), max(outer[2] - outer[0], outer[3] - outer[1])
+    return outer[0] <= cx <= outer[2] and outer[1] <= cy <= outer[3] and side <= ratio * outer_side
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -150,7 +159,9 @@ class Tracker:
         for t in [t for t in self.tracks if t.misses >= self.max_misses]:
             self.end(t)
         room = self.max_faces - len(self.tracks)
-        fresh = [detections[j] for j in unmatched][:max(0, room)]
+        # a detection that is part of a tracked face (an eye or a mouth that a small tile showed) is no new face
+        fresh = [detections[j] for j in unmatched if not any(inside(detections[j].box, t.box) for t in self.tracks)]
+        fresh = fresh[:max(0, room)]
         return fresh
 
     def start(self, detection: Detection, crop: CropBox | None = None) -> Track:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stableface import pose
-from stableface.detector import TiledDetector, UnionDetector, merge
+from stableface.detector import HALF_TILE_SCORE, PartialDetections, TiledDetector, UnionDetector, merge, small_face_tiles
 from stableface.types import Detection
 
 
@@ -135,10 +135,61 @@ def test_the_shipped_pipeline_tiles_its_full_range_detector_unless_told_not_to()
     from stableface.pipeline import Pipeline, PipelineConfig
 
     pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"))
-    assert pipe.detector.tiles is not None and pipe.detector.tiles.detector is pipe.detector.detectors[1]
+    levels = pipe.detector.levels
+    assert [t.tile for t in levels] == [1.0, 0.5] and all(t.detector is pipe.detector.detectors[1] for t in levels)
+    assert levels[1].min_score == HALF_TILE_SCORE > levels[0].min_score
     assert pipe.detector.thread_safe
     off = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none", detect_tiles=False))
-    assert off.detector.tiles is None
+    assert off.detector.levels == []
+
+
+def test_half_height_tiles_run_on_frames_of_256_px_and_more_and_keep_only_sure_detections():
+    half = small_face_tiles(Squares())[1]
+    assert len(half.tiles(640, 360)) == 15 and len(half.tiles(512, 512)) == 9 and len(half.tiles(720, 576)) == 9
+    assert half.tiles(320, 240) == [] and half.tiles(250, 400) == []  # tiles under 128 px
+    found = [Detection((10.0, 10.0, 30.0, 30.0), HALF_TILE_SCORE - 0.01), Detection((60.0, 60.0, 80.0, 80.0), HALF_TILE_SCORE)]
+    half.detector = Fixed(found)
+    assert [d.box for d in half.detect_window(frame_with([]), (0, 0, 180))] == [(60.0, 60.0, 80.0, 80.0)]
+
+
+def test_union_with_two_tile_levels_searches_sweeps_and_redetects_every_window_in_turn():
+    calls = []
+    full = Named("full", calls)
+    levels = [TiledDetector(Named("tile", calls), whole=False), TiledDetector(Named("half", calls), tile=0.5, whole=False)]
+    u = UnionDetector([Named("short", calls), full], levels)
+    img = frame_with([])
+    assert [(t.tile, w) for t, w in u.windows(img)][:4] == [(1.0, (0, 0, 360)), (1.0, (140, 0, 360)),
+                                                            (1.0, (280, 0, 360)), (0.5, (0, 0, 180))]
+    assert len(u.windows(img)) == 3 + 15
+    u.search(img)
+    for _ in range(17):
+        assert isinstance(u.sweep(img), PartialDetections)
+    assert [c for c in calls if c[0] in ("tile", "half")] == [("tile", 360)] * 3 + [("half", 180)] * 15
+    calls.clear()
+    for _ in range(8):
+        u.redetect(img)
+    assert [c[0] for c in calls] == ["short", "full", "tile", "half"] * 2  # one model per re-detection
+    calls.clear()
+    u.redetect(img, turn=4 * 16 + 3)  # round 16: the 17th half tile (of 15: the second) and the second tile
+    u.redetect(img, turn=4 * 16 + 2)
+    assert calls == [("half", 180), ("tile", 360)]
+
+
+def test_the_pipeline_sweeps_the_tiles_after_a_search_so_a_small_face_beside_a_large_one_is_found_at_once():
+    from stableface.pipeline import Pipeline, PipelineConfig
+    from stableface.types import Frame
+    from tests.test_shots import PlantedBackbone
+
+    # a large face the whole-frame models find, and a small one only the last half tile (x 460-640,
+    # y 180-360) shows: before the sweep, the small one waited for its turn among the re-detections
+    img = frame_with([(100, 100, 120), (560, 280, 30)])
+    levels = [TiledDetector(Squares(reach=0.3), whole=False), TiledDetector(Squares(reach=0.15), tile=0.5, whole=False)]
+    u = UnionDetector([Squares(reach=0.15)], levels)
+    assert len(u.windows(img)) == 18
+    pipe = Pipeline(u, PlantedBackbone(), PipelineConfig(stabilizer="none", redetect_every=10, max_faces=4))
+    counts = [len(pipe.update(Frame(img, i, 40.0 * i)).faces) for i in range(20)]
+    assert counts == [1] * 17 + [2] * 3  # the last window runs on the 18th frame
+    assert [f.id for f in pipe.update(Frame(img, 20, 800.0)).faces] == [0, 1]
 
 
 def test_tile_detections_come_back_in_frame_coordinates_keypoints_included():

@@ -60,6 +60,16 @@ def test_ids_stable_while_face_stays_and_new_face_gets_next_id():
     assert a.age == 5 and b.age == 0
 
 
+def test_a_detection_that_is_part_of_a_tracked_face_starts_no_track():
+    tr = Tracker(Counting, max_faces=4)
+    a = tr.start(tr.associate([det(100, 100, 200)])[0])
+    assert tr.observe(a, face_points(100, 100, 200), np.full(68, 0.8))
+    # an eye a small tile showed as a face (centre inside, a fifth of the side), and a small face beside it
+    fresh = tr.associate([det(140, 160, 40), det(320, 100, 40)], misses=False)
+    assert [d.box[0] for d in fresh] == [320]
+    assert tr.associate([det(230, 230, 110)]) != []  # centre inside, IoU 0.10, but over half the face's side: a face of its own
+
+
 def test_max_faces_caps_new_tracks():
     tr = Tracker(Counting, max_faces=1)
     fresh = tr.associate([det(0, 0, 50), det(200, 200, 50)])
