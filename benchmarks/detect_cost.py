@@ -78,7 +78,8 @@ def main() -> None:
     plain = Pipeline.from_weights(device="cpu", config=cfg)
     tiles = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"))
     one = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"))
-    one.detector.levels = one.detector.levels[:1]  # the previous release: tiles of the frame's shorter side only
+    one.detector.levels = one.detector.levels[:1]  # the previous release: tiles of the frame's shorter side only,
+    one.detector.sweep = None  # and no sweep after a search
     both = Pipeline.from_weights(device="cpu", config=cfg)
     both.detector = _AllAtOnce(both.detector)
     res: dict[str, list] = {"every model at every re-detection": [], "one model per re-detection, in turn": [],

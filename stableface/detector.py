@@ -151,7 +151,8 @@ def merge(found: list[Detection], iou: float = 0.3) -> list[Detection]:
     """Detections of several runs over one frame, best first; one that overlaps a better one by more
     than ``iou`` is the same face and is dropped. (One inside a better, larger one is kept: on frames
     composed of small faces, a large box on the background holds some of them and outscores them,
-    ``benchmarks/detector_recall.py``; a part of a tracked face starts no track, ``Tracker.associate``.)"""
+    ``benchmarks/detector_recall.py``; a part of a tracked face starts no track, ``Tracker.associate``,
+    nor does a part of a face started on the same frame, ``Pipeline``.)"""
     out: list[Detection] = []
     for d in sorted(found, key=lambda d: -d.score):
         if not out or _iou(np.array(d.box), np.array([o.box for o in out])).max() <= iou:
@@ -184,7 +185,7 @@ class UnionDetector:
     * ``search`` (no face tracked) runs every detector on the frame and one window, in turn;
     * ``sweep`` runs the next window of the search's turn alone, so that the pipeline can go on
       through the windows once faces are found (a shot's faces are then all found within as many
-      frames as there are windows: 3 + 15 for 16:9 at 640x360);
+      frames as there are windows, 3 + 15 at 640x360, plus those of due re-detections);
     * ``redetect`` (the periodic re-detections while faces are tracked) runs one model per call, in
       turn: each detector on the frame, then one window of each level (``short, full, tile 0, half
       tile 0, short, full, tile 1, half tile 1, ...``), so a re-detection costs one model.
@@ -278,7 +279,7 @@ class TiledDetector:
             raise ValueError("tile must be in (0, 1]")
         self.detector, self.tile, self.overlap, self.whole, self.min_gain = detector, tile, overlap, whole, min_gain
         # a tile's detections scoring under ``min_score`` are dropped (the half-height tiles of
-        # ``HALF_TILES``: textures score up to 0.55 there, benchmarks/detector_recall.py); frames
+        # ``small_face_tiles``: textures score up to 0.55 there, benchmarks/detector_recall.py); frames
         # whose tiles would be under ``min_tile`` px get none
         self.min_score, self.min_tile = min_score, min_tile
         # tiles show a face max(w, h) / side times larger than the whole frame does (both go to one
@@ -299,9 +300,11 @@ class TiledDetector:
 
     def tiles(self, width: int, height: int) -> list[tuple[int, int, int]]:
         """The windows that show the frame at least ``min_gain`` times larger than the whole does: none
-        where one tile is the whole frame, or the frame is too nearly square (16:9: 1.78, three tiles)."""
+        where one tile is the whole frame, the frame is too nearly square (tiles of its shorter side:
+        16:9 gains 1.78, three tiles; tiles of half of it gain 2 or more on any frame), or the tiles
+        would be under ``min_tile`` px."""
         wins = self.windows(width, height)
-        if len(wins) == 1 and wins[0][2] >= max(width, height) or wins[0][2] < self.min_tile:
+        if (len(wins) == 1 and wins[0][2] >= max(width, height)) or wins[0][2] < self.min_tile:
             return []
         if min(width, height) < MIN_SIDE or max(width, height) > MAX_ASPECT * min(width, height):
             return []  # a strip of a frame, not footage: no tiles worth their runs

@@ -35,7 +35,7 @@ from stableface.shots import ShotDetector, frame_features, landmarks_changed
 from stableface.sinks import Sink, SinkError
 from stableface.stabilizer import (DEVIATION, ConvLSTMStabilizer, ConvLSTMStep, Decoder, DeviationConfig, MotionConfig, NoStabilizer,
                                    OneEuroStabilizer, Stabilizer, update_many)
-from stableface.tracker import Track, Tracker
+from stableface.tracker import Track, Tracker, box_side, inside
 from stableface.types import Face, Frame, FrameResult
 from stableface.video import Source, open_source
 from stableface.weights import resolve
@@ -114,7 +114,7 @@ class PipelineConfig:
     shot_cuts: bool = True  # detect shot cuts (stableface.shots): a cut ends every track
     flip_test: bool = False  # average each crop's heatmaps with its mirror's (HeatmapBackbone.flip_test)
     flow: bool = True  # follow each face by image flow: the ConvLSTM's face motion, the lookahead's face frame
-    detect_tiles: bool = True  # from_weights: the full-range detector also on square tiles of a wide frame (small faces)
+    detect_tiles: bool = True  # from_weights: the full-range detector also on tiles of the frame (small faces, detector.small_face_tiles)
     deviation: DeviationConfig | None = DEVIATION  # the ConvLSTM's deviation guard (None: the network's output as it is)
 
 
@@ -308,9 +308,11 @@ class Pipeline:
         if due and tracker.settled():
             due, self.last_detect = False, block
         # after a search has found faces, the search's tiles go on, one a frame, until each has run once:
-        # the faces of a new shot that only a tile shows are found within as many frames as there are tiles
-        sweep = getattr(self.detector, "sweep", None) if tracker.tracks and self._sweep > 0 else None
-        if sweep is not None and tracker.settled():
+        # the faces of a new shot that only a tile shows are found within as many frames as there are
+        # tiles. A due re-detection goes first (the reader may have run it ahead; the sweep waits a
+        # frame); with no room for a face the sweep has nothing to do (a tile's detections end no track)
+        sweep = getattr(self.detector, "sweep", None) if tracker.tracks and self._sweep > 0 and not due else None
+        if len(tracker.tracks) >= tracker.max_faces:
             sweep, self._sweep = None, 0
         if not tracker.tracks or due or sweep is not None:
             with self.timer.stage("detect"):  # searching: every detector (and a tile in turn); re-detecting: one model in turn, by block
@@ -321,7 +323,7 @@ class Pipeline:
                 elif redetect is None:
                     search = getattr(self.detector, "search", self.detector.detect)
                     detections = search(image)
-                    self._sweep = len(self.detector.windows(image)) - 1 if hasattr(self.detector, "sweep") else 0
+                    self._sweep = len(self.detector.windows(image)) - 1 if callable(getattr(self.detector, "sweep", None)) else 0
                 elif ahead.get("block") == block:
                     detections = ahead["detections"]
                 else:
@@ -332,7 +334,12 @@ class Pipeline:
                 new = [tracker.start(d) for d in fresh]
                 # a first pass from the detector's box places the landmark crop
                 hm = self._heatmaps(self._crops(image, [t.crop for t in new]))
-                for t, h in zip(new, hm):
+                placed: list[tuple[float, float, float, float]] = []  # landmark boxes of the faces started here
+                for i in sorted(range(len(new)), key=lambda i: -box_side(fresh[i].box)):  # largest first
+                    t, h = new[i], hm[i]
+                    if any(inside(fresh[i].box, b) for b in placed):  # part of a face found on this frame
+                        tracker.end(t)
+                        continue
                     if not self._finite(h, frame):
                         tracker.end(t)
                         continue
@@ -344,6 +351,8 @@ class Pipeline:
                         tracker.end(t)
                         continue
                     t.crop = C.box_from_landmarks(pts, self.backbone.crop_scale, rotate=self.config.rotate_crops)
+                    lo, hi = pts.min(0), pts.max(0)
+                    placed.append((float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])))
         seen: list[tuple[Track, np.ndarray, np.ndarray]] = []
         tracks = list(tracker.tracks)
         if tracks:
@@ -369,7 +378,6 @@ class Pipeline:
         faces = sorted((Face(t.id, t.box, t.score, pts, scores, getattr(t.stabilizer, "frame", None))
                         for t, pts, scores in seen if id(t) in live),
                        key=lambda f: f.id)
-        # (a block's re-detection read ahead while the sweep still runs there is not used: at most two a shot)
         self._redetect_wanted = bool(tracker.tracks) and not tracker.settled()
         return FrameResult(frame.index, frame.timestamp_ms, tuple(faces), self.shot)
 

@@ -37,12 +37,15 @@ def crop_from_detection(det: Detection) -> CropBox:
     return CropBox((x0 + x1) / 2, (y0 + y1) / 2 + DET_CENTER_DY * s, max(DET_SIDE_SCALE * s, 1.0), 0.0)
 
 
+def box_side(box: tuple[float, ...]) -> float:
+    return max(box[2] - box[0], box[3] - box[1])
+
+
 def inside(box: tuple[float, ...], outer: tuple[float, ...], ratio: float = 0.5) -> bool:
     """Whether ``box`` is part of ``outer``: its centre lies inside it and it is at most ``ratio`` of its side
     (a detection of an eye or a mouth in a small tile of a close-up face)."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side, outer_side = max(box[2] - box[0], box[3] - box[1]), max(outer[2] - outer[0], outer[3] - outer[1])
-    return outer[0] <= cx <= outer[2] and outer[1] <= cy <= outer[3] and side <= ratio * outer_side
+    return outer[0] <= cx <= outer[2] and outer[1] <= cy <= outer[3] and box_side(box) <= ratio * box_side(outer)
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

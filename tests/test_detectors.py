@@ -161,18 +161,25 @@ def test_union_with_two_tile_levels_searches_sweeps_and_redetects_every_window_i
     assert [(t.tile, w) for t, w in u.windows(img)][:4] == [(1.0, (0, 0, 360)), (1.0, (140, 0, 360)),
                                                             (1.0, (280, 0, 360)), (0.5, (0, 0, 180))]
     assert len(u.windows(img)) == 3 + 15
+    ran = []  # (level, window) of every tile run
+    for t in levels:
+        t.detect_window = (lambda t, f: lambda image, w: ran.append((t, w)) or f(image, w))(t, t.detect_window)
     u.search(img)
     for _ in range(17):
         assert isinstance(u.sweep(img), PartialDetections)
+    assert ran == u.windows(img)  # each window once, in order
     assert [c for c in calls if c[0] in ("tile", "half")] == [("tile", 360)] * 3 + [("half", 180)] * 15
     calls.clear()
+    ran.clear()
     for _ in range(8):
         u.redetect(img)
     assert [c[0] for c in calls] == ["short", "full", "tile", "half"] * 2  # one model per re-detection
-    calls.clear()
+    tiles, halves = [w for t, w in u.windows(img) if t is levels[0]], [w for t, w in u.windows(img) if t is levels[1]]
+    assert ran == [(levels[0], tiles[0]), (levels[1], halves[0]), (levels[0], tiles[1]), (levels[1], halves[1])]
+    ran.clear()
     u.redetect(img, turn=4 * 16 + 3)  # round 16: the 17th half tile (of 15: the second) and the second tile
     u.redetect(img, turn=4 * 16 + 2)
-    assert calls == [("half", 180), ("tile", 360)]
+    assert ran == [(levels[1], halves[16 % 15]), (levels[0], tiles[16 % 3])]
 
 
 def test_the_pipeline_sweeps_the_tiles_after_a_search_so_a_small_face_beside_a_large_one_is_found_at_once():
@@ -188,8 +195,50 @@ def test_the_pipeline_sweeps_the_tiles_after_a_search_so_a_small_face_beside_a_l
     assert len(u.windows(img)) == 18
     pipe = Pipeline(u, PlantedBackbone(), PipelineConfig(stabilizer="none", redetect_every=10, max_faces=4))
     counts = [len(pipe.update(Frame(img, i, 40.0 * i)).faces) for i in range(20)]
-    assert counts == [1] * 17 + [2] * 3  # the last window runs on the 18th frame
+    assert counts == [1] * 18 + [2] * 2  # the last window runs on the 19th frame (the 11th re-detects)
     assert [f.id for f in pipe.update(Frame(img, 20, 800.0)).faces] == [0, 1]
+
+
+def _spied(u, log):
+    for name in ("search", "sweep", "redetect"):
+        setattr(u, name, (lambda name, f: lambda image, turn=None: log.append(name) or f(image, turn))(name, getattr(u, name)))
+    return u
+
+
+def test_a_due_redetection_goes_before_the_sweep_and_no_sweep_runs_without_room_for_a_face():
+    from stableface.pipeline import Pipeline, PipelineConfig
+    from stableface.types import Frame
+    from tests.test_shots import PlantedBackbone
+
+    img = frame_with([(100, 100, 120)])
+    levels = [TiledDetector(Squares(reach=0.3), whole=False), TiledDetector(Squares(reach=0.15), tile=0.5, whole=False)]
+    log = []
+    u = _spied(UnionDetector([Squares(reach=0.15)], levels), log)
+    pipe = Pipeline(u, PlantedBackbone(), PipelineConfig(stabilizer="none", redetect_every=5, max_faces=4))
+    for i in range(22):
+        pipe.update(Frame(img, i, 40.0 * i))
+    # frame 0 searches, 1-4 sweep, 5, 10, ... re-detect (their blocks are due), the sweep resumes in between
+    assert log[:12] == ["search"] + ["sweep"] * 4 + ["redetect"] + ["sweep"] * 4 + ["redetect"] + ["sweep"]
+    assert log.count("sweep") == 17 and log.count("redetect") == 4 and log[-1] == "sweep"
+    log.clear()
+    one = Pipeline(_spied(UnionDetector([Squares(reach=0.15)], levels), log), PlantedBackbone(),
+                   PipelineConfig(stabilizer="none", redetect_every=5, max_faces=1, sure_score=2.0))
+    for i in range(12):
+        one.update(Frame(img, i, 40.0 * i))
+    assert log == ["search", "redetect", "redetect"]  # its one face found: nothing to sweep for
+
+
+def test_a_part_of_a_face_found_on_the_same_frame_starts_no_track():
+    from stableface.pipeline import Pipeline, PipelineConfig
+    from stableface.types import Frame
+    from tests.test_shots import PlantedBackbone
+
+    img = frame_with([(100, 100, 160)])
+    face, eye = Detection((100.0, 100.0, 260.0, 260.0), 0.9), Detection((120.0, 130.0, 170.0, 180.0), 0.95)
+    pipe = Pipeline(UnionDetector([Fixed([eye, face])]), PlantedBackbone(),
+                    PipelineConfig(stabilizer="none", redetect_every=5, max_faces=4))
+    ids = [[f.id for f in pipe.update(Frame(img, i, 40.0 * i)).faces] for i in range(12)]
+    assert ids == [[0]] * 12
 
 
 def test_tile_detections_come_back_in_frame_coordinates_keypoints_included():
