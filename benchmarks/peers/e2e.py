@@ -10,6 +10,8 @@ Each round runs, one after the other, a fresh process of each tool over the same
   one JSON of landmarks per clip, run in the peers' own venv (benchmarks/peers/.venv, made by
   run.py).
 * decode only: OpenCV reading every frame, in a process of its own.
+* with ``--baseline DIR``: the stableface package of another checkout (an earlier commit's worktree),
+  the same command, as ``python -P -m stableface`` with ``PYTHONPATH=DIR``.
 The order of the tools alternates between rounds. Printed: the median over rounds of the wall
 time of each process (start-up included) and frames per second, and the ratio to MediaPipe.
 """
@@ -65,9 +67,9 @@ def frames_in(paths: list[Path]) -> int:
     return n
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], env: dict | None = None) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"{cmd[0]} ... failed ({r.returncode}): {r.stderr.strip().splitlines()[-1:]}")
     return time.perf_counter() - t0
@@ -77,6 +79,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=Path, default=HERE.parents[2] / "shared" / "videos")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="Also time the stableface package of this checkout (a git worktree of an earlier commit: "
+                         "git worktree add /tmp/old REV), run as python -m stableface with PYTHONPATH=DIR.")
     a = ap.parse_args()
     if not PEERS_PY.exists():
         sys.exit("the peers' venv is missing: run python benchmarks/peers/run.py --parts speed once to create it")
@@ -91,11 +96,19 @@ def main() -> None:
             "MediaPipe FaceMesh": [str(PEERS_PY), "-c", MEDIAPIPE, f"{tmp}/mp", *map(str, clips)],
             "decode only (OpenCV)": [sys.executable, "-c", DECODE, *map(str, clips)],
         }
+        envs = {}
+        if a.baseline is not None:
+            name = f"stableface track ({a.baseline})"
+            # (-P: not the package of the folder it runs in)
+            cmds[name] = [sys.executable, "-P", "-m", "stableface", "track", *map(str, clips), "--out-dir", f"{tmp}/base",
+                          "--overwrite", "-q"]
+            envs[name] = dict(os.environ, PYTHONPATH=str(a.baseline.resolve()))
+            times[name] = []
         os.makedirs(f"{tmp}/mp", exist_ok=True)
         order = list(cmds)
         for r in range(a.rounds):
             for name in (order if r % 2 == 0 else order[::-1]):
-                times[name].append(timed(cmds[name]))
+                times[name].append(timed(cmds[name], envs.get(name)))
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     print(f"{len(clips)} clips, {n} frames; median of {a.rounds} interleaved rounds; load average "
           f"{os.getloadavg()[0]:.1f} at the end")
