@@ -174,6 +174,17 @@ class MultiRangeDetector:
         return []
 
 
+COVERED = 0.75  # a window this much under a tracked face's crop is passed over by the sweep
+
+
+def _share_under(window: tuple[int, int, int], box: tuple[float, ...]) -> float:
+    """The share of a square window (x, y, side) that lies under ``box`` (x0, y0, x1, y1)."""
+    x, y, side = window
+    ix = max(0.0, min(x + side, box[2]) - max(x, box[0]))
+    iy = max(0.0, min(y + side, box[3]) - max(y, box[1]))
+    return ix * iy / float(side * side)
+
+
 class UnionDetector:
     """Every detector runs on the frame; their detections are merged (``merge``).
 
@@ -185,7 +196,8 @@ class UnionDetector:
     * ``search`` (no face tracked) runs every detector on the frame and one window, in turn;
     * ``sweep`` runs the next window of the search's turn alone, so that the pipeline can go on
       through the windows once faces are found (a shot's faces are then all found within as many
-      frames as there are windows, 3 + 15 at 640x360, plus those of due re-detections);
+      frames as there are windows, 3 + 15 at 640x360, plus those of due re-detections); windows
+      mostly under a tracked face's crop are passed over;
     * ``redetect`` (the periodic re-detections while faces are tracked) runs one model per call, in
       turn: each detector on the frame, then one window of each level (``short, full, tile 0, half
       tile 0, short, full, tile 1, half tile 1, ...``), so a re-detection costs one model.
@@ -237,14 +249,22 @@ class UnionDetector:
             found += t.detect_window(image, w)
         return merge(found)
 
-    def sweep(self, image: np.ndarray, turn: int | None = None) -> list[Detection]:
-        """The next window of the search's turn (or the ``turn``-th), alone: partial detections."""
-        turn = self._next_search(turn)
+    def sweep(self, image: np.ndarray, turn: int | None = None, covered: list[tuple[float, ...]] | tuple = (),
+              limit: int = 1) -> list[Detection]:
+        """The next window of the search's turn (or the ``turn``-th), alone: partial detections.
+
+        A window mostly under one of the ``covered`` boxes (the crops of tracked faces: no other face
+        fits there; ``COVERED`` of its area) is passed over unrun, and the next one taken, up to
+        ``limit`` windows in all; ``self.swept`` says how many this call took (passed over or run)."""
         wins = self.windows(image)
-        if not wins:
-            return PartialDetections()
-        t, w = wins[turn % len(wins)]
-        return PartialDetections(merge(t.detect_window(image, w)))
+        self.swept = 0
+        while wins and self.swept < limit:
+            k = self._next_search(None if turn is None else turn + self.swept)
+            self.swept += 1
+            t, w = wins[k % len(wins)]
+            if not any(_share_under(w, b) >= COVERED for b in covered):
+                return PartialDetections(merge(t.detect_window(image, w)))
+        return PartialDetections()
 
     def redetect(self, image: np.ndarray, turn: int | None = None) -> list[Detection]:
         """One model's detections: the ``turn``-th job of the cycle (modulo its length), or the next one."""

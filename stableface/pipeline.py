@@ -317,9 +317,9 @@ class Pipeline:
         if not tracker.tracks or due or sweep is not None:
             with self.timer.stage("detect"):  # searching: every detector (and a tile in turn); re-detecting: one model in turn, by block
                 redetect = getattr(self.detector, "redetect", None) if tracker.tracks else None
-                if sweep is not None:
-                    detections = sweep(image)
-                    self._sweep -= 1
+                if sweep is not None:  # (the windows mostly under a tracked face's crop are passed over)
+                    detections = sweep(image, covered=[t.crop.bounds() for t in tracker.tracks], limit=self._sweep)
+                    self._sweep -= self.detector.swept
                 elif redetect is None:
                     search = getattr(self.detector, "search", self.detector.detect)
                     detections = search(image)

@@ -199,9 +199,32 @@ def test_the_pipeline_sweeps_the_tiles_after_a_search_so_a_small_face_beside_a_l
     assert [f.id for f in pipe.update(Frame(img, 20, 800.0)).faces] == [0, 1]
 
 
+def test_the_sweep_passes_over_windows_mostly_under_a_tracked_face_and_counts_them():
+    calls = []
+    levels = [TiledDetector(Named("tile", calls), whole=False), TiledDetector(Named("half", calls), tile=0.5, whole=False)]
+    u = UnionDetector([Named("short", calls)], levels)
+    img = frame_with([])
+    wins = [w for _, w in u.windows(img)]
+    u.search(img)  # window 0
+    calls.clear()
+    x, y, side = wins[3]  # the first half tile: under a face's crop
+    face = [(x - 10, y - 10, x + side, y + side)]
+    for _ in range(2):  # windows 1 and 2, tiles of the shorter side: a small share under it, run
+        u.sweep(img, covered=face, limit=17)
+        assert u.swept == 1
+    assert calls == [("tile", 360)] * 2
+    calls.clear()
+    u.sweep(img, covered=face, limit=15)  # windows 3 (passed over) and 4 (run)
+    assert u.swept == 2 and calls == [("half", 180)]
+    calls.clear()
+    assert u.sweep(img, covered=[(0, 0, 640, 360)], limit=5) == [] and u.swept == 5 and calls == []  # all under a face
+    u.sweep(img, covered=[(x, y, x + 0.7 * side, y + side)], limit=1)  # 70% under it: run
+    assert u.swept == 1 and calls == [("half", 180)]
+
+
 def _spied(u, log):
     for name in ("search", "sweep", "redetect"):
-        setattr(u, name, (lambda name, f: lambda image, turn=None: log.append(name) or f(image, turn))(name, getattr(u, name)))
+        setattr(u, name, (lambda name, f: lambda image, *a, **k: log.append(name) or f(image, *a, **k))(name, getattr(u, name)))
     return u
 
 
@@ -210,7 +233,7 @@ def test_a_due_redetection_goes_before_the_sweep_and_no_sweep_runs_without_room_
     from stableface.types import Frame
     from tests.test_shots import PlantedBackbone
 
-    img = frame_with([(100, 100, 120)])
+    img = frame_with([(100, 100, 100)])  # (its crop covers no window by 3/4: the sweep passes none over)
     levels = [TiledDetector(Squares(reach=0.3), whole=False), TiledDetector(Squares(reach=0.15), tile=0.5, whole=False)]
     log = []
     u = _spied(UnionDetector([Squares(reach=0.15)], levels), log)
