@@ -212,7 +212,7 @@ def main() -> None:
     splices = make_splices(clips, args.clips, args.seed)
     hits: dict[str, list[bool]] = {"other clip": [], "same clip": []}
     false_in_splices = frames_spliced = 0
-    spanning = 0  # true cuts with a face id on both sides
+    spanning: Counter = Counter()  # true cuts with a face id on both sides, by kind
     misses = []
     for k, sp in enumerate(splices):
         imgs = sp.frames(clips)
@@ -220,7 +220,7 @@ def main() -> None:
         hit, false = match(sp.cuts, found)
         for c, kind, h in zip(sp.cuts, sp.kinds, hit):
             hits[kind].append(h)
-            spanning += bool(ids[c - 1] & ids[c])
+            spanning[kind] += bool(ids[c - 1] & ids[c])
             if not h:
                 misses.append(f"splice {k} frame {c} ({kind})")
         false_in_splices += false
@@ -231,7 +231,8 @@ def main() -> None:
     for kind, h in hits.items():
         print(f"    {kind}: {sum(h)}/{len(h)} = {100 * np.mean(h):.1f}%")
     print(f"  false cuts in the splices: {false_in_splices} ({1000 * false_in_splices / frames_spliced:.2f} per 1,000 frames)")
-    print(f"  true cuts with an id on both sides: {spanning}")
+    print(f"  true cuts with an id on both sides: {sum(spanning.values())} (to another person, a cut to another clip: "
+          f"{spanning['other clip']}; the same person, a jump cut within a clip: {spanning['same clip']})")
     if misses:
         print("  missed: " + "; ".join(misses))
     print("  why the cuts were declared: " + ", ".join(f"{k} {v}" for k, v in KINDS.most_common()))
