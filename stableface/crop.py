@@ -47,6 +47,11 @@ class CropBox:
         unit = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64)
         return apply(inv, unit)
 
+    def inner(self) -> tuple[float, float, float, float]:
+        """The largest axis-aligned square (x0, y0, x1, y1) inside the crop (its whole side when upright)."""
+        h = self.side / (abs(np.cos(self.angle)) + abs(np.sin(self.angle))) / 2
+        return self.cx - h, self.cy - h, self.cx + h, self.cy + h
+
     def bounds(self) -> tuple[float, float, float, float]:
         """Axis-aligned box (x0, y0, x1, y1) around the crop."""
         c = self.corners()

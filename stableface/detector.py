@@ -174,7 +174,7 @@ class MultiRangeDetector:
         return []
 
 
-COVERED = 0.75  # a window this much under a tracked face's crop is passed over by the sweep
+COVERED = 0.75  # a window this much under a tracked face's crop (its upright inner square) is passed over by the sweep
 
 
 def _share_under(window: tuple[int, int, int], box: tuple[float, ...]) -> float:
@@ -211,6 +211,7 @@ class UnionDetector:
             else list(tiles)
         self._turn = 0
         self._search = 0
+        self.swept = 0  # windows the last ``sweep`` took
         # ``detect``/``redetect`` may run in another thread beside this one (the pipeline's reader runs
         # re-detections ahead): BlazeFace keeps no state between calls, nor do tiles of it
         self.thread_safe = all(isinstance(d, BlazeFace) for d in detectors) and all(
@@ -253,11 +254,11 @@ class UnionDetector:
               limit: int = 1) -> list[Detection]:
         """The next window of the search's turn (or the ``turn``-th), alone: partial detections.
 
-        A window mostly under one of the ``covered`` boxes (the crops of tracked faces: no other face
-        fits there; ``COVERED`` of its area) is passed over unrun, and the next one taken, up to
-        ``limit`` windows in all; ``self.swept`` says how many this call took (passed over or run)."""
-        wins = self.windows(image)
+        A window ``COVERED`` or more under one of the ``covered`` boxes (tracked faces' crops: a new
+        face there would lie mostly under a tracked one) is passed over unrun, and the next one taken,
+        up to ``limit`` windows in all; ``self.swept`` says how many this call took (passed over or run)."""
         self.swept = 0
+        wins = self.windows(image)
         while wins and self.swept < limit:
             k = self._next_search(None if turn is None else turn + self.swept)
             self.swept += 1

@@ -307,9 +307,9 @@ class Pipeline:
         # a re-detection can only start a face where there is room, or end an unsure track: else it is skipped
         if due and tracker.settled():
             due, self.last_detect = False, block
-        # after a search has found faces, the search's tiles go on, one a frame, until each has run once:
-        # the faces of a new shot that only a tile shows are found within as many frames as there are
-        # tiles. A due re-detection goes first (the reader may have run it ahead; the sweep waits a
+        # after a search has found faces, the search's tiles go on, one a frame (passing over those mostly
+        # under a tracked face), until each has had its turn: the faces of a new shot that only a tile
+        # shows are found within as many frames as there are tiles. A due re-detection goes first (the reader may have run it ahead; the sweep waits a
         # frame); with no room for a face the sweep has nothing to do (a tile's detections end no track)
         sweep = getattr(self.detector, "sweep", None) if tracker.tracks and self._sweep > 0 and not due else None
         if len(tracker.tracks) >= tracker.max_faces:
@@ -317,9 +317,9 @@ class Pipeline:
         if not tracker.tracks or due or sweep is not None:
             with self.timer.stage("detect"):  # searching: every detector (and a tile in turn); re-detecting: one model in turn, by block
                 redetect = getattr(self.detector, "redetect", None) if tracker.tracks else None
-                if sweep is not None:  # (the windows mostly under a tracked face's crop are passed over)
-                    detections = sweep(image, covered=[t.crop.bounds() for t in tracker.tracks], limit=self._sweep)
-                    self._sweep -= self.detector.swept
+                if sweep is not None:  # (windows mostly under a tracked face's crop are passed over; at least one is taken)
+                    detections = sweep(image, covered=[t.crop.inner() for t in tracker.tracks], limit=self._sweep)
+                    self._sweep -= max(1, self.detector.swept)
                 elif redetect is None:
                     search = getattr(self.detector, "search", self.detector.detect)
                     detections = search(image)

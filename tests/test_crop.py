@@ -56,3 +56,18 @@ def test_invalid_boxes_are_rejected():
         C.CropBox(0, 0, 0)
     with pytest.raises(ValueError):
         C.CropBox(float("nan"), 0, 10)
+
+
+def test_inner_is_the_largest_upright_square_inside_a_turned_crop():
+    import cv2
+
+    for angle in (0.0, 0.3, -0.5, np.pi / 4, 2.0):
+        box = C.CropBox(200.0, 150.0, 120.0, angle)
+        x0, y0, x1, y1 = box.inner()
+        poly = box.corners().astype(np.float32)
+        # each of its corners lies on the crop's edge: inside it, and no larger square is
+        for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1)):
+            assert abs(cv2.pointPolygonTest(poly, (float(x), float(y)), True)) < 1e-3
+    assert C.CropBox(200.0, 150.0, 120.0, 0.0).inner() == C.CropBox(200.0, 150.0, 120.0, 0.0).bounds()
+    x0, _, x1, _ = C.CropBox(0.0, 0.0, 100.0, np.pi / 4).inner()
+    assert abs((x1 - x0) - 100 / np.sqrt(2)) < 1e-9

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from stableface import pose
-from stableface.detector import HALF_TILE_SCORE, PartialDetections, TiledDetector, UnionDetector, merge, small_face_tiles
+from stableface.detector import COVERED, HALF_TILE_SCORE, PartialDetections, TiledDetector, UnionDetector, merge, small_face_tiles
+from stableface.detector import _share_under as detector_share
 from stableface.types import Detection
 
 
@@ -218,8 +219,34 @@ def test_the_sweep_passes_over_windows_mostly_under_a_tracked_face_and_counts_th
     assert u.swept == 2 and calls == [("half", 180)]
     calls.clear()
     assert u.sweep(img, covered=[(0, 0, 640, 360)], limit=5) == [] and u.swept == 5 and calls == []  # all under a face
-    u.sweep(img, covered=[(x, y, x + 0.7 * side, y + side)], limit=1)  # 70% under it: run
+    u.sweep(img, turn=3, covered=[(x, y, x + 0.7 * side, y + side)], limit=2)  # window 3, 70% under it: run
     assert u.swept == 1 and calls == [("half", 180)]
+    calls.clear()
+    u.sweep(img, turn=3, covered=[(x, y, x + 0.8 * side, y + side)], limit=2)  # 80%: passed over, window 4 run
+    assert u.swept == 2 and calls == [("half", 180)]
+    calls.clear()
+    assert u.sweep(frame_with([], 60, 60), covered=[], limit=3) == [] and u.swept == 0  # no windows: none taken
+
+
+def test_the_pipeline_sweep_passes_over_the_tiles_under_a_close_up_and_ends_sooner():
+    from stableface.pipeline import Pipeline, PipelineConfig
+    from stableface.types import Frame
+    from tests.test_shots import PlantedBackbone
+
+    img = frame_with([(250, 40, 280)])  # a close-up: its crop covers most of the frame's height
+    levels = [TiledDetector(Squares(reach=0.9), whole=False), TiledDetector(Squares(reach=0.9), tile=0.5, whole=False)]
+    u = UnionDetector([Squares(reach=0.15)], levels)
+    ran = []
+    for t in levels:
+        t.detect_window = (lambda f: lambda image, w: ran.append(w) or f(image, w))(t.detect_window)
+    pipe = Pipeline(u, PlantedBackbone(), PipelineConfig(stabilizer="none", redetect_every=100, max_faces=4))
+    log = _spied(u, [])
+    for i in range(20):
+        pipe.update(Frame(img, i, 40.0 * i))
+    crop = pipe.tracker.tracks[0].crop.inner()
+    under = [w for _, w in u.windows(img) if detector_share(w, crop) >= COVERED]
+    assert len(under) >= 4 and not set(under) & set(ran[1:])  # the search ran window 0; no window under the face ran
+    assert len(ran) == 18 - len(under) and pipe._sweep == 0
 
 
 def _spied(u, log):
