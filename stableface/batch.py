@@ -432,14 +432,14 @@ _WORKER: dict = {}
 
 def build_pipeline(build_args: tuple, threads: int = 0):
     """The pipeline of ``build_args`` (weights, stabilizer, stabilizer_weights, device, max_faces,
-    redetect_every, lookahead, flip_test); ``threads``: onnxruntime intra-op threads of every model (0:
-    ``onnx_util.default_threads()``, every CPU but one).
+    redetect_every, lookahead, flip_test, small_faces); ``threads``: onnxruntime intra-op threads of every
+    model (0: ``onnx_util.default_threads()``, every CPU but one).
     Raises ``WeightsError``."""
     from stableface.pipeline import Pipeline, PipelineConfig
 
-    weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead, flip_test = build_args
+    weights, stabilizer, stabilizer_weights, device, max_faces, redetect_every, lookahead, flip_test, small_faces = build_args
     cfg = PipelineConfig(stabilizer=stabilizer, max_faces=max_faces, redetect_every=redetect_every, lookahead=lookahead,
-                         flip_test=flip_test)
+                         flip_test=flip_test, detect_tiles=small_faces)
     return Pipeline.from_weights(weights, stabilizer_weights, device=device, config=cfg, threads=threads)
 
 

@@ -448,3 +448,24 @@ def test_ctrl_c_while_an_output_opens_leaves_no_partial_or_lock_file(tmp_path, m
     r = run_cli("track", str(img), "-o", str(out / "o.json"), *(["--skip-existing"] if skip_existing else []))
     assert r.exit_code == 130, r.output
     assert sorted(p.name for p in out.iterdir()) == [], r.output
+
+
+def test_no_small_faces_turns_the_detector_tiles_off(tmp_path, monkeypatch):
+    import stableface.batch as batch
+
+    built = []
+    real = batch.build_pipeline
+
+    def spy(build_args, threads=0):
+        pipe = real(build_args, threads)
+        built.append(pipe)
+        return pipe
+
+    monkeypatch.setattr(batch, "build_pipeline", spy)
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), np.zeros((360, 640, 3), np.uint8))
+    for flag, levels in (("--small-faces", 2), ("--no-small-faces", 0)):
+        r = run_cli("track", str(img), "-o", str(tmp_path / f"{flag}.json"), flag, "--stabilizer", "none")
+        assert r.exit_code == 0, r.output
+        assert len(built[-1].detector.levels) == levels
+    assert len(batch.build_pipeline((None, "none", None, "cpu", 1, 10, 0, False, True)).detector.levels) == 2
