@@ -35,7 +35,7 @@ from stableface.shots import ShotDetector, frame_features, landmarks_changed
 from stableface.sinks import Sink, SinkError
 from stableface.stabilizer import (DEVIATION, ConvLSTMStabilizer, ConvLSTMStep, Decoder, DeviationConfig, MotionConfig, NoStabilizer,
                                    OneEuroStabilizer, Stabilizer, update_many)
-from stableface.tracker import Track, Tracker, box_side, inside
+from stableface.tracker import Track, Tracker, box_side, inside, points_box
 from stableface.types import Face, Frame, FrameResult
 from stableface.video import Source, open_source
 from stableface.weights import resolve
@@ -309,8 +309,9 @@ class Pipeline:
             due, self.last_detect = False, block
         # after a search has found faces, the search's tiles go on, one a frame (passing over those mostly
         # under a tracked face), until each has had its turn: the faces of a new shot that only a tile
-        # shows are found within as many frames as there are tiles. A due re-detection goes first (the reader may have run it ahead; the sweep waits a
-        # frame); with no room for a face the sweep has nothing to do (a tile's detections end no track)
+        # shows are found within as many frames as there are tiles. A due re-detection goes first (the
+        # reader may have run it ahead; the sweep waits a frame); with no room for a face the sweep has
+        # nothing to do (a tile's detections end no track)
         sweep = getattr(self.detector, "sweep", None) if tracker.tracks and self._sweep > 0 and not due else None
         if len(tracker.tracks) >= tracker.max_faces:
             sweep, self._sweep = None, 0
@@ -351,8 +352,7 @@ class Pipeline:
                         tracker.end(t)
                         continue
                     t.crop = C.box_from_landmarks(pts, self.backbone.crop_scale, rotate=self.config.rotate_crops)
-                    lo, hi = pts.min(0), pts.max(0)
-                    placed.append((float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])))
+                    placed.append(points_box(pts))
         seen: list[tuple[Track, np.ndarray, np.ndarray]] = []
         tracks = list(tracker.tracks)
         if tracks:

@@ -37,6 +37,12 @@ def crop_from_detection(det: Detection) -> CropBox:
     return CropBox((x0 + x1) / 2, (y0 + y1) / 2 + DET_CENTER_DY * s, max(DET_SIDE_SCALE * s, 1.0), 0.0)
 
 
+def points_box(points: np.ndarray) -> tuple[float, float, float, float]:
+    """The box (x0, y0, x1, y1) of points (N, 2)."""
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+
 def box_side(box: tuple[float, ...]) -> float:
     return max(box[2] - box[0], box[3] - box[1])
 
@@ -97,8 +103,7 @@ class Track:
             return self.crop.bounds()
         if self._box is not None and self._box[0] is self.landmarks:
             return self._box[1]
-        lo, hi = self.landmarks.min(axis=0), self.landmarks.max(axis=0)
-        box = float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+        box = points_box(self.landmarks)
         self._box = (self.landmarks, box)
         return box
 
