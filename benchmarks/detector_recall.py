@@ -31,7 +31,8 @@
 
 Detector names: ``shipped`` (what ``Pipeline.from_weights`` builds: short and full merged, and the
 full-range model on tiles of two levels; ``detect`` runs every tile), ``shipped-onelevel`` (the previous release's:
-tiles of the frame's shorter side only), ``shipped-notiles`` (without any tiles), ``short``,
+tiles of the frame's shorter side only), ``shipped-nolook`` (the release after it: both levels, without
+the second look at weak half-tile detections, ``detector.ZoomCheck``), ``shipped-notiles`` (without any tiles), ``short``,
 ``full``, ``multi`` (the previous release's: short, then full at 0.6 when short finds nothing); ``@T`` after ``short`` or ``full`` sets its
 score threshold (``full@0.4``); ``A+B`` runs both and merges their detections (``UnionDetector``);
 ``tiled-NAME`` runs NAME on the frame and on overlapping square tiles of its shorter side
@@ -52,7 +53,8 @@ import cv2
 import numpy as np
 
 from stableface import ibug, pose
-from stableface.detector import BlazeFace, FaceDetector, MultiRangeDetector, TiledDetector, UnionDetector
+from stableface.detector import (BlazeFace, FaceDetector, MultiRangeDetector, TiledDetector, UnionDetector,
+                                 small_face_tiles)
 from stableface.types import Detection
 from stableface.weights import resolve
 
@@ -62,12 +64,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def build(name: str, device: str = "cpu") -> FaceDetector:
-    if name in ("shipped", "shipped-notiles", "shipped-onelevel"):
+    if name in ("shipped", "shipped-notiles", "shipped-onelevel", "shipped-nolook"):
         from stableface.pipeline import Pipeline
 
         u = Pipeline.from_weights(device=device, config=_config(detect_tiles=name != "shipped-notiles")).detector
-        if name == "shipped-onelevel":  # the previous release's: tiles of the frame's shorter side only, no sweep
+        if name == "shipped-onelevel":  # the 12-06 release's: tiles of the frame's shorter side only, no sweep
             u.levels, u.sweep = u.levels[:1], None
+        if name == "shipped-nolook":  # the 12-07 release's: half tiles without the second look at weak detections
+            u.levels = small_face_tiles(u.detectors[-1])
         return u
     if "+" in name:
         return UnionDetector([build(part, device) for part in name.split("+")])
@@ -123,8 +127,8 @@ def yaw_bin(yaw: float) -> int:
 
 def load_faces(root: Path, split: str) -> list[tuple[np.ndarray, np.ndarray, float]]:
     files = ibug.list_annotated(root)
-    if split == "val":
-        files = ibug.split(files)[1]
+    if split in ("val", "train"):
+        files = ibug.split(files)[split == "val"]
     out = []
     for f in files:
         img = cv2.imread(str(f))
@@ -205,7 +209,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "300w_train")
     ap.add_argument("--videos", type=Path, default=ROOT.parent / "shared" / "videos")
     ap.add_argument("--detectors", default="shipped,multi,short,full,full@0.6,short+full@0.6,short+full@0.3,tiled-short")
-    ap.add_argument("--split", choices=("val", "all"), default="val")
+    ap.add_argument("--split", choices=("val", "train", "all"), default="val",
+                    help="300-W faces: the validation split, the training split (faces the thresholds were not chosen on), or all")
     ap.add_argument("--scales", default="24,32,48,64,96")
     ap.add_argument("--skip", default="", help="sections to skip: single,multi,landmarks,clips")
     ap.add_argument("--pipeline", default="", help="also time the whole pipeline's detection stage with this detector")

@@ -6,9 +6,10 @@ Anchor generation, box decoding and weighted NMS follow MediaPipe's
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import cv2
 import numpy as np
@@ -109,6 +110,12 @@ class BlazeFace:
         n_anchors = outs[0].shape[1]
         if isinstance(n_anchors, int) and n_anchors != len(self.anchors):
             raise onnx_util.WeightsError(f"{path}: {n_anchors} anchors in the model, {len(self.anchors)} expected")
+
+    def with_threshold(self, score_threshold: float) -> BlazeFace:
+        """The same model (one onnxruntime session) with another score threshold."""
+        other = copy.copy(self)
+        other.score_threshold = float(score_threshold)
+        return other
 
     def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float, float, float]:
         h, w = image.shape[:2]
@@ -295,14 +302,16 @@ class TiledDetector:
     """
 
     def __init__(self, detector: FaceDetector, tile: float = 1.0, overlap: float = 0.25, whole: bool = True,
-                 min_gain: float = 1.5, min_score: float = 0.0, min_tile: int = 0) -> None:
+                 min_gain: float = 1.5, min_score: float = 0.0, min_tile: int = 0,
+                 check: Callable[[np.ndarray, Detection], bool] | None = None) -> None:
         if not 0 < tile <= 1:
             raise ValueError("tile must be in (0, 1]")
         self.detector, self.tile, self.overlap, self.whole, self.min_gain = detector, tile, overlap, whole, min_gain
         # a tile's detections scoring under ``min_score`` are dropped (the half-height tiles of
-        # ``small_face_tiles``: textures score up to 0.55 there, benchmarks/detector_recall.py); frames
-        # whose tiles would be under ``min_tile`` px get none
-        self.min_score, self.min_tile = min_score, min_tile
+        # ``small_face_tiles``: textures score up to 0.55 there, benchmarks/detector_recall.py), unless
+        # ``check(frame, detection)``, a second look (``ZoomCheck``), finds the face; frames whose tiles
+        # would be under ``min_tile`` px get none
+        self.min_score, self.min_tile, self.check = min_score, min_tile, check
         # tiles show a face max(w, h) / side times larger than the whole frame does (both go to one
         # square input): below ``min_gain`` (a 4:3 or 5:4 frame with tiles of its height: 1.33, 1.25)
         # they cost a model run each for little, and ``tiles`` gives none
@@ -338,14 +347,17 @@ class TiledDetector:
         x, y, side = window
         out = []
         for d in self.detector.detect(image[y:y + side, x:x + side]):
-            if d.score < self.min_score:
+            if d.score < self.min_score and self.check is None:
                 continue
             x0, y0, x1, y1 = d.box
             margin = 0.02 * side
             cut = (x0 < margin and x > 0) or (y0 < margin and y > 0) \
                 or (x1 > side - margin and x + side < w) or (y1 > side - margin and y + side < h)
-            if not cut:
-                out.append(Detection((x0 + x, y0 + y, x1 + x, y1 + y), d.score, d.keypoints + [x, y]))
+            if cut:
+                continue
+            found = Detection((x0 + x, y0 + y, x1 + x, y1 + y), d.score, d.keypoints + [x, y])
+            if d.score >= self.min_score or self.check(image, found):  # (a weak one: the second look)
+                out.append(found)
         return out
 
     def detect(self, image: np.ndarray) -> list[Detection]:
@@ -356,13 +368,60 @@ class TiledDetector:
         return merge(found)
 
 
-HALF_TILE_SCORE = 0.6  # half-height tiles: a detection needs this score (textures reach 0.55 there; faces of 24-32 px mostly score over 0.6)
+HALF_TILE_SCORE = 0.6  # half-height tiles: a detection needs this score (textures reach 0.55 there; faces of 24-32 px mostly score over 0.6) ...
+WEAK_SCORE = 0.35  # ... or this one and the second look (ZoomCheck)
+ZOOM = 3.0  # the second look: a square of this x the detection's box around it, where the short-range model ...
+ZOOM_SCORES = (0.6, 0.5)  # ... and the full-range one find a face scoring this much
 
 
-def small_face_tiles(full: FaceDetector) -> list[TiledDetector]:
+class ZoomCheck:
+    """A second look at a weak detection: each of ``looks`` (detector, score) on a square of ``zoom`` x the
+    detection's box side around its centre (past the frame's edge: black), shown at the model's input, must
+    find a face scoring ``score`` or more, centred within half the box's side of the detection's centre,
+    0.5-2 x its side. The looks run in turn; the first that finds nothing ends the check.
+
+    A face of 24 px in a half-height tile scores 0.35-0.6 in the full-range model, as textures do. Seen
+    larger (72 px shown at 128: the face 43 px), the short-range model tells most of them apart, and the
+    full-range model, seen larger too, the rest (on the validation faces and the shared clips,
+    ``benchmarks/detector_recall.py``): one look alone takes a shirt's pattern for a face."""
+
+    def __init__(self, looks: list[tuple[FaceDetector, float]], zoom: float = ZOOM) -> None:
+        self.looks, self.zoom = list(looks), float(zoom)
+        self.calls = 0  # checks made (the benchmarks count them)
+
+    def __call__(self, image: np.ndarray, d: Detection) -> bool:
+        self.calls += 1
+        x0, y0, x1, y1 = d.box
+        s = max(x1 - x0, y1 - y0)
+        side = max(8, int(round(self.zoom * s)))
+        ox, oy = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
+        crop = cv2.warpAffine(image, np.float32([[1, 0, -ox], [0, 1, -oy]]), (side, side),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return all(self._finds(det, score, crop, side, s) for det, score in self.looks)
+
+    @staticmethod
+    def _finds(det: FaceDetector, score: float, crop: np.ndarray, side: int, s: float) -> bool:
+        for e in det.detect(crop):
+            a0, b0, a1, b1 = e.box
+            if e.score >= score and np.hypot((a0 + a1 - side) / 2, (b0 + b1 - side) / 2) < 0.5 * s \
+                    and 0.5 * s <= max(a1 - a0, b1 - b0) <= 2 * s:
+                return True
+        return False
+
+
+def small_face_tiles(full: FaceDetector, short: FaceDetector | None = None) -> list[TiledDetector]:
     """The tile levels the shipped detector runs the full-range model on: square tiles of the frame's
     shorter side (frames wider than 3:2), then tiles of half that side (frames whose shorter side is at
-    least 256 px), where a face of 24 px in a 640x360 frame is 26 px at the model's input instead of 13."""
+    least 256 px), where a face of 24 px in a 640x360 frame is 26 px at the model's input instead of 13.
+
+    A half tile's detection needs ``HALF_TILE_SCORE``; with ``short`` (the short-range model; ``full``
+    a ``BlazeFace``), one scoring ``WEAK_SCORE`` to that is kept when a second look (``ZoomCheck``: both
+    models, ``ZOOM_SCORES``) finds the face."""
+    if short is None:
+        return [TiledDetector(full, whole=False),
+                TiledDetector(full, tile=0.5, whole=False, min_score=HALF_TILE_SCORE, min_tile=128)]
+    weak = full.with_threshold(min(WEAK_SCORE, full.score_threshold))  # type: ignore[attr-defined]
     return [TiledDetector(full, whole=False),
-            TiledDetector(full, tile=0.5, whole=False, min_score=HALF_TILE_SCORE, min_tile=128)]
+            TiledDetector(weak, tile=0.5, whole=False, min_score=HALF_TILE_SCORE, min_tile=128,
+                          check=ZoomCheck([(short, ZOOM_SCORES[0]), (full, ZOOM_SCORES[1])]))]
 

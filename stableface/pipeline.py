@@ -158,7 +158,7 @@ class Pipeline:
         if ws.detector_full is not None:
             dets.append(BlazeFace(ws.detector_full, device=device, threads=threads))
             if config.detect_tiles:  # small faces: the full-range model on tiles of the frame too
-                tiles = small_face_tiles(dets[-1])
+                tiles = small_face_tiles(dets[-1], dets[0])  # (half tiles: a second look at weak ones)
         # the step is tiny: one thread beats two on small CPUs (benchmarks/model_speed.py)
         # under a lookahead the ConvLSTM is not run; weights the user named are still loaded and checked
         wanted = config.stabilizer == "convlstm" and (not config.lookahead or stabilizer_weights is not None)

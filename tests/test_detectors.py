@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from stableface import pose
-from stableface.detector import COVERED, HALF_TILE_SCORE, PartialDetections, TiledDetector, UnionDetector, merge, small_face_tiles
+from stableface.detector import (COVERED, HALF_TILE_SCORE, WEAK_SCORE, BlazeFace, PartialDetections, TiledDetector, UnionDetector,
+                                 ZoomCheck, merge, small_face_tiles)
 from stableface.detector import _share_under as detector_share
 from stableface.types import Detection
 
@@ -137,8 +138,14 @@ def test_the_shipped_pipeline_tiles_its_full_range_detector_unless_told_not_to()
 
     pipe = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none"))
     levels = pipe.detector.levels
-    assert [t.tile for t in levels] == [1.0, 0.5] and all(t.detector is pipe.detector.detectors[1] for t in levels)
+    short, full = pipe.detector.detectors
+    assert [t.tile for t in levels] == [1.0, 0.5] and levels[0].detector is full and levels[0].check is None
     assert levels[1].min_score == HALF_TILE_SCORE > levels[0].min_score
+    # the half tiles: the full-range model (its session) down to WEAK_SCORE, weak ones checked by the short-range model
+    weak = levels[1].detector
+    assert isinstance(weak, BlazeFace) and weak.session is full.session and weak.score_threshold == WEAK_SCORE
+    assert full.score_threshold == 0.4  # (the copy left the model's own threshold as it was)
+    assert isinstance(levels[1].check, ZoomCheck) and levels[1].check.looks == [(short, 0.6), (full, 0.5)]
     assert pipe.detector.thread_safe
     off = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none", detect_tiles=False))
     assert off.detector.levels == []
@@ -151,6 +158,51 @@ def test_half_height_tiles_run_on_frames_of_256_px_and_more_and_keep_only_sure_d
     found = [Detection((10.0, 10.0, 30.0, 30.0), HALF_TILE_SCORE - 0.01), Detection((60.0, 60.0, 80.0, 80.0), HALF_TILE_SCORE)]
     half.detector = Fixed(found)
     assert [d.box for d in half.detect_window(frame_with([]), (0, 0, 180))] == [(60.0, 60.0, 80.0, 80.0)]
+
+
+def test_a_weak_half_tile_detection_is_kept_only_when_the_second_look_finds_the_face():
+    looked = []
+
+    def check(image, d):
+        looked.append(d.box)
+        return d.box[0] == 210.0  # planted: the first weak one (in frame coordinates) is a face, the second is not
+
+    weak_face, weak_texture = Detection((10.0, 10.0, 30.0, 30.0), 0.4), Detection((100.0, 10.0, 120.0, 30.0), 0.5)
+    sure = Detection((60.0, 60.0, 80.0, 80.0), HALF_TILE_SCORE)
+    half = TiledDetector(Fixed([weak_face, weak_texture, sure]), tile=0.5, whole=False, min_score=HALF_TILE_SCORE,
+                         check=check)
+    found = half.detect_window(frame_with([]), (200, 100, 180))
+    assert [d.box for d in found] == [(210.0, 110.0, 230.0, 130.0), (260.0, 160.0, 280.0, 180.0)]
+    # the check sees the weak ones only, in frame coordinates (it looks around them in the whole frame)
+    assert looked == [(210.0, 110.0, 230.0, 130.0), (300.0, 110.0, 320.0, 130.0)]
+
+
+def test_the_second_look_finds_a_face_centred_in_three_times_its_box_and_nothing_else():
+    seen = []
+
+    class Looking(Squares):
+        def detect(self, image):
+            seen.append(image.shape[:2])
+            return super().detect(image)
+
+    img = frame_with([(100, 100, 24), (300, 100, 24)])
+    look = ZoomCheck([(Looking(reach=0.1), 0.6)])  # (Squares scores 0.9)
+    assert look(img, Detection((100.0, 100.0, 124.0, 124.0), 0.4))  # the square, at the middle of a 72 px look
+    assert seen == [(72, 72)]
+    assert not look(img, Detection((160.0, 100.0, 184.0, 124.0), 0.4))  # beside it: nothing at the middle
+    assert not look(img, Detection((100.0, 100.0, 112.0, 112.0), 0.4))  # the square twice the box's side: another size
+    assert not ZoomCheck([(Squares(reach=0.1), 0.95)])(img, Detection((100.0, 100.0, 124.0, 124.0), 0.4))  # too unsure
+    edge = frame_with([(0, 0, 24)])
+    assert look(edge, Detection((0.0, 0.0, 24.0, 24.0), 0.4))  # at the frame's corner: padded, still found
+    assert look.calls == 4
+
+
+def test_every_look_of_the_second_look_must_find_the_face_and_the_first_miss_ends_it():
+    img, box = frame_with([(100, 100, 24)]), Detection((100.0, 100.0, 124.0, 124.0), 0.4)
+    first, second = Squares(reach=0.1), Squares(reach=0.1)
+    assert ZoomCheck([(first, 0.6), (second, 0.6)])(img, box) and (first.calls, second.calls) == (1, 1)
+    assert not ZoomCheck([(first, 0.6), (second, 0.95)])(img, box)  # the second one is not sure enough
+    assert not ZoomCheck([(first, 0.95), (second, 0.6)])(img, box) and second.calls == 2  # (not asked)
 
 
 def test_union_with_two_tile_levels_searches_sweeps_and_redetects_every_window_in_turn():
