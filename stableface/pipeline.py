@@ -331,6 +331,8 @@ class Pipeline:
                     detections = redetect(image, block) if self._by_block() else redetect(image)
             self.last_detect = block
             fresh = tracker.associate(detections, misses=not isinstance(detections, PartialDetections))
+            if fresh and self.config.shot_cuts and self.shots.waiting:
+                fresh = []  # a dark frame in a fade through black: a face here may be the next shot's (its colours decide)
             if fresh:
                 new = [tracker.start(d) for d in fresh]
                 # a first pass from the detector's box places the landmark crop

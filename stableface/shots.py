@@ -58,9 +58,13 @@ A frame starts a new shot (``kind``) when:
   be missed (the change within 10 frames stays small) or, between very different ones, count
   twice. A dissolve that keeps the colours (the same scene) is not found.
 
-A fade through black is one cut, where the next shot fades in (its first frames differ from
-black, suddenly or in colour). A one-frame flash (or a broken frame) counts as a cut at the
-flash; the frame after it does not.
+A fade through black is one cut, where the next shot fades in: frames too dark to have colours
+(``colour_histogram`` None) leave the colour reference as it was, so the first frame of the next
+shot with colours is compared with the last ones of the shot before, however long the black between
+them. Until then ``waiting`` is set, and the pipeline starts no track: a face the detector finds on a
+dark frame of the fade-in would be ended by the cut a few frames later, and its person given a second
+id. (A shot that is dark from its start has no colours to wait for.) A one-frame flash (or a broken
+frame) counts as a cut at the flash; the frame after it does not.
 
 The thresholds were chosen on spliced clips (``benchmarks/cuts.py --seed 100 --clips 30``) and
 the unspliced clips; the benchmark reports on other splices (seed 0). ``spread`` was chosen there
@@ -183,6 +187,7 @@ class ShotDetector:
         self.score = self.ratio = self.continuity = self.change = self.colour_change = float("nan")
         self.spread = float("nan")
         self.candidates = 0  # frames that asked confirm()
+        self.waiting = False  # the last frame is dark after frames with colours (see update)
 
     def _baseline(self) -> float:
         if len(self._diffs) < 3:
@@ -202,8 +207,11 @@ class ShotDetector:
             self._hold = self._hists.maxlen if self.kind == "gradual" else 0
         if self._hold:
             self._hold -= 1
-        else:
+        elif hist is not None:  # a frame too dark for colours leaves the reference as it was (a fade through black)
             self._hists.append(hist)
+        # a dark frame after frames with colours: what shows now may belong to the next shot, whose colours
+        # (when they come) end this one; the pipeline starts no track until then
+        self.waiting = hist is None and any(h is not None for h in self._hists)
         return self.kind is not None
 
     def _decide(self, thumb: np.ndarray, hist: np.ndarray | None, confirm: Callable[[], bool] | None) -> str | None:

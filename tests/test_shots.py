@@ -461,3 +461,32 @@ def test_redetections_are_counted_in_frames_processed_not_in_frame_indices(step)
     for i in range(60):
         pipe.update(Frame(image, i * step, i * 40.0))
     assert detector.calls == 6  # frame 0 (searching), then once every 10 frames processed
+
+
+def test_a_fade_through_black_gives_the_incoming_person_one_new_id_from_the_cut_on():
+    # a person (blue), a fade to black over 10 frames, black, then another person (yellow) fading in over 10:
+    # the second face shows (the detector finds it) while the frame is still too dark for colours, so
+    # the cut comes later, when the colours return; a track started on the dark frames would be ended
+    # there and its person given a second id
+    def faded(img, alpha):
+        return np.clip(img.astype(np.float32) * alpha, 0, 255).astype(np.uint8)
+
+    a = world([(40, 60, 100, (220, 90, 40))])
+    b = world([(120, 80, 90, (40, 210, 230))])
+    images = [a] * 20 + [faded(a, 1 - (k + 1) / 10) for k in range(10)] + [world([])] * 3 \
+        + [faded(b, (k + 1) / 10) for k in range(10)] + [b] * 10
+    pipe = planted_pipeline()
+    results = [pipe.update(f) for f in frames_of(images)]
+    ids = [[f.id for f in r.faces] for r in results]
+    assert ids[:20] == [[0]] * 20 and ids[-10:] == [[1]] * 10
+    assert {i for r in ids for i in r} == {0, 1}  # no id in between: the fade-in's face is 1 from its first report
+    first = next(k for k, r in enumerate(ids) if r == [1])
+    assert results[first].shot == 1 and all(r.shot == 1 for r in results[first:])
+    assert all(r.shot == 0 for r in results[:first] if r.faces)  # the faces before it are the first person's
+    dark = [k for k in range(33, 43) if squares(images[k]) and frame_features(images[k])[1] is None]
+    assert dark  # (the planted case holds: a face the detector finds on a frame without colours)
+    # a long black gap (more frames than the colour reference holds) ends the shot all the same
+    pipe = planted_pipeline()
+    long_gap = images[:30] + [world([])] * 30 + images[33:]
+    results = [pipe.update(f) for f in frames_of(long_gap)]
+    assert [f.id for f in results[-1].faces] == [1] and results[-1].shot == 1
