@@ -56,15 +56,19 @@ A frame starts a new shot (``kind``) when:
   of the next 10 frames are not compared with those before them (the rest of the transition),
   so a dissolve of up to about 15 frames is one cut; a slower one between similar colours may
   be missed (the change within 10 frames stays small) or, between very different ones, count
-  twice. A dissolve that keeps the colours (the same scene) is not found.
+  twice. A dissolve that keeps the colours (the same scene) is not found;
+* ``"dark"``: the ``DARK_FRAMES``-th frame in a row too dark to have colours after frames that had
+  them (below).
 
 A fade through black is one cut, where the next shot fades in: frames too dark to have colours
 (``colour_histogram`` None) leave the colour reference as it was, so the first frame of the next
 shot with colours is compared with the last ones of the shot before, however long the black between
 them. Until then ``waiting`` is set, and the pipeline starts no track: a face the detector finds on a
 dark frame of the fade-in would be ended by the cut a few frames later, and its person given a second
-id. (A shot that is dark from its start has no colours to wait for.) A one-frame flash (or a broken
-frame) counts as a cut at the flash; the frame after it does not.
+id. The wait is bounded: ``DARK_FRAMES`` dark frames in a row are a shot of their own (``"dark"``; a
+long black gap, a light switched off, a night scene after a bright one), where faces start again, and
+its colour reference starts afresh. A shot that is dark from its start has no colours to wait for. A
+one-frame flash (or a broken frame) counts as a cut at the flash; the frame after it does not.
 
 The thresholds were chosen on spliced clips (``benchmarks/cuts.py --seed 100 --clips 30``) and
 the unspliced clips; the benchmark reports on other splices (seed 0). ``spread`` was chosen there
@@ -96,6 +100,7 @@ LATE_CHANGE = 6.0  # ... when its change d1 is this large (not a caption popping
 LATE_CONTINUITY = 3.0  # ... with the next frame's d2 >= this x its d1
 GRADUAL = 0.3  # histogram distance over GRADUAL_FRAMES (inside shots of the clips: at most 0.17)
 GRADUAL_FRAMES = 10
+DARK_FRAMES = 10  # frames too dark for colours, after a shot with them, that are a shot of their own
 JUMP = 0.1  # landmark jump (median over points, fraction of the landmark box's larger side)
 DROP = 0.15  # drop in mean landmark confidence
 DARK = 16  # mean brightness (HSV V) below which a frame has no colours to compare
@@ -152,7 +157,7 @@ class ShotDetector:
     """Frame-level cut test with a landmark confirmation; ``update(image) -> bool`` ("this frame starts a new shot").
 
     The first frame starts shot 0 and is never a cut. After each update, ``kind`` says why the
-    frame starts a shot (``"hard"``, ``"confirmed"``, ``"late"``, ``"gradual"``) or is None, and
+    frame starts a shot (``"hard"``, ``"confirmed"``, ``"late"``, ``"gradual"``, ``"dark"``) or is None, and
     ``score``, ``ratio``, ``continuity``, ``change`` (``d1``), ``spread`` (NaN unless ``score >= soft``)
     and ``colour_change`` hold its values; ``min_spread`` is the ``spread`` threshold.
     """
@@ -161,7 +166,8 @@ class ShotDetector:
                  late_score: float = LATE_SCORE, late_change: float = LATE_CHANGE,
                  late_continuity: float = LATE_CONTINUITY, gradual: float = GRADUAL,
                  gradual_frames: int = GRADUAL_FRAMES, continuity_weight: float = CONTINUITY_WEIGHT,
-                 history: int = HISTORY, spread: float = SPREAD, spread_change: float = SPREAD_CHANGE) -> None:
+                 history: int = HISTORY, spread: float = SPREAD, spread_change: float = SPREAD_CHANGE,
+                 dark_frames: int = DARK_FRAMES) -> None:
         if not soft <= hard:
             raise ValueError(f"the soft threshold ({soft}) must not exceed the hard one ({hard})")
         if gradual_frames < 1:
@@ -171,6 +177,7 @@ class ShotDetector:
             float(late_continuity)
         self.gradual, self.continuity_weight = float(gradual), float(continuity_weight)
         self.min_spread, self.spread_change = float(spread), float(spread_change)
+        self.dark_frames = max(1, int(dark_frames))
         self._thumbs: deque[np.ndarray] = deque(maxlen=2)
         self._diffs: deque[float] = deque(maxlen=history)
         self._hists: deque[np.ndarray | None] = deque(maxlen=gradual_frames)  # since the last cut
@@ -188,6 +195,7 @@ class ShotDetector:
         self.spread = float("nan")
         self.candidates = 0  # frames that asked confirm()
         self.waiting = False  # the last frame is dark after frames with colours (see update)
+        self._dark = 0  # such frames in a row
 
     def _baseline(self) -> float:
         if len(self._diffs) < 3:
@@ -200,6 +208,14 @@ class ShotDetector:
         ``features``: ``frame_features(image)`` when it was computed ahead (else it is computed here)."""
         thumb, hist = features if features is not None else frame_features(image)
         self.kind = self._decide(thumb, hist, confirm) if self._thumbs else None
+        # a dark frame after frames with colours: what shows now may belong to the next shot, whose colours
+        # (when they come) end this one; the pipeline starts no track until then, or until the dark frames
+        # are a shot of their own
+        dark = self.kind is None and hist is None and any(h is not None for h in self._hists)
+        self._dark = self._dark + 1 if dark else 0
+        if self._dark >= self.dark_frames:
+            self.kind, self._dark, self._pending = "dark", 0, False
+        self.waiting = self._dark > 0
         self._thumbs.append(thumb)
         if self.kind is not None:
             self._hists.clear()
@@ -209,9 +225,6 @@ class ShotDetector:
             self._hold -= 1
         elif hist is not None:  # a frame too dark for colours leaves the reference as it was (a fade through black)
             self._hists.append(hist)
-        # a dark frame after frames with colours: what shows now may belong to the next shot, whose colours
-        # (when they come) end this one; the pipeline starts no track until then
-        self.waiting = hist is None and any(h is not None for h in self._hists)
         return self.kind is not None
 
     def _decide(self, thumb: np.ndarray, hist: np.ndarray | None, confirm: Callable[[], bool] | None) -> str | None:

@@ -489,4 +489,31 @@ def test_a_fade_through_black_gives_the_incoming_person_one_new_id_from_the_cut_
     pipe = planted_pipeline()
     long_gap = images[:30] + [world([])] * 30 + images[33:]
     results = [pipe.update(f) for f in frames_of(long_gap)]
-    assert [f.id for f in results[-1].faces] == [1] and results[-1].shot == 1
+    assert [f.id for f in results[-1].faces] == [1] and results[-1].shot >= 1  # (the black gap may be a shot of its own)
+    assert {i for r in results for f in r.faces for i in [f.id]} == {0, 1}
+    assert len({r.shot for r in results if any(f.id == 1 for f in r.faces)}) == 1 > results[0].shot
+
+
+def test_dark_frames_after_a_shot_with_colours_wait_for_them_and_then_are_a_shot_of_their_own():
+    from stableface.shots import DARK_FRAMES
+
+    def faded(img, alpha):
+        return np.clip(img.astype(np.float32) * alpha, 0, 255).astype(np.uint8)
+
+    bright = world([(40, 60, 100, (220, 90, 40))], background=20)
+    dimming = [faded(bright, a) for a in (0.9, 0.8, 0.7, 0.6, 0.5)] + [faded(bright, 0.3)] * 20  # the light dims
+    first_dark = next(k for k, f in enumerate(dimming) if frame_features(f)[1] is None)
+    det = ShotDetector()
+    kinds, waiting = [], []
+    for f in [bright] * 15 + dimming:
+        det.update(f)
+        kinds.append(det.kind)
+        waiting.append(det.waiting)
+    dark_at = 15 + first_dark + DARK_FRAMES - 1
+    assert [k for k, v in enumerate(kinds) if v] == [dark_at] and kinds[dark_at] == "dark"  # one cut, no other
+    assert [k for k, w in enumerate(waiting) if w] == list(range(15 + first_dark, dark_at))
+    # a dark shot from its start has no colours to wait for
+    det = ShotDetector()
+    for f in [faded(bright, 0.3)] * 15:
+        det.update(f)
+        assert not det.waiting and det.kind is None
