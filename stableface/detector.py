@@ -222,7 +222,8 @@ class UnionDetector:
         # ``detect``/``redetect`` may run in another thread beside this one (the pipeline's reader runs
         # re-detections ahead): BlazeFace keeps no state between calls, nor do tiles of it
         self.thread_safe = all(isinstance(d, BlazeFace) for d in detectors) and all(
-            isinstance(t.detector, BlazeFace) for t in self.levels)
+            isinstance(t.detector, BlazeFace) and (t.check is None or isinstance(t.check, ZoomCheck) and all(
+                isinstance(d, BlazeFace) for d, _ in t.check.looks)) for t in self.levels)
 
     def _level_windows(self, image: np.ndarray) -> list[list[tuple[int, int, int]]]:
         h, w = image.shape[:2]
@@ -303,15 +304,16 @@ class TiledDetector:
 
     def __init__(self, detector: FaceDetector, tile: float = 1.0, overlap: float = 0.25, whole: bool = True,
                  min_gain: float = 1.5, min_score: float = 0.0, min_tile: int = 0,
-                 check: Callable[[np.ndarray, Detection], bool] | None = None) -> None:
+                 check: Callable[[np.ndarray, Detection], bool] | None = None, check_from: float = 0.0) -> None:
         if not 0 < tile <= 1:
             raise ValueError("tile must be in (0, 1]")
         self.detector, self.tile, self.overlap, self.whole, self.min_gain = detector, tile, overlap, whole, min_gain
         # a tile's detections scoring under ``min_score`` are dropped (the half-height tiles of
         # ``small_face_tiles``: textures score up to 0.55 there, benchmarks/detector_recall.py), unless
-        # ``check(frame, detection)``, a second look (``ZoomCheck``), finds the face; frames whose tiles
-        # would be under ``min_tile`` px get none
+        # they score ``check_from`` or more and ``check(frame, detection)``, a second look (``ZoomCheck``),
+        # finds the face; frames whose tiles would be under ``min_tile`` px get none
         self.min_score, self.min_tile, self.check = min_score, min_tile, check
+        self.check_from = min_score if check is None else check_from
         # tiles show a face max(w, h) / side times larger than the whole frame does (both go to one
         # square input): below ``min_gain`` (a 4:3 or 5:4 frame with tiles of its height: 1.33, 1.25)
         # they cost a model run each for little, and ``tiles`` gives none
@@ -347,7 +349,7 @@ class TiledDetector:
         x, y, side = window
         out = []
         for d in self.detector.detect(image[y:y + side, x:x + side]):
-            if d.score < self.min_score and self.check is None:
+            if d.score < self.check_from:
                 continue
             x0, y0, x1, y1 = d.box
             margin = 0.02 * side
@@ -387,7 +389,7 @@ class ZoomCheck:
 
     def __init__(self, looks: list[tuple[FaceDetector, float]], zoom: float = ZOOM) -> None:
         self.looks, self.zoom = list(looks), float(zoom)
-        self.calls = 0  # checks made (the benchmarks count them)
+        self.calls = 0  # checks made (approximate when the pipeline's reader thread re-detects ahead)
 
     def __call__(self, image: np.ndarray, d: Detection) -> bool:
         self.calls += 1
@@ -423,5 +425,5 @@ def small_face_tiles(full: FaceDetector, short: FaceDetector | None = None) -> l
     weak = full.with_threshold(min(WEAK_SCORE, full.score_threshold))  # type: ignore[attr-defined]
     return [TiledDetector(full, whole=False),
             TiledDetector(weak, tile=0.5, whole=False, min_score=HALF_TILE_SCORE, min_tile=128,
-                          check=ZoomCheck([(short, ZOOM_SCORES[0]), (full, ZOOM_SCORES[1])]))]
+                          check=ZoomCheck([(short, ZOOM_SCORES[0]), (full, ZOOM_SCORES[1])]), check_from=WEAK_SCORE)]
 

@@ -315,7 +315,11 @@ class Pipeline:
         sweep = getattr(self.detector, "sweep", None) if tracker.tracks and self._sweep > 0 and not due else None
         if len(tracker.tracks) >= tracker.max_faces:
             sweep, self._sweep = None, 0
-        if not tracker.tracks or due or sweep is not None:
+        # a dark frame in a fade through black (shots.waiting): a face found here may be the next shot's,
+        # which the colours, when they come back, decide; no detection runs (a due one, or the sweep's
+        # window, waits for a frame with colours)
+        waiting = self.config.shot_cuts and self.shots.waiting
+        if (not tracker.tracks or due or sweep is not None) and not waiting:
             with self.timer.stage("detect"):  # searching: every detector (and a tile in turn); re-detecting: one model in turn, by block
                 redetect = getattr(self.detector, "redetect", None) if tracker.tracks else None
                 if sweep is not None:  # (windows mostly under a tracked face's crop are passed over; at least one is taken)
@@ -331,8 +335,6 @@ class Pipeline:
                     detections = redetect(image, block) if self._by_block() else redetect(image)
             self.last_detect = block
             fresh = tracker.associate(detections, misses=not isinstance(detections, PartialDetections))
-            if fresh and self.config.shot_cuts and self.shots.waiting:
-                fresh = []  # a dark frame in a fade through black: a face here may be the next shot's (its colours decide)
             if fresh:
                 new = [tracker.start(d) for d in fresh]
                 # a first pass from the detector's box places the landmark crop

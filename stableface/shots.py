@@ -56,19 +56,18 @@ A frame starts a new shot (``kind``) when:
   of the next 10 frames are not compared with those before them (the rest of the transition),
   so a dissolve of up to about 15 frames is one cut; a slower one between similar colours may
   be missed (the change within 10 frames stays small) or, between very different ones, count
-  twice. A dissolve that keeps the colours (the same scene) is not found;
-* ``"dark"``: the ``DARK_FRAMES``-th frame in a row too dark to have colours after frames that had
-  them (below).
+  twice. A dissolve that keeps the colours (the same scene) is not found.
 
 A fade through black is one cut, where the next shot fades in: frames too dark to have colours
 (``colour_histogram`` None) leave the colour reference as it was, so the first frame of the next
-shot with colours is compared with the last ones of the shot before, however long the black between
-them. Until then ``waiting`` is set, and the pipeline starts no track: a face the detector finds on a
-dark frame of the fade-in would be ended by the cut a few frames later, and its person given a second
-id. The wait is bounded: ``DARK_FRAMES`` dark frames in a row are a shot of their own (``"dark"``; a
-long black gap, a light switched off, a night scene after a bright one), where faces start again, and
-its colour reference starts afresh. A shot that is dark from its start has no colours to wait for. A
-one-frame flash (or a broken frame) counts as a cut at the flash; the frame after it does not.
+shot with colours is compared with the last ones of the shot before. Meanwhile (when that comparison
+can be made: the reference is full) ``waiting`` is set, and the pipeline starts no track: a face the
+detector finds on a dark frame of the fade-in would be ended by the cut a few frames later, and its
+person given a second id. The wait is bounded: after ``DARK_FRAMES`` dark frames in a row the
+reference is forgotten, with no cut (a long black gap, a night scene after a bright one, a dim scene
+whose brightness hovers around ``DARK``), and faces start again; a long black is then a cut only if the
+next shot comes in suddenly (``"hard"``), as before. A one-frame flash (or a broken frame) counts as a
+cut at the flash; the frame after it does not.
 
 The thresholds were chosen on spliced clips (``benchmarks/cuts.py --seed 100 --clips 30``) and
 the unspliced clips; the benchmark reports on other splices (seed 0). ``spread`` was chosen there
@@ -100,7 +99,7 @@ LATE_CHANGE = 6.0  # ... when its change d1 is this large (not a caption popping
 LATE_CONTINUITY = 3.0  # ... with the next frame's d2 >= this x its d1
 GRADUAL = 0.3  # histogram distance over GRADUAL_FRAMES (inside shots of the clips: at most 0.17)
 GRADUAL_FRAMES = 10
-DARK_FRAMES = 10  # frames too dark for colours, after a shot with them, that are a shot of their own
+DARK_FRAMES = 10  # frames too dark for colours in a row, after a shot with them, before its colours are forgotten
 JUMP = 0.1  # landmark jump (median over points, fraction of the landmark box's larger side)
 DROP = 0.15  # drop in mean landmark confidence
 DARK = 16  # mean brightness (HSV V) below which a frame has no colours to compare
@@ -157,7 +156,7 @@ class ShotDetector:
     """Frame-level cut test with a landmark confirmation; ``update(image) -> bool`` ("this frame starts a new shot").
 
     The first frame starts shot 0 and is never a cut. After each update, ``kind`` says why the
-    frame starts a shot (``"hard"``, ``"confirmed"``, ``"late"``, ``"gradual"``, ``"dark"``) or is None, and
+    frame starts a shot (``"hard"``, ``"confirmed"``, ``"late"``, ``"gradual"``) or is None, and
     ``score``, ``ratio``, ``continuity``, ``change`` (``d1``), ``spread`` (NaN unless ``score >= soft``)
     and ``colour_change`` hold its values; ``min_spread`` is the ``spread`` threshold.
     """
@@ -194,7 +193,7 @@ class ShotDetector:
         self.score = self.ratio = self.continuity = self.change = self.colour_change = float("nan")
         self.spread = float("nan")
         self.candidates = 0  # frames that asked confirm()
-        self.waiting = False  # the last frame is dark after frames with colours (see update)
+        self.waiting = False  # the last frame is dark, after a full colour reference (see update)
         self._dark = 0  # such frames in a row
 
     def _baseline(self) -> float:
@@ -208,13 +207,15 @@ class ShotDetector:
         ``features``: ``frame_features(image)`` when it was computed ahead (else it is computed here)."""
         thumb, hist = features if features is not None else frame_features(image)
         self.kind = self._decide(thumb, hist, confirm) if self._thumbs else None
-        # a dark frame after frames with colours: what shows now may belong to the next shot, whose colours
-        # (when they come) end this one; the pipeline starts no track until then, or until the dark frames
-        # are a shot of their own
-        dark = self.kind is None and hist is None and any(h is not None for h in self._hists)
+        # a dark frame after a shot whose colours the next ones will be compared with (a full reference):
+        # what shows now may belong to the next shot, whose colours (when they come) end this one; the
+        # pipeline starts no track until then, or until DARK_FRAMES dark frames in a row make the
+        # reference stale: it is forgotten (no cut), and faces start again
+        dark = self.kind is None and hist is None and len(self._hists) == self._hists.maxlen
         self._dark = self._dark + 1 if dark else 0
         if self._dark >= self.dark_frames:
-            self.kind, self._dark, self._pending = "dark", 0, False
+            self._hists.clear()
+            self._dark = 0
         self.waiting = self._dark > 0
         self._thumbs.append(thumb)
         if self.kind is not None:

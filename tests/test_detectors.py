@@ -169,8 +169,9 @@ def test_a_weak_half_tile_detection_is_kept_only_when_the_second_look_finds_the_
 
     weak_face, weak_texture = Detection((10.0, 10.0, 30.0, 30.0), 0.4), Detection((100.0, 10.0, 120.0, 30.0), 0.5)
     sure = Detection((60.0, 60.0, 80.0, 80.0), HALF_TILE_SCORE)
-    half = TiledDetector(Fixed([weak_face, weak_texture, sure]), tile=0.5, whole=False, min_score=HALF_TILE_SCORE,
-                         check=check)
+    too_weak = Detection((10.0, 100.0, 30.0, 120.0), WEAK_SCORE - 0.01)  # under the check's floor: not looked at
+    half = TiledDetector(Fixed([weak_face, weak_texture, sure, too_weak]), tile=0.5, whole=False,
+                         min_score=HALF_TILE_SCORE, check=check, check_from=WEAK_SCORE)
     found = half.detect_window(frame_with([]), (200, 100, 180))
     assert [d.box for d in found] == [(210.0, 110.0, 230.0, 130.0), (260.0, 160.0, 280.0, 180.0)]
     # the check sees the weak ones only, in frame coordinates (it looks around them in the whole frame)
@@ -191,10 +192,13 @@ def test_the_second_look_finds_a_face_centred_in_three_times_its_box_and_nothing
     assert seen == [(72, 72)]
     assert not look(img, Detection((160.0, 100.0, 184.0, 124.0), 0.4))  # beside it: nothing at the middle
     assert not look(img, Detection((100.0, 100.0, 112.0, 112.0), 0.4))  # the square twice the box's side: another size
+    big = frame_with([(82, 82, 60)])  # a square of 2.5 x the box, wholly inside the 72 px look and centred: too large
+    assert not look(big, Detection((100.0, 100.0, 124.0, 124.0), 0.4))
+    assert ZoomCheck([(Squares(reach=0.1), 0.6)])(big, Detection((88.0, 88.0, 136.0, 136.0), 0.4))  # (its own size: found)
     assert not ZoomCheck([(Squares(reach=0.1), 0.95)])(img, Detection((100.0, 100.0, 124.0, 124.0), 0.4))  # too unsure
     edge = frame_with([(0, 0, 24)])
     assert look(edge, Detection((0.0, 0.0, 24.0, 24.0), 0.4))  # at the frame's corner: padded, still found
-    assert look.calls == 4
+    assert look.calls == 5
 
 
 def test_every_look_of_the_second_look_must_find_the_face_and_the_first_miss_ends_it():

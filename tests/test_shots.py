@@ -463,57 +463,101 @@ def test_redetections_are_counted_in_frames_processed_not_in_frame_indices(step)
     assert detector.calls == 6  # frame 0 (searching), then once every 10 frames processed
 
 
-def test_a_fade_through_black_gives_the_incoming_person_one_new_id_from_the_cut_on():
-    # a person (blue), a fade to black over 10 frames, black, then another person (yellow) fading in over 10:
-    # the second face shows (the detector finds it) while the frame is still too dark for colours, so
-    # the cut comes later, when the colours return; a track started on the dark frames would be ended
-    # there and its person given a second id
-    def faded(img, alpha):
-        return np.clip(img.astype(np.float32) * alpha, 0, 255).astype(np.uint8)
+def _faded(img, alpha):
+    return np.clip(img.astype(np.float32) * alpha, 0, 255).astype(np.uint8)
 
-    a = world([(40, 60, 100, (220, 90, 40))])
-    b = world([(120, 80, 90, (40, 210, 230))])
-    images = [a] * 20 + [faded(a, 1 - (k + 1) / 10) for k in range(10)] + [world([])] * 3 \
-        + [faded(b, (k + 1) / 10) for k in range(10)] + [b] * 10
+
+def _scene(background, faces):
+    """A planted frame on a coloured ``background`` (b, g, r): ``faces`` are (x0, y0, side, (b, g, r)) squares."""
+    img = np.empty((SIDE, SIDE, 3), np.uint8)
+    img[:] = background
+    for x0, y0, side, colour in faces:
+        img[y0:y0 + side, x0:x0 + side] = colour
+    return img
+
+
+def _fade_through_black(a, b, steps, black):
+    return [_faded(a, 1 - (k + 1) / steps) for k in range(steps)] + [_scene((0, 0, 0), [])] * black \
+        + [_faded(b, (k + 1) / steps) for k in range(steps)]
+
+
+def test_a_fade_through_black_gives_the_incoming_person_one_new_id_from_the_cut_on():
+    # a person on blue, a 6-step fade to black, 3 black frames, then another person on amber fading in: the
+    # detector finds the second face on a frame still too dark for colours (frame 30), and the cut comes on
+    # the next one, when the colours return (a gradual cut); a track started on the dark frame would be
+    # ended there, and its person given a second id
+    a = _scene((40, 8, 4), [(40, 60, 40, (220, 90, 40))])
+    b = _scene((4, 30, 40), [(150, 90, 40, (40, 210, 230))])
+    images = [a] * 20 + _fade_through_black(a, b, 6, 3) + [b] * 12
+    assert squares(images[30]) and frame_features(images[30])[1] is None  # (the planted case holds)
+
+    def run(wait=True):
+        pipe = planted_pipeline()
+        if not wait:  # the control: the pipeline as if it never waited
+            update = pipe.shots.update
+
+            def never_waiting(*args, **kw):
+                out = update(*args, **kw)
+                pipe.shots.waiting = False
+                return out
+
+            pipe.shots.update = never_waiting
+        results = [pipe.update(f) for f in frames_of(images)]
+        return [[f.id for f in r.faces] for r in results], [r.shot for r in results], pipe
+
+    ids, shots, pipe = run()
+    first = next(k for k, r in enumerate(ids) if r == [1])
+    assert first == 31 and frame_features(images[31])[1] is not None  # the first frame with colours again ...
+    assert all(r in ([0], []) for r in ids[:first]) and ids[first:] == [[1]] * (len(ids) - first)
+    assert shots == [0] * first + [1] * (len(ids) - first)  # ... is the cut's, and the second person is 1 from there
+    ids, _, _ = run(wait=False)
+    assert ids[30:32] == [[1], [2]]  # the control: found on the dark frame, ended by the cut, found again
+
+
+def test_a_long_black_forgets_the_shot_before_and_gives_the_incoming_person_one_id():
+    # more dark frames in a row than DARK_FRAMES: the colours of the shot before are forgotten (no cut), so
+    # faces start on the dark frames of the fade-in, and the colours coming back end nothing
+    from stableface.shots import DARK_FRAMES
+
+    a = _scene((40, 8, 4), [(40, 60, 40, (220, 90, 40))])
+    b = _scene((4, 30, 40), [(150, 90, 40, (40, 210, 230))])
+    images = [a] * 20 + _fade_through_black(a, b, 6, DARK_FRAMES + 5) + [b] * 12
     pipe = planted_pipeline()
     results = [pipe.update(f) for f in frames_of(images)]
     ids = [[f.id for f in r.faces] for r in results]
-    assert ids[:20] == [[0]] * 20 and ids[-10:] == [[1]] * 10
-    assert {i for r in ids for i in r} == {0, 1}  # no id in between: the fade-in's face is 1 from its first report
+    assert {i for r in ids for i in r} == {0, 1} and ids[-12:] == [[1]] * 12
     first = next(k for k, r in enumerate(ids) if r == [1])
-    assert results[first].shot == 1 and all(r.shot == 1 for r in results[first:])
-    assert all(r.shot == 0 for r in results[:first] if r.faces)  # the faces before it are the first person's
-    dark = [k for k in range(33, 43) if squares(images[k]) and frame_features(images[k])[1] is None]
-    assert dark  # (the planted case holds: a face the detector finds on a frame without colours)
-    # a long black gap (more frames than the colour reference holds) ends the shot all the same
-    pipe = planted_pipeline()
-    long_gap = images[:30] + [world([])] * 30 + images[33:]
-    results = [pipe.update(f) for f in frames_of(long_gap)]
-    assert [f.id for f in results[-1].faces] == [1] and results[-1].shot >= 1  # (the black gap may be a shot of its own)
-    assert {i for r in results for f in r.faces for i in [f.id]} == {0, 1}
-    assert len({r.shot for r in results if any(f.id == 1 for f in r.faces)}) == 1 > results[0].shot
+    assert frame_features(images[first])[1] is None  # found on a dark frame of the fade-in, and kept
+    assert len({r.shot for r in results if any(f.id == 1 for f in r.faces)}) == 1  # (no cut under it)
 
 
-def test_dark_frames_after_a_shot_with_colours_wait_for_them_and_then_are_a_shot_of_their_own():
+def test_dark_frames_wait_for_colours_a_bounded_time_and_a_dim_scene_is_never_cut():
     from stableface.shots import DARK_FRAMES
 
-    def faded(img, alpha):
-        return np.clip(img.astype(np.float32) * alpha, 0, 255).astype(np.uint8)
-
     bright = world([(40, 60, 100, (220, 90, 40))], background=20)
-    dimming = [faded(bright, a) for a in (0.9, 0.8, 0.7, 0.6, 0.5)] + [faded(bright, 0.3)] * 20  # the light dims
-    first_dark = next(k for k, f in enumerate(dimming) if frame_features(f)[1] is None)
+    dim = _faded(bright, 0.3)
+    assert frame_features(dim)[1] is None and frame_features(_faded(bright, 0.5))[1] is not None
+    # the light dims: the dark frames wait (no track starts) DARK_FRAMES - 1 frames, then faces start again
     det = ShotDetector()
     kinds, waiting = [], []
-    for f in [bright] * 15 + dimming:
+    for f in [bright] * 15 + [_faded(bright, a) for a in (0.9, 0.8, 0.7, 0.6, 0.5)] + [dim] * 20:
         det.update(f)
         kinds.append(det.kind)
         waiting.append(det.waiting)
-    dark_at = 15 + first_dark + DARK_FRAMES - 1
-    assert [k for k, v in enumerate(kinds) if v] == [dark_at] and kinds[dark_at] == "dark"  # one cut, no other
-    assert [k for k, w in enumerate(waiting) if w] == list(range(15 + first_dark, dark_at))
-    # a dark shot from its start has no colours to wait for
-    det = ShotDetector()
-    for f in [faded(bright, 0.3)] * 15:
-        det.update(f)
-        assert not det.waiting and det.kind is None
+    assert not any(kinds)  # no cut
+    assert [k for k, w in enumerate(waiting) if w] == list(range(20, 20 + DARK_FRAMES - 1))
+    # a scene whose brightness hovers around the line: never a cut, and its person keeps one id
+    hovering = [bright] * 15 + ([_faded(bright, 0.5)] + [dim] * DARK_FRAMES) * 4
+    pipe = planted_pipeline()
+    results = [pipe.update(f) for f in frames_of(hovering)]
+    assert {r.shot for r in results} == {0} and all([f.id for f in r.faces] == [0] for r in results)
+    # a shot dark from its start has no colours to wait for, nor does one too short for its colours to be
+    # compared (fewer frames with colours than GRADUAL_FRAMES)
+    from stableface.shots import GRADUAL_FRAMES
+
+    ramp = [_faded(bright, a) for a in (0.9, 0.8, 0.7, 0.6, 0.5)]
+    for frames in ([dim] * 15, [bright] * (GRADUAL_FRAMES - 1 - len(ramp)) + ramp + [dim] * 15):
+        det = ShotDetector()
+        for f in frames:
+            det.update(f)
+            assert not det.waiting and det.kind is None
