@@ -219,11 +219,12 @@ class UnionDetector:
         self._turn = 0
         self._search = 0
         self.swept = 0  # windows the last ``sweep`` took
-        # ``detect``/``redetect`` may run in another thread beside this one (the pipeline's reader runs
-        # re-detections ahead): BlazeFace keeps no state between calls, nor do tiles of it
-        self.thread_safe = all(isinstance(d, BlazeFace) for d in detectors) and all(
-            isinstance(t.detector, BlazeFace) and (t.check is None or isinstance(t.check, ZoomCheck) and all(
-                isinstance(d, BlazeFace) for d, _ in t.check.looks)) for t in self.levels)
+
+    @property
+    def thread_safe(self) -> bool:
+        """``detect``/``redetect`` may run in another thread beside this one (the pipeline's reader runs
+        re-detections ahead): BlazeFace keeps no state between calls, nor do tiles of it."""
+        return all(isinstance(d, BlazeFace) for d in self.detectors) and all(t.thread_safe for t in self.levels)
 
     def _level_windows(self, image: np.ndarray) -> list[list[tuple[int, int, int]]]:
         h, w = image.shape[:2]
@@ -342,6 +343,11 @@ class TiledDetector:
             return []  # a strip of a frame, not footage: no tiles worth their runs
         return wins if max(width, height) >= self.min_gain * wins[0][2] else []
 
+    @property
+    def thread_safe(self) -> bool:
+        """No state between calls: a BlazeFace on tiles, checked by nothing or by a thread-safe check."""
+        return isinstance(self.detector, BlazeFace) and (self.check is None or getattr(self.check, "thread_safe", False))
+
     def detect_window(self, image: np.ndarray, window: tuple[int, int, int]) -> list[Detection]:
         """The detector on one tile, in frame coordinates; a detection cut by the tile's border (the
         whole face is in a neighbouring tile or in the full frame) is dropped."""
@@ -390,6 +396,11 @@ class ZoomCheck:
     def __init__(self, looks: list[tuple[FaceDetector, float]], zoom: float = ZOOM) -> None:
         self.looks, self.zoom = list(looks), float(zoom)
         self.calls = 0  # checks made (approximate when the pipeline's reader thread re-detects ahead)
+
+    @property
+    def thread_safe(self) -> bool:
+        """Every look is a BlazeFace (no state between calls; ``calls`` aside)."""
+        return all(isinstance(d, BlazeFace) for d, _ in self.looks)
 
     def __call__(self, image: np.ndarray, d: Detection) -> bool:
         self.calls += 1

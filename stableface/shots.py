@@ -179,7 +179,7 @@ class ShotDetector:
         self.dark_frames = max(1, int(dark_frames))
         self._thumbs: deque[np.ndarray] = deque(maxlen=2)
         self._diffs: deque[float] = deque(maxlen=history)
-        self._hists: deque[np.ndarray | None] = deque(maxlen=gradual_frames)  # since the last cut
+        self._hists: deque[np.ndarray] = deque(maxlen=gradual_frames)  # since the last cut (frames with colours)
         self.reset()
 
     def reset(self) -> None:
@@ -255,7 +255,7 @@ class ShotDetector:
         # the colour change since GRADUAL_FRAMES back, and since the frame after that (so that one odd
         # reference frame, a flash, is not enough)
         refs = list(self._hists)[:2] if len(self._hists) == self._hists.maxlen else []
-        changes = [0.5 * cv2.norm(hist, r, cv2.NORM_L1) for r in refs if hist is not None and r is not None]
+        changes = [0.5 * cv2.norm(hist, r, cv2.NORM_L1) for r in refs if hist is not None]
         self.colour_change = min(changes) if len(changes) == 2 else float("nan")
         if self.colour_change >= self.gradual:
             self._pending = False  # this frame starts the new shot: the next one cannot start it again

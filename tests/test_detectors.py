@@ -147,6 +147,14 @@ def test_the_shipped_pipeline_tiles_its_full_range_detector_unless_told_not_to()
     assert full.score_threshold == 0.4  # (the copy left the model's own threshold as it was)
     assert isinstance(levels[1].check, ZoomCheck) and levels[1].check.looks == [(short, 0.6), (full, 0.5)]
     assert pipe.detector.thread_safe
+    # a look that may keep state between calls makes the detector unsafe to run in the reader thread
+    check = levels[1].check
+    check.looks = [(short, 0.6), (Squares(), 0.5)]
+    assert not check.thread_safe and not levels[1].thread_safe and not pipe.detector.thread_safe
+    check.looks = [(short, 0.6), (full, 0.5)]
+    assert pipe.detector.thread_safe
+    levels[1].check = lambda image, d: True  # a check that says nothing of its state
+    assert not pipe.detector.thread_safe and not pipe._by_block()
     off = Pipeline.from_weights(device="cpu", config=PipelineConfig(stabilizer="none", detect_tiles=False))
     assert off.detector.levels == []
 

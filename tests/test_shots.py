@@ -476,6 +476,11 @@ def _scene(background, faces):
     return img
 
 
+def _two_people():
+    """A person on blue and another on amber (two shots of different colours)."""
+    return (_scene((40, 8, 4), [(40, 60, 40, (220, 90, 40))]), _scene((4, 30, 40), [(150, 90, 40, (40, 210, 230))]))
+
+
 def _fade_through_black(a, b, steps, black):
     return [_faded(a, 1 - (k + 1) / steps) for k in range(steps)] + [_scene((0, 0, 0), [])] * black \
         + [_faded(b, (k + 1) / steps) for k in range(steps)]
@@ -486,8 +491,7 @@ def test_a_fade_through_black_gives_the_incoming_person_one_new_id_from_the_cut_
     # detector finds the second face on a frame still too dark for colours (frame 30), and the cut comes on
     # the next one, when the colours return (a gradual cut); a track started on the dark frame would be
     # ended there, and its person given a second id
-    a = _scene((40, 8, 4), [(40, 60, 40, (220, 90, 40))])
-    b = _scene((4, 30, 40), [(150, 90, 40, (40, 210, 230))])
+    a, b = _two_people()
     images = [a] * 20 + _fade_through_black(a, b, 6, 3) + [b] * 12
     assert squares(images[30]) and frame_features(images[30])[1] is None  # (the planted case holds)
 
@@ -519,8 +523,7 @@ def test_a_long_black_forgets_the_shot_before_and_gives_the_incoming_person_one_
     # faces start on the dark frames of the fade-in, and the colours coming back end nothing
     from stableface.shots import DARK_FRAMES
 
-    a = _scene((40, 8, 4), [(40, 60, 40, (220, 90, 40))])
-    b = _scene((4, 30, 40), [(150, 90, 40, (40, 210, 230))])
+    a, b = _two_people()
     images = [a] * 20 + _fade_through_black(a, b, 6, DARK_FRAMES + 5) + [b] * 12
     pipe = planted_pipeline()
     results = [pipe.update(f) for f in frames_of(images)]
@@ -532,15 +535,16 @@ def test_a_long_black_forgets_the_shot_before_and_gives_the_incoming_person_one_
 
 
 def test_dark_frames_wait_for_colours_a_bounded_time_and_a_dim_scene_is_never_cut():
-    from stableface.shots import DARK_FRAMES
+    from stableface.shots import DARK_FRAMES, GRADUAL_FRAMES
 
     bright = world([(40, 60, 100, (220, 90, 40))], background=20)
     dim = _faded(bright, 0.3)
+    ramp = [_faded(bright, a) for a in (0.9, 0.8, 0.7, 0.6, 0.5)]
     assert frame_features(dim)[1] is None and frame_features(_faded(bright, 0.5))[1] is not None
     # the light dims: the dark frames wait (no track starts) DARK_FRAMES - 1 frames, then faces start again
     det = ShotDetector()
     kinds, waiting = [], []
-    for f in [bright] * 15 + [_faded(bright, a) for a in (0.9, 0.8, 0.7, 0.6, 0.5)] + [dim] * 20:
+    for f in [bright] * 15 + ramp + [dim] * 20:
         det.update(f)
         kinds.append(det.kind)
         waiting.append(det.waiting)
@@ -553,9 +557,6 @@ def test_dark_frames_wait_for_colours_a_bounded_time_and_a_dim_scene_is_never_cu
     assert {r.shot for r in results} == {0} and all([f.id for f in r.faces] == [0] for r in results)
     # a shot dark from its start has no colours to wait for, nor does one too short for its colours to be
     # compared (fewer frames with colours than GRADUAL_FRAMES)
-    from stableface.shots import GRADUAL_FRAMES
-
-    ramp = [_faded(bright, a) for a in (0.9, 0.8, 0.7, 0.6, 0.5)]
     for frames in ([dim] * 15, [bright] * (GRADUAL_FRAMES - 1 - len(ramp)) + ramp + [dim] * 15):
         det = ShotDetector()
         for f in frames:
